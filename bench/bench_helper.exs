@@ -1,0 +1,78 @@
+defmodule Bench do
+  @moduledoc false
+  # Shared helpers for bench/*.exs: medians, peers, a results table.
+
+  def median(list) do
+    sorted = Enum.sort(list)
+    n = length(sorted)
+
+    if rem(n, 2) == 1,
+      do: Enum.at(sorted, div(n, 2)),
+      else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
+  end
+
+  def percentile(list, p) do
+    sorted = Enum.sort(list)
+    Enum.at(sorted, min(length(sorted) - 1, round(p / 100 * (length(sorted) - 1))))
+  end
+
+  @doc "Median of `runs` timings (us) of fun."
+  def time_us(runs, fun) do
+    for(_ <- 1..runs, do: elem(:timer.tc(fun), 0)) |> median()
+  end
+
+  def ensure_distributed! do
+    unless Node.alive?() do
+      System.cmd("epmd", ["-daemon"])
+
+      {:ok, _} =
+        :net_kernel.start([:"bench_#{System.unique_integer([:positive])}@127.0.0.1", :longnames])
+    end
+  end
+
+  def start_peer(name) do
+    ensure_distributed!()
+
+    args =
+      Enum.flat_map(:code.get_path(), &[~c"-pa", &1]) ++
+        [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
+
+    {:ok, pid, node} =
+      :peer.start_link(%{name: name, host: ~c"127.0.0.1", longnames: true, args: args})
+
+    {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:drove])
+    {pid, node}
+  end
+
+  def stop_peer({pid, _node}), do: :peer.stop(pid)
+
+  def row(label, value, reference, ref_label, target) do
+    ratio =
+      if is_number(reference) and reference != 0, do: Float.round(value / reference, 2), else: "-"
+
+    IO.puts(
+      String.pad_trailing(label, 48) <>
+        String.pad_leading(fmt(value), 12) <>
+        "   vs " <>
+        String.pad_trailing(ref_label, 28) <>
+        String.pad_leading(fmt(reference), 10) <>
+        "   ratio " <> to_string(ratio) <> "   target " <> target
+    )
+  end
+
+  def fmt(v) when is_float(v), do: :erlang.float_to_binary(v, decimals: 3)
+  def fmt(v), do: to_string(v)
+
+  def wait_until(fun, timeout_ms \\ 60_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout_ms
+    wait_loop(fun, deadline)
+  end
+
+  defp wait_loop(fun, deadline) do
+    cond do
+      fun.() -> :ok
+      System.monotonic_time(:millisecond) > deadline -> raise "bench: condition not met in time"
+      true -> wait_loop(fun, deadline)
+    end
+  end
+end

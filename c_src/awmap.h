@@ -1,0 +1,111 @@
+/* awmap.h - add-wins observed-remove map with a last-writer-wins read.
+ *
+ * Keys and values are opaque byte strings (the NIF stores canonical external term format).
+ * Every put creates a new dot; an element is (dot, hlc timestamp, value) and lives under its
+ * key until a causally later operation that observed it removes it. Concurrent puts keep
+ * both elements; a read returns the element with the largest (ts, rid, ctr). Concurrent put
+ * and remove keep the put (add-wins). There are no tombstones: removals travel as dots in a
+ * delta's context.
+ *
+ * A delta (dv_delta, see codec.h) is a fragment of a state: elements plus a set of dots
+ * (ranges) for which the sender is authoritative: every dot in a delta's ranges is either
+ * carried as an element or was removed by the sender. Joining one applies the lattice join
+ * exactly: a local element whose dot is in the delta's ranges and is not carried is removed;
+ * a carried element is added unless its dot was already seen; the ranges and carried dots are
+ * added to the context. So a delta that carries some keys never removes keys it did not
+ * cover (delta_crdt_ex#65 cannot happen), and join is commutative, associative, idempotent.
+ *
+ * Anti-entropy primitives: the context (what was seen), delta_since (what a peer has not
+ * seen, in bounded self-contained chunks), per-bucket digests of live dots, manifests of live
+ * dots in differing buckets, and the two removal rules that settle those buckets.
+ *
+ * Not thread-safe: the NIF serialises access with a mutex.
+ */
+#ifndef DROVE_AWMAP_H
+#define DROVE_AWMAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "dots.h"
+#include "outbox.h"
+
+typedef struct dv_map dv_map;
+
+/* A read: the winning element of a key. Pointers stay valid until the next mutation. */
+typedef struct {
+    const uint8_t *val;
+    uint32_t vlen;
+    uint64_t ts;
+    dv_dot dot;
+} dv_read;
+
+/* Called once per key whose read value changed: now == NULL means the key is gone. */
+typedef void (*dv_diff_fn)(void *ud, const uint8_t *key, uint32_t klen, const dv_read *now);
+/* Receives each encoded message; non-zero return aborts with that code. */
+typedef int (*dv_emit_fn)(void *ud, const uint8_t *p, size_t n);
+/* Iteration callback; non-zero return stops with that code. */
+typedef int (*dv_iter_fn)(void *ud, const uint8_t *key, uint32_t klen, const dv_read *r);
+
+dv_map *dv_map_new(uint64_t rid);
+void dv_map_free(dv_map *m);
+/* Drop every element and the context (used for the outbox after a flush). */
+void dv_map_clear(dv_map *m);
+
+uint64_t dv_map_rid(const dv_map *m);
+size_t dv_map_size(const dv_map *m);     /* keys with at least one element */
+size_t dv_map_elements(const dv_map *m); /* live elements (>= size) */
+size_t dv_map_memory(const dv_map *m);   /* bytes held, tables and context included */
+size_t dv_map_payload(const dv_map *m);  /* key + value bytes held */
+const dv_ctx *dv_map_ctx(const dv_map *m);
+uint64_t dv_map_hlc(const dv_map *m);
+
+/* Hybrid logical clock: (wall ms << 16) | logical counter. */
+uint64_t dv_hlc_next(uint64_t last, uint64_t now_ms);
+
+/* Local writes. now_ms is the caller's wall clock. When outbox is not NULL the delta of the
+ * operation is joined into it (coalescing). *changed (optional) tells whether the read
+ * value of the key changed (a re-put of equal bytes does not change it). */
+int dv_map_put(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
+               uint64_t now_ms, dv_map *outbox, bool *changed);
+int dv_map_remove(dv_map *m, const uint8_t *k, uint32_t klen, dv_map *outbox, bool *changed);
+/* The same, recording the operation in a write log instead (outbox.h): what the NIF uses. */
+int dv_map_put_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
+                   uint64_t now_ms, dv_outbox *log, bool *changed);
+int dv_map_remove_log(dv_map *m, const uint8_t *k, uint32_t klen, dv_outbox *log, bool *changed);
+bool dv_map_get(const dv_map *m, const uint8_t *k, uint32_t klen, dv_read *out);
+
+/* Join a decoded delta. fn (optional) is told of every key whose read value changed. On
+ * DV_ENOMEM the map may hold part of the join (still a valid state below the full join). */
+int dv_map_join(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud);
+/* Join the whole state of other (state-based join). */
+int dv_map_join_map(dv_map *m, const dv_map *other, dv_diff_fn fn, void *ud);
+
+/* Everything m has that `seen` has not (NULL: everything), as DELTA messages of about
+ * max_bytes each (a single element larger than that gets a message of its own). Each
+ * message is authoritative on its own: it carries every live element within its ranges. */
+int dv_map_delta_since(const dv_map *m, const dv_ctx *seen, size_t max_bytes, dv_emit_fn emit,
+                       void *ud);
+
+void dv_map_digest(const dv_map *m, uint64_t out[DV_BUCKETS]);
+/* Manifest of m's live dots in the buckets whose digest differs from peer's (all buckets
+ * when peer is NULL), at most about max_dots dots (whole buckets, at least one). Sets
+ * *nbuckets (optional) to the number of differing buckets found, sent or not. */
+int dv_map_manifest(const dv_map *m, const uint64_t *peer, size_t max_dots, dv_buf *out,
+                    size_t *nbuckets);
+/* The dots of a peer's manifest that m has seen and no longer holds: m removed them. Writes a
+ * DELTA with those ranges (for the peer to join) when there is at least one. */
+int dv_map_removals_for(const dv_map *m, const dv_manifest *pm, dv_buf *out, size_t *count);
+/* m's live dots in the manifest's buckets that the peer has seen (peer_ctx) but that are not
+ * in its manifest: the peer removed them. Removes them here. The manifest and peer_ctx must
+ * come from one snapshot of the peer taken with the context first. */
+int dv_map_apply_peer_removals(dv_map *m, const dv_ctx *peer_ctx, const dv_manifest *pm,
+                               dv_diff_fn fn, void *ud, size_t *count);
+
+int dv_map_foreach(const dv_map *m, dv_iter_fn fn, void *ud);
+/* Same context and same live elements. */
+bool dv_map_equal(const dv_map *a, const dv_map *b);
+
+#endif

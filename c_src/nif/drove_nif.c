@@ -1,0 +1,675 @@
+/* drove_nif.c - NIF glue for Drove.Native: argument checks, resources, scheduling.
+ *
+ * A replica is a resource holding the map, its outbox (the coalesced delta of local writes
+ * not yet pushed to neighbours) and a mutex. Any process may read or write through the
+ * handle; the owner process (Drove.CRDT) is sent `:drove_flush` when the outbox goes from
+ * empty to non-empty, and ships it.
+ *
+ * Scheduling rule (ARCHITECTURE.md): single-key calls run on normal schedulers. They take the
+ * lock with trylock; if it is held (a dirty job is joining a big delta, say) they reschedule
+ * themselves as dirty jobs instead of blocking a normal scheduler. Calls whose cost grows with
+ * the map or with a peer's message run dirty, or are dispatched by size.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#include <erl_nif.h>
+
+#include "alloc.h"
+#include "awmap.h"
+#include "codec.h"
+
+/* Messages at or above this size are joined on a dirty scheduler. */
+#define DIRTY_JOIN_BYTES (64 * 1024)
+/* Write logs with more operations than this are encoded on a dirty scheduler. */
+#define DIRTY_OUTBOX_OPS 2048
+
+typedef struct {
+    ErlNifMutex *lock;
+    dv_map *map;
+    /* Two write logs: writers append to log[cur]; take_outbox flips cur under the lock and
+     * encodes the other one outside it. changed[] holds the keys whose read value local
+     * writes changed (for on_diffs), double-buffered the same way. */
+    dv_outbox log[2];
+    dv_buf changed[2];
+    int cur;
+    bool taking; /* a take_outbox is encoding the other log */
+    ErlNifPid owner;
+    bool has_owner;
+    bool flush_pending;
+    bool track; /* remember locally changed keys for on_diffs */
+} replica;
+
+static ErlNifResourceType *REPLICA;
+
+static ERL_NIF_TERM A_OK, A_ERROR, A_NIL, A_TRUE, A_FALSE, A_ADD, A_REMOVE, A_FLUSH;
+static ERL_NIF_TERM A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD, A_RID, A_REPLICAS, A_CLOUD, A_OUTBOX,
+    A_HLC, A_ENOMEM, A_BAD_TERM;
+
+static void *nif_alloc(size_t n) {
+    return enif_alloc(n);
+}
+static void *nif_realloc(void *p, size_t n) {
+    return enif_realloc(p, n);
+}
+static void nif_free(void *p) {
+    enif_free(p);
+}
+
+static void replica_dtor(ErlNifEnv *env, void *obj) {
+    (void)env;
+    replica *r = obj;
+    dv_map_free(r->map);
+    for (int i = 0; i < 2; i++) {
+        dv_outbox_free(&r->log[i]);
+        dv_buf_free(&r->changed[i]);
+    }
+    if (r->lock)
+        enif_mutex_destroy(r->lock);
+}
+
+static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
+    ERL_NIF_TERM a;
+    if (enif_make_existing_atom(env, name, &a, ERL_NIF_LATIN1))
+        return a;
+    return enif_make_atom(env, name);
+}
+
+static ERL_NIF_TERM error_tuple(ErlNifEnv *env, int rc) {
+    return enif_make_tuple2(env, A_ERROR, mk_atom(env, dv_strerror(rc)));
+}
+
+static uint64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static bool get_replica(ErlNifEnv *env, ERL_NIF_TERM t, replica **r) {
+    return enif_get_resource(env, t, REPLICA, (void **)r) && (*r)->map;
+}
+
+static bool get_bin(ErlNifEnv *env, ERL_NIF_TERM t, ErlNifBinary *b) {
+    return enif_inspect_binary(env, t, b) && b->size <= DV_MAX_MESSAGE;
+}
+
+static ERL_NIF_TERM bin_term(ErlNifEnv *env, const uint8_t *p, size_t n) {
+    ERL_NIF_TERM t;
+    unsigned char *d = enif_make_new_binary(env, n, &t);
+    if (n)
+        memcpy(d, p, n);
+    return t;
+}
+
+/* Decode stored external-format bytes; they were validated on the way in. */
+static ERL_NIF_TERM decode_term(ErlNifEnv *env, const uint8_t *p, size_t n) {
+    ERL_NIF_TERM t;
+    if (enif_binary_to_term(env, p, n, &t, 0) == 0)
+        return A_BAD_TERM;
+    return t;
+}
+
+/* A well-formed external term occupying all of [p, p+n). Not ERL_NIF_BIN2TERM_SAFE: keys
+ * and values may hold atoms this node has not seen yet, exactly as distribution messages
+ * do (a peer that can reach this replica can already create atoms here). */
+static bool valid_term(ErlNifEnv *scratch, const uint8_t *p, size_t n) {
+    ERL_NIF_TERM t;
+    return n > 0 && enif_binary_to_term(scratch, p, n, &t, 0) == n;
+}
+
+/* Lock for a normal-scheduler call: on contention, re-run the call as a dirty job. */
+#define LOCK_OR_RESCHEDULE(env, r, name, dirty_fn, argc, argv)                                     \
+    do {                                                                                           \
+        if (enif_mutex_trylock((r)->lock) != 0)                                                    \
+            return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, dirty_fn, argc,       \
+                                     argv);                                                        \
+    } while (0)
+
+/* ------------------------------------------------------------------ lifecycle */
+
+/* replica_new(rid :: u64, owner :: pid, track_changes :: boolean) */
+static ERL_NIF_TERM replica_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifUInt64 rid;
+    ErlNifPid owner;
+    if (!enif_get_uint64(env, argv[0], &rid) || !enif_get_local_pid(env, argv[1], &owner) ||
+        (enif_compare(argv[2], A_TRUE) != 0 && enif_compare(argv[2], A_FALSE) != 0))
+        return enif_make_badarg(env);
+    replica *r = enif_alloc_resource(REPLICA, sizeof(replica));
+    if (!r)
+        return error_tuple(env, DV_ENOMEM);
+    memset(r, 0, sizeof(*r));
+    for (int i = 0; i < 2; i++) {
+        dv_outbox_init(&r->log[i]);
+        dv_buf_init(&r->changed[i]);
+    }
+    r->lock = enif_mutex_create("drove_replica");
+    r->map = dv_map_new(rid);
+    r->owner = owner;
+    r->has_owner = true;
+    r->track = enif_compare(argv[2], A_TRUE) == 0;
+    if (!r->lock || !r->map) {
+        enif_release_resource(r); /* the destructor frees what was made */
+        return error_tuple(env, DV_ENOMEM);
+    }
+    ERL_NIF_TERM t = enif_make_resource(env, r);
+    enif_release_resource(r);
+    return t;
+}
+
+/* ------------------------------------------------------------------ single-key calls */
+
+static void note_change(replica *r, const uint8_t *k, size_t klen) {
+    if (r->track)
+        dv_buf_bytes(&r->changed[r->cur], k, klen);
+}
+
+static void maybe_notify(ErlNifEnv *env, replica *r) {
+    if (r->flush_pending || !r->has_owner)
+        return;
+    if (dv_outbox_empty(&r->log[r->cur]) && r->changed[r->cur].n == 0)
+        return;
+    r->flush_pending = true;
+    enif_send(env, &r->owner, NULL, A_FLUSH);
+}
+
+static ERL_NIF_TERM do_put(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty);
+static ERL_NIF_TERM put_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return do_put(env, argc, argv, true);
+}
+static ERL_NIF_TERM put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return do_put(env, argc, argv, false);
+}
+
+/* put(replica, key_bin, value_bin) -> :ok. Key and value are external term format. */
+static ERL_NIF_TERM do_put(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k, v;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
+        return enif_make_badarg(env);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "put", put_dirty, argc, argv);
+    bool changed = false;
+    int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
+                            &r->log[r->cur], &changed);
+    if (rc == DV_OK && changed)
+        note_change(r, k.data, k.size);
+    if (rc == DV_OK)
+        maybe_notify(env, r);
+    enif_mutex_unlock(r->lock);
+    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+}
+
+static ERL_NIF_TERM do_delete(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty);
+static ERL_NIF_TERM delete_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return do_delete(env, argc, argv, true);
+}
+static ERL_NIF_TERM delete_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return do_delete(env, argc, argv, false);
+}
+
+/* delete(replica, key_bin) -> :ok */
+static ERL_NIF_TERM do_delete(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k))
+        return enif_make_badarg(env);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "delete", delete_dirty, argc, argv);
+    bool changed = false;
+    int rc = dv_map_remove_log(r->map, k.data, (uint32_t)k.size, &r->log[r->cur], &changed);
+    if (rc == DV_OK && changed)
+        note_change(r, k.data, k.size);
+    if (rc == DV_OK)
+        maybe_notify(env, r);
+    enif_mutex_unlock(r->lock);
+    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+}
+
+static ERL_NIF_TERM do_get(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty);
+static ERL_NIF_TERM get_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return do_get(env, argc, argv, true);
+}
+static ERL_NIF_TERM get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return do_get(env, argc, argv, false);
+}
+
+/* get(replica, key_bin) -> {:ok, value} | :error */
+static ERL_NIF_TERM do_get(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k))
+        return enif_make_badarg(env);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "get", get_dirty, argc, argv);
+    dv_read rd;
+    ERL_NIF_TERM res = A_ERROR;
+    if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd))
+        res = enif_make_tuple2(env, A_OK, decode_term(env, rd.val, rd.vlen));
+    enif_mutex_unlock(r->lock);
+    return res;
+}
+
+/* ------------------------------------------------------------------ outbox */
+
+typedef struct {
+    ErlNifEnv *env;
+    ERL_NIF_TERM list;
+} emit_ctx;
+
+static int emit_to_list(void *ud, const uint8_t *p, size_t n) {
+    emit_ctx *c = ud;
+    c->list = enif_make_list_cell(c->env, bin_term(c->env, p, n), c->list);
+    return DV_OK;
+}
+
+static ERL_NIF_TERM reverse(ErlNifEnv *env, ERL_NIF_TERM list) {
+    ERL_NIF_TERM out;
+    enif_make_reverse_list(env, list, &out);
+    return out;
+}
+
+/* The read value now of each locally changed key: [{:add, k, v} | {:remove, k}] */
+static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *changed) {
+    ERL_NIF_TERM list = enif_make_list(env, 0);
+    const uint8_t *p = changed->p, *end = changed->p + changed->n;
+    while (p < end) { /* our own encoding (dv_buf_bytes): varint length + bytes */
+        uint64_t len = 0;
+        for (int shift = 0; p < end; shift += 7) {
+            uint8_t byte = *p++;
+            len |= (uint64_t)(byte & 0x7f) << shift;
+            if (!(byte & 0x80))
+                break;
+        }
+        if (len > (uint64_t)(end - p))
+            break;
+        const uint8_t *k = p;
+        p += len;
+        dv_read rd;
+        ERL_NIF_TERM kt = decode_term(env, k, len);
+        if (dv_map_get(r->map, k, (uint32_t)len, &rd))
+            list = enif_make_list_cell(
+                env, enif_make_tuple3(env, A_ADD, kt, decode_term(env, rd.val, rd.vlen)), list);
+        else
+            list = enif_make_list_cell(env, enif_make_tuple2(env, A_REMOVE, kt), list);
+    }
+    return reverse(env, list);
+}
+
+static ERL_NIF_TERM take_outbox_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+/* take_outbox(replica, max_bytes) -> {[delta_bin], local_diffs} (both may be empty).
+ * Flips the write log under the lock, encodes the full one outside it, and re-arms the
+ * flush notification. Normal scheduler for small logs, dirty above DIRTY_OUTBOX_OPS. */
+static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
+                                     bool dirty) {
+    replica *r;
+    ErlNifUInt64 max;
+    if (!get_replica(env, argv[0], &r) || !enif_get_uint64(env, argv[1], &max) || max == 0)
+        return enif_make_badarg(env);
+    if (dirty) {
+        enif_mutex_lock(r->lock);
+    } else {
+        LOCK_OR_RESCHEDULE(env, r, "take_outbox", take_outbox_dirty, argc, argv);
+        if (dv_outbox_ops(&r->log[r->cur]) > DIRTY_OUTBOX_OPS) {
+            enif_mutex_unlock(r->lock);
+            return enif_schedule_nif(env, "take_outbox", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                     take_outbox_dirty, argc, argv);
+        }
+    }
+    ERL_NIF_TERM empty = enif_make_list(env, 0);
+    if (r->taking) { /* another caller is encoding: nothing for this one */
+        enif_mutex_unlock(r->lock);
+        return enif_make_tuple2(env, empty, empty);
+    }
+    int old = r->cur;
+    r->cur ^= 1;
+    r->taking = true;
+    r->flush_pending = false;
+    enif_mutex_unlock(r->lock);
+
+    emit_ctx c = {env, empty};
+    int rc = dv_outbox_encode(&r->log[old], dv_map_rid(r->map), max, emit_to_list, &c);
+    ERL_NIF_TERM diffs = empty;
+
+    enif_mutex_lock(r->lock);
+    if (r->changed[old].n)
+        diffs = local_diffs(env, r, &r->changed[old]);
+    dv_outbox_reset(&r->log[old]);
+    dv_buf_reset(&r->changed[old]);
+    r->taking = false;
+    enif_mutex_unlock(r->lock);
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    return enif_make_tuple2(env, reverse(env, c.list), diffs);
+}
+
+static ERL_NIF_TERM take_outbox_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return take_outbox_impl(env, argc, argv, true);
+}
+
+static ERL_NIF_TERM take_outbox_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return take_outbox_impl(env, argc, argv, false);
+}
+
+/* ------------------------------------------------------------------ join */
+
+typedef struct {
+    ErlNifEnv *env;
+    ERL_NIF_TERM list;
+} diff_ctx;
+
+static void diff_to_list(void *ud, const uint8_t *key, uint32_t klen, const dv_read *now) {
+    diff_ctx *c = ud;
+    ERL_NIF_TERM k = decode_term(c->env, key, klen);
+    ERL_NIF_TERM e =
+        now ? enif_make_tuple3(c->env, A_ADD, k, decode_term(c->env, now->val, now->vlen))
+            : enif_make_tuple2(c->env, A_REMOVE, k);
+    c->list = enif_make_list_cell(c->env, e, c->list);
+}
+
+/* Every key and value of a peer's delta must be a complete external term. */
+static bool delta_terms_valid(const dv_delta *d) {
+    ErlNifEnv *scratch = enif_alloc_env();
+    if (!scratch)
+        return false;
+    bool ok = true;
+    for (size_t i = 0; i < d->nelems && ok; i++) {
+        ok = valid_term(scratch, d->elems[i].key, d->elems[i].klen) &&
+             valid_term(scratch, d->elems[i].val, d->elems[i].vlen);
+        if ((i & 255) == 255)
+            enif_clear_env(scratch);
+    }
+    enif_free_env(scratch);
+    return ok;
+}
+
+static ERL_NIF_TERM join_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary b;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &b) ||
+        (enif_compare(argv[2], A_TRUE) != 0 && enif_compare(argv[2], A_FALSE) != 0))
+        return enif_make_badarg(env);
+    if (!dirty && b.size >= DIRTY_JOIN_BYTES)
+        return enif_schedule_nif(env, "join", ERL_NIF_DIRTY_JOB_CPU_BOUND, join_dirty, argc, argv);
+    bool want = enif_compare(argv[2], A_TRUE) == 0;
+    dv_delta d;
+    int rc = dv_decode_delta(b.data, b.size, &d); /* outside the lock: pure */
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    if (!delta_terms_valid(&d)) {
+        dv_delta_free(&d);
+        return enif_make_tuple2(env, A_ERROR, A_BAD_TERM);
+    }
+    if (dirty) {
+        enif_mutex_lock(r->lock);
+    } else if (enif_mutex_trylock(r->lock) != 0) {
+        dv_delta_free(&d);
+        return enif_schedule_nif(env, "join", ERL_NIF_DIRTY_JOB_CPU_BOUND, join_dirty, argc, argv);
+    }
+    diff_ctx c = {env, enif_make_list(env, 0)};
+    rc = dv_map_join(r->map, &d, want ? diff_to_list : NULL, &c);
+    enif_mutex_unlock(r->lock);
+    size_t n = d.nelems;
+    dv_delta_free(&d);
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    return enif_make_tuple3(env, A_OK, reverse(env, c.list), enif_make_uint64(env, n));
+}
+
+static ERL_NIF_TERM join_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return join_impl(env, argc, argv, true);
+}
+
+/* join(replica, delta_bin, want_diffs) -> {:ok, diffs, n_elements} | {:error, reason}.
+ * A bad message changes nothing. Size-dispatched: big messages are joined dirty. */
+static ERL_NIF_TERM join_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return join_impl(env, argc, argv, false);
+}
+
+/* ------------------------------------------------------------------ anti-entropy */
+
+/* ctx(replica) -> ctx_bin. Small (a few ranges per replica id ever seen); normal. */
+static ERL_NIF_TERM ctx_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    dv_buf b;
+    dv_buf_init(&b);
+    enif_mutex_lock(r->lock);
+    dv_encode_ctx(&b, dv_map_ctx(r->map));
+    enif_mutex_unlock(r->lock);
+    ERL_NIF_TERM t = b.oom ? error_tuple(env, DV_ENOMEM) : bin_term(env, b.p, b.n);
+    dv_buf_free(&b);
+    return t;
+}
+
+/* digest(replica) -> digest_bin (8 KiB copy of incrementally kept digests); normal. */
+static ERL_NIF_TERM digest_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    uint64_t d[DV_BUCKETS];
+    enif_mutex_lock(r->lock);
+    dv_map_digest(r->map, d);
+    enif_mutex_unlock(r->lock);
+    dv_buf b;
+    dv_buf_init(&b);
+    dv_encode_digest(&b, d, DV_BUCKETS);
+    ERL_NIF_TERM t = b.oom ? error_tuple(env, DV_ENOMEM) : bin_term(env, b.p, b.n);
+    dv_buf_free(&b);
+    return t;
+}
+
+/* sync_reply(replica, peer_ctx_bin, peer_digest_bin, max_bytes, max_dots)
+ *   -> {:ok, [delta_bin], my_ctx_bin, manifest_bin} | {:error, reason}
+ * What the peer has not seen, then this replica's context and, taken after it under the same
+ * lock, the manifest of the buckets whose digests differ. Dirty: O(map). */
+static ERL_NIF_TERM sync_reply_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    ErlNifBinary cb, db;
+    ErlNifUInt64 max_bytes, max_dots;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &cb) ||
+        !get_bin(env, argv[2], &db) || !enif_get_uint64(env, argv[3], &max_bytes) ||
+        !enif_get_uint64(env, argv[4], &max_dots) || max_bytes == 0)
+        return enif_make_badarg(env);
+    dv_ctx peer;
+    dv_ctx_init(&peer);
+    uint64_t *digest = enif_alloc(sizeof(uint64_t) * DV_BUCKETS);
+    if (!digest)
+        return error_tuple(env, DV_ENOMEM);
+    int rc = dv_decode_ctx(cb.data, cb.size, &peer);
+    if (rc == DV_OK)
+        rc = dv_decode_digest(db.data, db.size, digest);
+    if (rc != DV_OK) {
+        dv_ctx_free(&peer);
+        enif_free(digest);
+        return error_tuple(env, rc);
+    }
+    emit_ctx c = {env, enif_make_list(env, 0)};
+    dv_buf ctxb, man;
+    dv_buf_init(&ctxb);
+    dv_buf_init(&man);
+    enif_mutex_lock(r->lock);
+    rc = dv_map_delta_since(r->map, &peer, max_bytes, emit_to_list, &c);
+    if (rc == DV_OK) {
+        dv_encode_ctx(&ctxb, dv_map_ctx(r->map));
+        rc = ctxb.oom ? DV_ENOMEM : dv_map_manifest(r->map, digest, max_dots, &man, NULL);
+    }
+    enif_mutex_unlock(r->lock);
+    ERL_NIF_TERM res =
+        rc != DV_OK ? error_tuple(env, rc)
+                    : enif_make_tuple4(env, A_OK, reverse(env, c.list),
+                                       bin_term(env, ctxb.p, ctxb.n), bin_term(env, man.p, man.n));
+    dv_buf_free(&ctxb);
+    dv_buf_free(&man);
+    dv_ctx_free(&peer);
+    enif_free(digest);
+    return res;
+}
+
+/* sync_finish(replica, peer_ctx_bin, peer_manifest_bin, max_bytes, want_diffs)
+ *   -> {:ok, [delta_bin_for_peer], local_diffs, removed_here} | {:error, reason}
+ * Applies the removals the peer's manifest proves, and returns what the peer has not seen
+ * plus the removals it has not made. Dirty: O(map). */
+static ERL_NIF_TERM sync_finish_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    ErlNifBinary cb, mb;
+    ErlNifUInt64 max_bytes;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &cb) ||
+        !get_bin(env, argv[2], &mb) || !enif_get_uint64(env, argv[3], &max_bytes) ||
+        max_bytes == 0 ||
+        (enif_compare(argv[4], A_TRUE) != 0 && enif_compare(argv[4], A_FALSE) != 0))
+        return enif_make_badarg(env);
+    bool want = enif_compare(argv[4], A_TRUE) == 0;
+    dv_ctx peer;
+    dv_ctx_init(&peer);
+    dv_manifest pm;
+    int rc = dv_decode_ctx(cb.data, cb.size, &peer);
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    if ((rc = dv_decode_manifest(mb.data, mb.size, &pm)) != DV_OK) {
+        dv_ctx_free(&peer);
+        return error_tuple(env, rc);
+    }
+    diff_ctx dc = {env, enif_make_list(env, 0)};
+    emit_ctx c = {env, enif_make_list(env, 0)};
+    dv_buf rem;
+    dv_buf_init(&rem);
+    size_t removed = 0, nrem = 0;
+    enif_mutex_lock(r->lock);
+    rc = dv_map_apply_peer_removals(r->map, &peer, &pm, want ? diff_to_list : NULL, &dc, &removed);
+    if (rc == DV_OK)
+        rc = dv_map_delta_since(r->map, &peer, max_bytes, emit_to_list, &c);
+    if (rc == DV_OK)
+        rc = dv_map_removals_for(r->map, &pm, &rem, &nrem);
+    enif_mutex_unlock(r->lock);
+    if (rc == DV_OK && nrem)
+        emit_to_list(&c, rem.p, rem.n);
+    ERL_NIF_TERM res =
+        rc != DV_OK ? error_tuple(env, rc)
+                    : enif_make_tuple4(env, A_OK, reverse(env, c.list), reverse(env, dc.list),
+                                       enif_make_uint64(env, removed));
+    dv_buf_free(&rem);
+    dv_manifest_free(&pm);
+    dv_ctx_free(&peer);
+    return res;
+}
+
+/* ------------------------------------------------------------------ whole-map reads */
+
+typedef struct {
+    ErlNifEnv *env;
+    ERL_NIF_TERM list;
+} list_ctx;
+
+static int pair_to_list(void *ud, const uint8_t *k, uint32_t klen, const dv_read *rd) {
+    list_ctx *c = ud;
+    ERL_NIF_TERM kv = enif_make_tuple2(c->env, decode_term(c->env, k, klen),
+                                       decode_term(c->env, rd->val, rd->vlen));
+    c->list = enif_make_list_cell(c->env, kv, c->list);
+    return DV_OK;
+}
+
+/* to_list(replica) -> [{key, value}]. Dirty: O(map). */
+static ERL_NIF_TERM to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    list_ctx c = {env, enif_make_list(env, 0)};
+    enif_mutex_lock(r->lock);
+    dv_map_foreach(r->map, pair_to_list, &c);
+    enif_mutex_unlock(r->lock);
+    return c.list;
+}
+
+/* info(replica) -> map of counters. Normal: O(replica ids). */
+static ERL_NIF_TERM info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    enif_mutex_lock(r->lock);
+    ERL_NIF_TERM keys[8] = {A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD,
+                            A_RID,  A_REPLICAS, A_CLOUD,  A_OUTBOX};
+    ERL_NIF_TERM vals[8] = {
+        enif_make_uint64(env, dv_map_size(r->map)),
+        enif_make_uint64(env, dv_map_elements(r->map)),
+        enif_make_uint64(env, dv_map_memory(r->map)),
+        enif_make_uint64(env, dv_map_payload(r->map)),
+        enif_make_uint64(env, dv_map_rid(r->map)),
+        enif_make_uint64(env, dv_map_ctx(r->map)->n),
+        enif_make_uint64(env, dv_ctx_cloud_dots(dv_map_ctx(r->map))),
+        enif_make_uint64(env, dv_outbox_ops(&r->log[r->cur])),
+    };
+    enif_mutex_unlock(r->lock);
+    ERL_NIF_TERM m;
+    enif_make_map_from_arrays(env, keys, vals, 8, &m);
+    return m;
+}
+
+/* ------------------------------------------------------------------ load */
+
+static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
+    (void)priv;
+    (void)info;
+    static const dv_allocator a = {nif_alloc, nif_realloc, nif_free};
+    dv_set_allocator(&a);
+    REPLICA =
+        enif_open_resource_type(env, NULL, "drove_replica", replica_dtor, ERL_NIF_RT_CREATE, NULL);
+    if (!REPLICA)
+        return -1;
+    A_OK = mk_atom(env, "ok");
+    A_ERROR = mk_atom(env, "error");
+    A_NIL = mk_atom(env, "nil");
+    A_TRUE = mk_atom(env, "true");
+    A_FALSE = mk_atom(env, "false");
+    A_ADD = mk_atom(env, "add");
+    A_REMOVE = mk_atom(env, "remove");
+    A_FLUSH = mk_atom(env, "drove_flush");
+    A_SIZE = mk_atom(env, "size");
+    A_ELEMENTS = mk_atom(env, "elements");
+    A_MEMORY = mk_atom(env, "memory");
+    A_PAYLOAD = mk_atom(env, "payload");
+    A_RID = mk_atom(env, "replica_id");
+    A_REPLICAS = mk_atom(env, "replicas_seen");
+    A_CLOUD = mk_atom(env, "cloud_dots");
+    A_OUTBOX = mk_atom(env, "outbox");
+    A_HLC = mk_atom(env, "hlc");
+    A_ENOMEM = mk_atom(env, "out_of_memory");
+    A_BAD_TERM = mk_atom(env, "bad_term");
+    return 0;
+}
+
+/* Scheduling choice beside each entry (see ARCHITECTURE.md, "Scheduling rule"). */
+static ErlNifFunc funcs[] = {
+    {"replica_new", 3, replica_new, 0},     /* normal: O(1) */
+    {"put", 3, put_nif, 0},                 /* normal, trylock else dirty: O(1) */
+    {"delete", 2, delete_nif, 0},           /* normal, trylock else dirty: O(1) */
+    {"get", 2, get_nif, 0},                 /* normal, trylock else dirty: O(1) */
+    {"take_outbox", 2, take_outbox_nif, 0}, /* normal; dirty above 2048 operations */
+    {"join", 3, join_nif, 0},               /* normal below 64 KiB, else dirty */
+    {"ctx", 1, ctx_nif, 0},                 /* normal: O(replica ids) */
+    {"digest", 1, digest_nif, 0},           /* normal: 8 KiB copy */
+    {"sync_reply", 5, sync_reply_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},   /* dirty: O(map) */
+    {"sync_finish", 5, sync_finish_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND}, /* dirty: O(map) */
+    {"to_list", 1, to_list_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},         /* dirty: O(map) */
+    {"info", 1, info_nif, 0},                                         /* normal: O(1) */
+};
+
+ERL_NIF_INIT(Elixir.Drove.Native, funcs, load, NULL, NULL, NULL)

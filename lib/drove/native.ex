@@ -1,0 +1,56 @@
+defmodule Drove.Native do
+  @moduledoc false
+  # The one module of NIF stubs: the only place that calls into C (c_src/nif/drove_nif.c).
+  # Keys and values cross as external term format binaries; see Drove.Native.key/1.
+  # Wrong argument types raise ArgumentError; a bad peer message returns {:error, reason}.
+
+  @on_load :load_nif
+  @compile {:autoload, false}
+
+  @doc false
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:drove), ~c"drove_nif")
+
+    case :erlang.load_nif(path, 0) do
+      :ok -> :ok
+      {:error, {:reload, _}} -> :ok
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
+  @doc false
+  # Canonical bytes of a key: equal terms give equal bytes on every node and OTP >= 25.
+  @spec key(term()) :: binary()
+  def key(term), do: :erlang.term_to_binary(term, [:deterministic, minor_version: 2])
+
+  @doc false
+  @spec value(term()) :: binary()
+  def value(term), do: :erlang.term_to_binary(term, minor_version: 2)
+
+  defp nif, do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc false
+  def replica_new(_rid, _owner, _track), do: nif()
+  @doc false
+  def put(_r, _k, _v), do: nif()
+  @doc false
+  def delete(_r, _k), do: nif()
+  @doc false
+  def get(_r, _k), do: nif()
+  @doc false
+  def take_outbox(_r, _max), do: nif()
+  @doc false
+  def join(_r, _bin, _want_diffs), do: nif()
+  @doc false
+  def ctx(_r), do: nif()
+  @doc false
+  def digest(_r), do: nif()
+  @doc false
+  def sync_reply(_r, _peer_ctx, _peer_digest, _max_bytes, _max_dots), do: nif()
+  @doc false
+  def sync_finish(_r, _peer_ctx, _peer_manifest, _max_bytes, _want_diffs), do: nif()
+  @doc false
+  def to_list(_r), do: nif()
+  @doc false
+  def info(_r), do: nif()
+end

@@ -1,0 +1,121 @@
+defmodule Drove.CRDTTest do
+  use ExUnit.Case, async: true
+
+  alias Drove.CRDT
+
+  defp start(opts \\ []) do
+    parent = self()
+    tag = make_ref()
+    on_diffs = fn diffs -> send(parent, {tag, diffs}) end
+    pid = start_supervised!({CRDT, [on_diffs: on_diffs] ++ opts}, id: make_ref())
+    {pid, tag}
+  end
+
+  defp diffs(tag, acc \\ []) do
+    receive do
+      {^tag, d} -> diffs(tag, acc ++ d)
+    after
+      50 -> acc
+    end
+  end
+
+  test "a local write is read back at once, by any process" do
+    {c, _} = start()
+    assert CRDT.put(c, :k, %{deep: [1, 2, {3}]}) == c
+    assert CRDT.get(c, :k) == %{deep: [1, 2, {3}]}
+    assert Task.async(fn -> CRDT.get(c, :k) end) |> Task.await() == %{deep: [1, 2, {3}]}
+    CRDT.delete(c, :k)
+    assert CRDT.get(c, :k) == nil
+    assert CRDT.fetch(c, :k) == :error
+  end
+
+  test "equal terms are one key; merge, drop, take, to_map" do
+    {c, _} = start()
+    CRDT.merge(c, %{%{b: 2, a: 1} => 1, "x" => 2, 3 => 3})
+    assert CRDT.get(c, %{a: 1, b: 2}) == 1
+    CRDT.put(c, :n, nil)
+    assert CRDT.fetch(c, :n) == {:ok, nil}
+    assert CRDT.take(c, ["x", 3, :missing]) == %{"x" => 2, 3 => 3}
+    CRDT.drop(c, ["x", 3])
+    assert CRDT.to_map(c) == %{%{a: 1, b: 2} => 1, :n => nil}
+    assert CRDT.info(c).size == 2
+  end
+
+  test "on_diffs reports adds and removes of local writes, not equal re-puts" do
+    {c, tag} = start()
+    CRDT.put(c, :a, 1)
+    assert diffs(tag) == [{:add, :a, 1}]
+    CRDT.put(c, :a, 1)
+    assert diffs(tag) == []
+    CRDT.put(c, :a, 2)
+    CRDT.delete(c, :a)
+    CRDT.delete(c, :never_there)
+    assert Enum.uniq(diffs(tag)) == [{:remove, :a}]
+  end
+
+  test "two replicas on one node converge both ways, deletes included" do
+    {a, ta} = start()
+    {b, tb} = start()
+    CRDT.set_neighbours(a, [b])
+    CRDT.put(a, :from_a, 1)
+    CRDT.put(b, :from_b, 2)
+    wait(fn -> CRDT.to_map(a) == CRDT.to_map(b) and map_size(CRDT.to_map(a)) == 2 end)
+    assert {:add, :from_b, 2} in diffs(ta)
+    assert {:add, :from_a, 1} in diffs(tb)
+    CRDT.delete(b, :from_a)
+    wait(fn -> CRDT.get(a, :from_a) == nil end)
+    assert {:remove, :from_a} in diffs(ta)
+  end
+
+  test "wrong argument types raise ArgumentError" do
+    assert_raise ArgumentError, fn -> Drove.Native.put(make_ref(), "k", "v") end
+    assert_raise ArgumentError, fn -> Drove.Native.get(:not_a_handle, "k") end
+    assert_raise ArgumentError, fn -> CRDT.start_link(sync_interval: 0) end
+    assert_raise ArgumentError, fn -> CRDT.start_link(on_diffs: :nope) end
+    assert_raise ArgumentError, fn -> CRDT.start_link(bogus: 1) end
+    {c, _} = start()
+    {_, h} = Drove.Handles.lookup(c)
+    assert_raise ArgumentError, fn -> Drove.Native.put(h, :not_binary, "v") end
+    assert_raise ArgumentError, fn -> Drove.Native.join(h, "x", :maybe) end
+    assert_raise ArgumentError, fn -> Drove.Native.take_outbox(h, 0) end
+    assert_raise ArgumentError, fn -> Drove.Native.sync_reply(h, "a", "b", -1, 1) end
+    assert CRDT.put(c, :still, :serving) == c
+  end
+
+  test "bad peer messages return errors, are counted, and change nothing" do
+    {c, _} = start()
+    CRDT.merge(c, %{1 => 1, 2 => 2})
+    {_, h} = Drove.Handles.lookup(c)
+    before = {Drove.Native.digest(h), Drove.Native.ctx(h)}
+    assert {:error, :bad_magic} = Drove.Native.join(h, "garbage!", false)
+    assert {:error, _} = Drove.Native.join(h, <<"DV", 1, 1, 0::64, 1, 0>>, false)
+    assert {:error, _} = Drove.Native.sync_reply(h, "junk", "junk", 1024, 10)
+    assert {:error, _} = Drove.Native.sync_finish(h, Drove.Native.ctx(h), "junk", 1024, false)
+    # a well-formed delta whose value is not an external term
+    bad = <<"DV", 1, 1, 7::little-64, 0, 1, 1, 131, 1::little-64, 1, 1, 1, 0>>
+    assert {:error, _} = Drove.Native.join(h, bad, false)
+
+    ExUnit.CaptureLog.capture_log(fn ->
+      send(c, {:drove_delta, self(), "garbage"})
+      send(c, {:drove_sync_req, self(), make_ref(), "x", "y"})
+      send(c, :unexpected)
+      wait(fn -> CRDT.info(c).bad_messages == 3 end)
+    end)
+
+    assert {Drove.Native.digest(h), Drove.Native.ctx(h)} == before
+    assert CRDT.to_map(c) == %{1 => 1, 2 => 2}
+  end
+
+  defp wait(fun, ms \\ 5000) do
+    deadline = System.monotonic_time(:millisecond) + ms
+    do_wait(fun, deadline)
+  end
+
+  defp do_wait(fun, deadline) do
+    cond do
+      fun.() -> :ok
+      System.monotonic_time(:millisecond) > deadline -> flunk("condition not met in time")
+      true -> Process.sleep(5) && do_wait(fun, deadline)
+    end
+  end
+end

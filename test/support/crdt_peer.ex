@@ -1,0 +1,72 @@
+defmodule Drove.Test.CRDTPeer do
+  @moduledoc false
+  # Helpers that run ON peer nodes (test modules are not loaded there; this support module
+  # is compiled into _build/test and so is on every peer's code path).
+
+  @doc "Starts a named replica that outlives the RPC call; diffs are recorded in ETS."
+  @spec start(atom(), list(), keyword()) :: {:ok, pid()}
+  def start(name, neighbours, opts \\ []) do
+    table = diffs_table(name)
+
+    opts = [name: name, neighbours: neighbours, on_diffs: {__MODULE__, :record, [table]}] ++ opts
+
+    {:ok, pid} = GenServer.start(Drove.CRDT, validate(opts), name: name)
+    {:ok, pid}
+  end
+
+  defp validate(opts), do: opts
+
+  @doc false
+  @spec record(atom(), list()) :: :ok
+  def record(table, diffs) do
+    Enum.each(diffs, &:ets.insert(table, {System.unique_integer([:monotonic]), &1}))
+  end
+
+  @doc "Diffs recorded on this node for the replica, in order."
+  @spec diffs(atom()) :: list()
+  def diffs(name) do
+    name |> diffs_table() |> :ets.tab2list() |> Enum.sort() |> Enum.map(&elem(&1, 1))
+  end
+
+  defp diffs_table(name) do
+    table = :"#{name}_diffs"
+
+    if :ets.whereis(table) == :undefined do
+      # owned by a process that lives as long as the node
+      parent = self()
+
+      spawn(fn ->
+        :ets.new(table, [:named_table, :public, :ordered_set])
+        send(parent, :table_ready)
+        Process.sleep(:infinity)
+      end)
+
+      receive do
+        :table_ready -> :ok
+      end
+    end
+
+    table
+  end
+
+  @doc "Writes `prefix`-keys for every integer of the range."
+  @spec put_range(atom(), term(), Range.t()) :: :ok
+  def put_range(name, prefix, range) do
+    Enum.each(range, fn i -> Drove.CRDT.put(name, {prefix, i}, i) end)
+  end
+
+  @doc "Deletes `prefix`-keys for every integer of the range."
+  @spec delete_range(atom(), term(), Range.t()) :: :ok
+  def delete_range(name, prefix, range) do
+    Enum.each(range, fn i -> Drove.CRDT.delete(name, {prefix, i}) end)
+  end
+
+  @spec size(atom()) :: non_neg_integer()
+  def size(name), do: Drove.CRDT.info(name).size
+
+  @spec digest(atom()) :: binary()
+  def digest(name) do
+    {_, h} = Drove.Handles.lookup(name)
+    {Drove.Native.digest(h), Drove.Native.ctx(h)}
+  end
+end
