@@ -663,8 +663,11 @@ int dv_map_join_map(dv_map *m, const dv_map *other, dv_diff_fn fn, void *ud) {
 
 /* A local put or remove: applied to m directly (one key lookup), and its delta - the new
  * element if any, plus every dot observed under the key - joined into the outbox. */
+/* A local put or remove; with `only` set, a remove observes (and so removes) only the
+ * elements whose value bytes equal v. */
 static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
-                    bool is_put, uint64_t now_ms, dv_map *outbox, dv_outbox *log, bool *changed) {
+                    bool is_put, bool only, uint64_t now_ms, dv_map *outbox, dv_outbox *log,
+                    bool *changed) {
     uint64_t h = key_hash(k, klen);
     dv_entry *e = is_put ? keys_get_or_add(m, k, klen, h) : keys_get(m, k, klen, h);
     if (!e) {
@@ -674,7 +677,8 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
     }
     size_t nobs = 0;
     for (dv_elem *x = e->elems; x; x = x->next)
-        nobs++;
+        if (!only || (x->vlen == vlen && memcmp(x->val, v, vlen) == 0))
+            nobs++;
     if (!is_put && nobs == 0) {
         if (changed)
             *changed = false;
@@ -694,11 +698,16 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
         m->hlc = nx->ts;
     }
 
+    bool winner_went = false;
     dv_dot stack_o[4];
     dv_dot *obs = nobs <= 4 ? stack_o : dv_alloc(sizeof(dv_dot) * nobs);
     size_t no = 0;
     for (dv_elem *x = e->elems, *n; x; x = n) { /* the observed elements go */
         n = x->next;
+        if (only && !(x->vlen == vlen && memcmp(x->val, v, vlen) == 0))
+            continue;
+        if (x == old)
+            winner_went = true;
         if (obs)
             obs[no++] = x->dot;
         elem_detach(m, x);
@@ -706,6 +715,8 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
     }
     if (nx)
         elem_attach(m, e, nx);
+    if (only) /* the read changed only if the winner went */
+        ch = winner_went;
     /* m is right from here on; a failure below only loses the eager push of this write,
      * which anti-entropy repairs */
     int rc = obs ? DV_OK : DV_ENOMEM;
@@ -750,20 +761,25 @@ fail:
 
 int dv_map_put(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
                uint64_t now_ms, dv_map *outbox, bool *changed) {
-    return local_op(m, k, klen, v, vlen, true, now_ms, outbox, NULL, changed);
+    return local_op(m, k, klen, v, vlen, true, false, now_ms, outbox, NULL, changed);
 }
 
 int dv_map_put_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
                    uint64_t now_ms, dv_outbox *log, bool *changed) {
-    return local_op(m, k, klen, v, vlen, true, now_ms, NULL, log, changed);
+    return local_op(m, k, klen, v, vlen, true, false, now_ms, NULL, log, changed);
 }
 
 int dv_map_remove_log(dv_map *m, const uint8_t *k, uint32_t klen, dv_outbox *log, bool *changed) {
-    return local_op(m, k, klen, NULL, 0, false, 0, NULL, log, changed);
+    return local_op(m, k, klen, NULL, 0, false, false, 0, NULL, log, changed);
+}
+
+int dv_map_remove_value_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v,
+                            uint32_t vlen, dv_outbox *log, bool *changed) {
+    return local_op(m, k, klen, v, vlen, false, true, 0, NULL, log, changed);
 }
 
 int dv_map_remove(dv_map *m, const uint8_t *k, uint32_t klen, dv_map *outbox, bool *changed) {
-    return local_op(m, k, klen, NULL, 0, false, 0, outbox, NULL, changed);
+    return local_op(m, k, klen, NULL, 0, false, false, 0, outbox, NULL, changed);
 }
 
 /* ---------------------------------------------------------------- delta since */

@@ -75,6 +75,10 @@ int dv_map_remove(dv_map *m, const uint8_t *k, uint32_t klen, dv_map *outbox, bo
 int dv_map_put_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
                    uint64_t now_ms, dv_outbox *log, bool *changed);
 int dv_map_remove_log(dv_map *m, const uint8_t *k, uint32_t klen, dv_outbox *log, bool *changed);
+/* Remove only the elements of key k whose value bytes equal v (a registry removing its own
+ * registration leaves a concurrent one of another node in place). */
+int dv_map_remove_value_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v,
+                            uint32_t vlen, dv_outbox *log, bool *changed);
 bool dv_map_get(const dv_map *m, const uint8_t *k, uint32_t klen, dv_read *out);
 
 /* Join a decoded delta. fn (optional) is told of every key whose read value changed. On

@@ -46,7 +46,7 @@ static ErlNifResourceType *REPLICA;
 
 static ERL_NIF_TERM A_OK, A_ERROR, A_NIL, A_TRUE, A_FALSE, A_ADD, A_REMOVE, A_FLUSH;
 static ERL_NIF_TERM A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD, A_RID, A_REPLICAS, A_CLOUD, A_OUTBOX,
-    A_HLC, A_ENOMEM, A_BAD_TERM;
+    A_HLC, A_ENOMEM, A_BAD_TERM, A_EXISTS;
 
 static void *nif_alloc(size_t n) {
     return enif_alloc(n);
@@ -256,6 +256,78 @@ static ERL_NIF_TERM do_get(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], 
         res = enif_make_tuple2(env, A_OK, decode_term(env, rd.val, rd.vlen));
     enif_mutex_unlock(r->lock);
     return res;
+}
+
+static ERL_NIF_TERM put_new_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+/* put_new(replica, key_bin, value_bin) -> :ok | {:exists, current_value}
+ * Check-and-put under one lock hold: the put happens only if the key has no element. */
+static ERL_NIF_TERM put_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k, v;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
+        return enif_make_badarg(env);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "put_new", put_new_dirty, argc, argv);
+    dv_read rd;
+    ERL_NIF_TERM res;
+    if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd)) {
+        res = enif_make_tuple2(env, A_EXISTS, decode_term(env, rd.val, rd.vlen));
+    } else {
+        bool changed = false;
+        int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
+                                wall_ms(), &r->log[r->cur], &changed);
+        if (rc == DV_OK && changed)
+            note_change(r, k.data, k.size);
+        if (rc == DV_OK)
+            maybe_notify(env, r);
+        res = rc == DV_OK ? A_OK : error_tuple(env, rc);
+    }
+    enif_mutex_unlock(r->lock);
+    return res;
+}
+
+static ERL_NIF_TERM put_new_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return put_new_impl(env, argc, argv, true);
+}
+
+static ERL_NIF_TERM put_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return put_new_impl(env, argc, argv, false);
+}
+
+static ERL_NIF_TERM remove_value_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+/* remove_value(replica, key_bin, value_bin) -> :ok
+ * Removes only the elements of the key whose value bytes equal value_bin. */
+static ERL_NIF_TERM remove_value_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
+                                      bool dirty) {
+    replica *r;
+    ErlNifBinary k, v;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
+        return enif_make_badarg(env);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "remove_value", remove_value_dirty, argc, argv);
+    bool changed = false;
+    int rc = dv_map_remove_value_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
+                                     &r->log[r->cur], &changed);
+    if (rc == DV_OK && changed)
+        note_change(r, k.data, k.size);
+    if (rc == DV_OK)
+        maybe_notify(env, r);
+    enif_mutex_unlock(r->lock);
+    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+}
+
+static ERL_NIF_TERM remove_value_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return remove_value_impl(env, argc, argv, true);
+}
+
+static ERL_NIF_TERM remove_value_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return remove_value_impl(env, argc, argv, false);
 }
 
 /* ------------------------------------------------------------------ outbox */
@@ -653,15 +725,19 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
     A_HLC = mk_atom(env, "hlc");
     A_ENOMEM = mk_atom(env, "out_of_memory");
     A_BAD_TERM = mk_atom(env, "bad_term");
+    A_EXISTS = mk_atom(env, "exists");
     return 0;
 }
 
 /* Scheduling choice beside each entry (see ARCHITECTURE.md, "Scheduling rule"). */
 static ErlNifFunc funcs[] = {
-    {"replica_new", 3, replica_new, 0},     /* normal: O(1) */
-    {"put", 3, put_nif, 0},                 /* normal, trylock else dirty: O(1) */
-    {"delete", 2, delete_nif, 0},           /* normal, trylock else dirty: O(1) */
-    {"get", 2, get_nif, 0},                 /* normal, trylock else dirty: O(1) */
+    {"replica_new", 3, replica_new, 0}, /* normal: O(1) */
+    {"put", 3, put_nif, 0},             /* normal, trylock else dirty: O(1) */
+    {"delete", 2, delete_nif, 0},       /* normal, trylock else dirty: O(1) */
+    {"get", 2, get_nif, 0},
+    {"put_new", 3, put_new_nif, 0}, /* normal, trylock else dirty: O(1) */
+    {"remove_value", 3, remove_value_nif, 0},
+    /* normal, trylock else dirty: O(1) */  /* normal, trylock else dirty: O(1) */
     {"take_outbox", 2, take_outbox_nif, 0}, /* normal; dirty above 2048 operations */
     {"join", 3, join_nif, 0},               /* normal below 64 KiB, else dirty */
     {"ctx", 1, ctx_nif, 0},                 /* normal: O(replica ids) */

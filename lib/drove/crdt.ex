@@ -60,7 +60,6 @@ defmodule Drove.CRDT do
 
   @default_sync_interval 500
   @default_max_message_bytes 1_048_576
-  @max_manifest_dots 65_536
 
   @doc """
   Starts a replica.
@@ -247,10 +246,7 @@ defmodule Drove.CRDT do
 
   # ------------------------------------------------------------------ server
 
-  defmodule Neighbour do
-    @moduledoc false
-    defstruct dest: nil, mref: nil, pid: nil, up: false, round: nil
-  end
+  alias Drove.Replicator
 
   @impl true
   def init(opts) do
@@ -261,19 +257,22 @@ defmodule Drove.CRDT do
     name = Keyword.get(opts, :name)
     Handles.register(name, self(), handle)
 
+    repl =
+      Replicator.new(handle,
+        label: name || self(),
+        interval: Keyword.get(opts, :sync_interval, @default_sync_interval),
+        max_bytes: Keyword.get(opts, :max_message_bytes, @default_max_message_bytes),
+        want_diffs: on_diffs != nil
+      )
+
+    state = %{handle: handle, name: name, on_diffs: on_diffs, repl: repl}
+
     state = %{
-      handle: handle,
-      name: name,
-      on_diffs: on_diffs,
-      interval: Keyword.get(opts, :sync_interval, @default_sync_interval),
-      max_bytes: Keyword.get(opts, :max_message_bytes, @default_max_message_bytes),
-      neighbours: %{},
-      passive: %{},
-      stats: %{bad_messages: 0, deltas_in: 0, deltas_out: 0, rounds: 0, rounds_done: 0}
+      state
+      | repl: Replicator.set_neighbours(repl, Keyword.get(opts, :neighbours, []), name)
     }
 
-    state = apply_neighbours(state, Keyword.get(opts, :neighbours, []))
-    Process.send_after(self(), :sync_tick, state.interval)
+    Process.send_after(self(), :sync_tick, repl.interval)
     {:ok, state}
   end
 
@@ -290,259 +289,56 @@ defmodule Drove.CRDT do
   def handle_call(:to_map, _from, s), do: {:reply, Map.new(Native.to_list(s.handle)), s}
 
   def handle_call(:info, _from, s) do
-    up = for {_, %Neighbour{up: true, dest: d}} <- s.neighbours, do: d
-
-    info =
-      s.handle
-      |> Native.info()
-      |> Map.merge(s.stats)
-      |> Map.merge(%{
-        neighbours: Map.keys(s.neighbours),
-        neighbours_up: up,
-        passive_peers: Map.keys(s.passive),
-        rounds_in_flight: Enum.count(s.neighbours, fn {_, n} -> n.round != nil end)
-      })
-
-    {:reply, info, s}
+    {:reply, s.handle |> Native.info() |> Map.merge(Replicator.info(s.repl)), s}
   end
 
   @impl true
-  def handle_cast({:set_neighbours, list}, s), do: {:noreply, apply_neighbours(s, list)}
-  def handle_cast(:sync_now, s), do: {:noreply, start_rounds(s, true)}
+  def handle_cast({:set_neighbours, list}, s) do
+    {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
+  end
+
+  def handle_cast(:sync_now, s), do: {:noreply, %{s | repl: Replicator.sync_now(s.repl)}}
 
   def handle_cast(other, s) do
-    {:noreply, bad_message(s, {:cast, other})}
+    {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, other})}}
   end
 
   @impl true
-  def handle_info(:drove_flush, s), do: {:noreply, flush(s)}
-
   def handle_info(:sync_tick, s) do
-    Process.send_after(self(), :sync_tick, s.interval)
-    {:noreply, s |> remonitor() |> start_rounds(false)}
+    Process.send_after(self(), :sync_tick, s.repl.interval)
+    {:noreply, %{s | repl: Replicator.tick(s.repl)}}
   end
 
-  def handle_info({:drove_delta, from, bin}, s) when is_pid(from) and is_binary(bin) do
-    {:noreply, s |> note_peer(from) |> join(bin)}
-  end
-
-  def handle_info({:drove_sync_req, from, ref, ctx, digest}, s)
-      when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(digest) do
-    s = note_peer(s, from)
-
-    case Native.sync_reply(s.handle, ctx, digest, s.max_bytes, @max_manifest_dots) do
-      {:ok, chunks, my_ctx, manifest} ->
-        Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
-        send_to(from, {:drove_sync_reply, self(), ref, my_ctx, manifest})
-        {:noreply, bump(s, :deltas_out, length(chunks))}
-
-      {:error, reason} ->
-        {:noreply, bad_message(s, {:sync_req, reason})}
-    end
-  end
-
-  def handle_info({:drove_sync_reply, from, ref, ctx, manifest}, s)
-      when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(manifest) do
-    case Enum.find(s.neighbours, fn {_, n} -> match?({^ref, _}, n.round) end) do
-      nil ->
-        # a reply to a round we gave up on (or never started): still valid data
-        {:noreply, finish_round(s, from, ctx, manifest)}
-
-      {dest, n} ->
-        s = put_in(s.neighbours[dest], %{n | round: nil, pid: from})
-        {:noreply, finish_round(s, from, ctx, manifest)}
-    end
-  end
-
-  def handle_info({:drove_bye, from}, s) when is_pid(from) do
-    case Map.pop(s.passive, from) do
-      {nil, _} ->
-        {:noreply, s}
-
-      {mref, passive} ->
-        Process.demonitor(mref, [:flush])
-        {:noreply, %{s | passive: passive}}
-    end
-  end
-
-  def handle_info({:DOWN, mref, :process, _obj, _reason}, s) do
-    case Enum.find(s.neighbours, fn {_, n} -> n.mref == mref end) do
-      {dest, n} ->
-        {:noreply, put_in(s.neighbours[dest], %{n | mref: nil, up: false, round: nil})}
-
-      nil ->
-        passive = for {pid, r} <- s.passive, r != mref, into: %{}, do: {pid, r}
-        {:noreply, %{s | passive: passive}}
-    end
-  end
-
-  def handle_info({:EXIT, _pid, reason}, s) when reason in [:normal, :shutdown] do
+  def handle_info({:EXIT, _pid, reason}, s)
+      when reason in [:normal, :shutdown] or
+             (is_tuple(reason) and tuple_size(reason) == 2 and elem(reason, 0) == :shutdown) do
     {:noreply, s}
   end
 
-  def handle_info({:EXIT, _pid, {:shutdown, _}}, s), do: {:noreply, s}
   def handle_info({:EXIT, _pid, reason}, s), do: {:stop, reason, s}
 
-  def handle_info(other, s), do: {:noreply, bad_message(s, other)}
+  def handle_info(msg, s) do
+    case Replicator.handle_info(msg, s.repl) do
+      {:ok, repl, diffs} ->
+        emit(s, diffs)
+        {:noreply, %{s | repl: repl}}
+
+      :unknown ->
+        {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
+    end
+  end
 
   @impl true
   def terminate(_reason, s) do
     # last flush: writes made just before a stop still reach the neighbours
-    flush(s)
-    Enum.each(s.passive, fn {pid, _} -> send_to(pid, {:drove_bye, self()}) end)
+    {_repl, diffs} = Replicator.terminate(s.repl)
+    emit(s, diffs)
     Handles.unregister(s.name, self())
     :ok
   end
-
-  # ------------------------------------------------------------------ replication
-
-  defp flush(s) do
-    case Native.take_outbox(s.handle, s.max_bytes) do
-      {:error, reason} ->
-        Logger.error("Drove.CRDT #{inspect(s.name || self())}: outbox: #{inspect(reason)}")
-        s
-
-      {chunks, diffs} ->
-        targets = push_targets(s)
-        for c <- chunks, t <- targets, do: send_to(t, {:drove_delta, self(), c})
-        s = bump(s, :deltas_out, length(chunks) * length(targets))
-        emit(s, diffs)
-        s
-    end
-  end
-
-  defp push_targets(s) do
-    active = for {_, %Neighbour{up: true} = n} <- s.neighbours, do: n.pid || n.dest
-    active_pids = for {_, %Neighbour{pid: p}} <- s.neighbours, is_pid(p), do: p
-    active ++ (Map.keys(s.passive) -- active_pids)
-  end
-
-  defp join(s, bin) do
-    case Native.join(s.handle, bin, s.on_diffs != nil) do
-      {:ok, diffs, _n} ->
-        s = bump(s, :deltas_in, 1)
-        emit(s, diffs)
-        s
-
-      {:error, reason} ->
-        bad_message(s, {:delta, reason})
-    end
-  end
-
-  defp finish_round(s, from, ctx, manifest) do
-    case Native.sync_finish(s.handle, ctx, manifest, s.max_bytes, s.on_diffs != nil) do
-      {:ok, chunks, diffs, _removed} ->
-        Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
-        s = s |> bump(:deltas_out, length(chunks)) |> bump(:rounds_done, 1)
-        emit(s, diffs)
-        s
-
-      {:error, reason} ->
-        bad_message(s, {:sync_reply, reason})
-    end
-  end
-
-  defp start_rounds(s, force) do
-    now = System.monotonic_time(:millisecond)
-    timeout = max(10 * s.interval, 5_000)
-
-    {neighbours, started} =
-      Enum.map_reduce(s.neighbours, 0, fn {dest, n}, acc ->
-        free = n.round == nil or match?({_, deadline} when deadline < now, n.round)
-
-        if n.up and (free or force) do
-          ref = make_ref()
-          req = {:drove_sync_req, self(), ref, Native.ctx(s.handle), Native.digest(s.handle)}
-          send_to(n.pid || dest, req)
-          {{dest, %{n | round: {ref, now + timeout}}}, acc + 1}
-        else
-          {{dest, n}, acc}
-        end
-      end)
-
-    bump(%{s | neighbours: Map.new(neighbours)}, :rounds, started)
-  end
-
-  defp apply_neighbours(s, list) do
-    wanted =
-      list
-      |> Enum.map(&normalize_dest/1)
-      |> Enum.reject(&self_dest?(&1, s))
-      |> Enum.uniq()
-
-    {keep, drop} = Map.split(s.neighbours, wanted)
-
-    Enum.each(drop, fn {_, n} ->
-      if n.mref, do: Process.demonitor(n.mref, [:flush])
-      send_to(n.pid || n.dest, {:drove_bye, self()})
-    end)
-
-    added =
-      for d <- wanted, not Map.has_key?(keep, d), into: %{}, do: {d, monitor(%Neighbour{dest: d})}
-
-    s = %{s | neighbours: Map.merge(keep, added)}
-    if map_size(added) > 0, do: start_rounds(s, false), else: s
-  end
-
-  defp normalize_dest({name, node}) when is_atom(name) and node == node(), do: name
-  defp normalize_dest(dest) when is_pid(dest) or is_atom(dest), do: dest
-  defp normalize_dest({name, node} = d) when is_atom(name) and is_atom(node), do: d
-
-  defp normalize_dest(other) do
-    raise ArgumentError,
-          "a neighbour is a pid, a local name or {name, node}, got: #{inspect(other)}"
-  end
-
-  defp self_dest?(d, s), do: d == self() or (s.name != nil and d == s.name)
-
-  defp monitor(%Neighbour{dest: dest} = n) do
-    mref = Process.monitor(dest)
-    pid = if is_pid(dest), do: dest, else: n.pid
-    %{n | mref: mref, up: true, pid: pid}
-  end
-
-  defp remonitor(s) do
-    neighbours =
-      Map.new(s.neighbours, fn
-        {d, %Neighbour{mref: nil} = n} -> {d, monitor(%{n | pid: nil})}
-        other -> other
-      end)
-
-    %{s | neighbours: neighbours}
-  end
-
-  defp note_peer(s, pid) do
-    known? =
-      Map.has_key?(s.passive, pid) or
-        Enum.any?(s.neighbours, fn {d, n} -> n.pid == pid or d == pid end)
-
-    if known? do
-      s
-    else
-      %{s | passive: Map.put(s.passive, pid, Process.monitor(pid))}
-    end
-  end
-
-  # Never block on connection set-up: an unconnected peer is repaired by anti-entropy later.
-  defp send_to(dest, msg), do: :erlang.send(dest, msg, [:noconnect])
 
   defp emit(_s, []), do: :ok
   defp emit(%{on_diffs: nil}, _), do: :ok
   defp emit(%{on_diffs: f}, diffs) when is_function(f, 1), do: f.(diffs)
   defp emit(%{on_diffs: {m, f, a}}, diffs), do: apply(m, f, a ++ [diffs])
-
-  defp bump(s, key, n), do: %{s | stats: Map.update!(s.stats, key, &(&1 + n))}
-
-  defp bad_message(s, what) do
-    n = s.stats.bad_messages + 1
-
-    if n <= 10 or rem(n, 1000) == 0 do
-      Logger.warning(
-        "Drove.CRDT #{inspect(s.name || self())} ignored a bad message (#{n} so far): " <>
-          inspect(what, limit: 5, printable_limit: 64)
-      )
-    end
-
-    bump(s, :bad_messages, 1)
-  end
 end

@@ -25,7 +25,8 @@ defmodule Drove.Native do
 
   @doc false
   @spec value(term()) :: binary()
-  def value(term), do: :erlang.term_to_binary(term, minor_version: 2)
+  # Deterministic too: a registry removes its own element by re-encoding the same value.
+  def value(term), do: :erlang.term_to_binary(term, [:deterministic, minor_version: 2])
 
   defp nif, do: :erlang.nif_error(:nif_not_loaded)
 
@@ -37,6 +38,10 @@ defmodule Drove.Native do
   def delete(_r, _k), do: nif()
   @doc false
   def get(_r, _k), do: nif()
+  @doc false
+  def put_new(_r, _k, _v), do: nif()
+  @doc false
+  def remove_value(_r, _k, _v), do: nif()
   @doc false
   def take_outbox(_r, _max), do: nif()
   @doc false

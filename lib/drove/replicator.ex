@@ -1,0 +1,291 @@
+defmodule Drove.Replicator do
+  @moduledoc false
+  # The replication protocol of one replica, as a plain data structure driven by its owner
+  # process (Drove.CRDT, Drove.Registry.Server, ...). The owner forwards every message to
+  # handle_info/2 and gets back the read changes to act on.
+  #
+  # Protocol (all messages carry the sender's pid; binaries are decoded and checked in C):
+  #   {:drove_delta, from, delta}                  eager push of local writes, and sync chunks
+  #   {:drove_sync_req, from, ref, ctx, digest}    start of an anti-entropy round
+  #   {:drove_sync_reply, from, ref, ctx, manifest} reply, sent after the chunks the
+  #                                                initiator has not seen
+  #   {:drove_bye, from}                           the sender drops us as a neighbour
+  # After a reply the initiator sends the chunks the responder has not seen and the removals
+  # the responder's manifest shows it has not made. At most one round is in flight per
+  # neighbour; a round that gets no reply expires after max(10 intervals, 5 s).
+  require Logger
+
+  alias Drove.Native
+
+  @max_manifest_dots 65_536
+
+  defmodule Neighbour do
+    @moduledoc false
+    defstruct dest: nil, mref: nil, pid: nil, up: false, round: nil
+  end
+
+  defstruct handle: nil,
+            label: nil,
+            interval: 500,
+            max_bytes: 1_048_576,
+            want_diffs: false,
+            neighbours: %{},
+            passive: %{},
+            stats: %{bad_messages: 0, deltas_in: 0, deltas_out: 0, rounds: 0, rounds_done: 0}
+
+  @type diff :: {:add, term(), term()} | {:remove, term()}
+  @type t :: %__MODULE__{}
+
+  @spec new(reference(), keyword()) :: t()
+  def new(handle, opts) do
+    %__MODULE__{
+      handle: handle,
+      label: Keyword.get(opts, :label, self()),
+      interval: Keyword.fetch!(opts, :interval),
+      max_bytes: Keyword.fetch!(opts, :max_bytes),
+      want_diffs: Keyword.get(opts, :want_diffs, false)
+    }
+  end
+
+  @doc "Normalises a neighbour designation; raises ArgumentError on anything else."
+  @spec normalize_dest(term()) :: pid() | atom() | {atom(), node()}
+  def normalize_dest({name, node}) when is_atom(name) and node == node(), do: name
+  def normalize_dest(dest) when is_pid(dest) or is_atom(dest), do: dest
+  def normalize_dest({name, node} = d) when is_atom(name) and is_atom(node), do: d
+
+  def normalize_dest(other) do
+    raise ArgumentError,
+          "a neighbour is a pid, a local name or {name, node}, got: #{inspect(other)}"
+  end
+
+  @spec set_neighbours(t(), list(), atom() | nil) :: t()
+  def set_neighbours(r, list, own_name) do
+    wanted =
+      list
+      |> Enum.map(&normalize_dest/1)
+      |> Enum.reject(&(&1 == self() or (own_name != nil and &1 == own_name)))
+      |> Enum.uniq()
+
+    {keep, drop} = Map.split(r.neighbours, wanted)
+
+    Enum.each(drop, fn {_, n} ->
+      if n.mref, do: Process.demonitor(n.mref, [:flush])
+      send_to(n.pid || n.dest, {:drove_bye, self()})
+    end)
+
+    added =
+      for d <- wanted, not Map.has_key?(keep, d), into: %{}, do: {d, monitor(%Neighbour{dest: d})}
+
+    r = %{r | neighbours: Map.merge(keep, added)}
+    if map_size(added) > 0, do: start_rounds(r, false), else: r
+  end
+
+  @doc "Periodic work: re-monitor neighbours that were down, start due rounds."
+  @spec tick(t()) :: t()
+  def tick(r), do: r |> remonitor() |> start_rounds(false)
+
+  @spec sync_now(t()) :: t()
+  def sync_now(r), do: start_rounds(r, true)
+
+  @doc """
+  Handles a protocol message. Returns `{:ok, r, diffs}` (diffs of joins, or of local writes
+  on a flush) or `:unknown` for messages that are not the protocol's.
+  """
+  @spec handle_info(term(), t()) :: {:ok, t(), [diff()]} | :unknown
+  def handle_info(:drove_flush, r) do
+    {r, diffs} = flush(r)
+    {:ok, r, diffs}
+  end
+
+  def handle_info({:drove_delta, from, bin}, r) when is_pid(from) and is_binary(bin) do
+    r |> note_peer(from) |> join(bin)
+  end
+
+  def handle_info({:drove_sync_req, from, ref, ctx, digest}, r)
+      when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(digest) do
+    r = note_peer(r, from)
+
+    case Native.sync_reply(r.handle, ctx, digest, r.max_bytes, @max_manifest_dots) do
+      {:ok, chunks, my_ctx, manifest} ->
+        Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
+        send_to(from, {:drove_sync_reply, self(), ref, my_ctx, manifest})
+        {:ok, bump(r, :deltas_out, length(chunks)), []}
+
+      {:error, reason} ->
+        {:ok, bad_message(r, {:sync_req, reason}), []}
+    end
+  end
+
+  def handle_info({:drove_sync_reply, from, ref, ctx, manifest}, r)
+      when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(manifest) do
+    r =
+      case Enum.find(r.neighbours, fn {_, n} -> match?({^ref, _}, n.round) end) do
+        # a reply to a round we gave up on still carries valid data
+        nil -> r
+        {dest, n} -> put_in(r.neighbours[dest], %{n | round: nil, pid: from})
+      end
+
+    finish_round(r, from, ctx, manifest)
+  end
+
+  def handle_info({:drove_bye, from}, r) when is_pid(from) do
+    case Map.pop(r.passive, from) do
+      {nil, _} ->
+        {:ok, r, []}
+
+      {mref, passive} ->
+        Process.demonitor(mref, [:flush])
+        {:ok, %{r | passive: passive}, []}
+    end
+  end
+
+  def handle_info({:DOWN, mref, :process, _obj, _reason}, r) do
+    case Enum.find(r.neighbours, fn {_, n} -> n.mref == mref end) do
+      {dest, n} ->
+        {:ok, put_in(r.neighbours[dest], %{n | mref: nil, up: false, round: nil}), []}
+
+      nil ->
+        case Enum.find(r.passive, fn {_, m} -> m == mref end) do
+          {pid, _} -> {:ok, %{r | passive: Map.delete(r.passive, pid)}, []}
+          nil -> :unknown
+        end
+    end
+  end
+
+  def handle_info(msg, r) when is_tuple(msg) and tuple_size(msg) > 0 do
+    if elem(msg, 0) in [:drove_delta, :drove_sync_req, :drove_sync_reply, :drove_bye] do
+      {:ok, bad_message(r, msg), []}
+    else
+      :unknown
+    end
+  end
+
+  def handle_info(_msg, _r), do: :unknown
+
+  @doc "Ships the write log to every neighbour; returns the local read changes."
+  @spec flush(t()) :: {t(), [diff()]}
+  def flush(r) do
+    case Native.take_outbox(r.handle, r.max_bytes) do
+      {:error, reason} ->
+        Logger.error("Drove replica #{inspect(r.label)}: outbox: #{inspect(reason)}")
+        {r, []}
+
+      {chunks, diffs} ->
+        targets = push_targets(r)
+        for c <- chunks, t <- targets, do: send_to(t, {:drove_delta, self(), c})
+        {bump(r, :deltas_out, length(chunks) * length(targets)), diffs}
+    end
+  end
+
+  @doc "Last flush and goodbyes, for the owner's terminate/2."
+  @spec terminate(t()) :: {t(), [diff()]}
+  def terminate(r) do
+    {r, diffs} = flush(r)
+    Enum.each(r.passive, fn {pid, _} -> send_to(pid, {:drove_bye, self()}) end)
+    {r, diffs}
+  end
+
+  @spec info(t()) :: map()
+  def info(r) do
+    up = for {_, %Neighbour{up: true, dest: d}} <- r.neighbours, do: d
+
+    r.stats
+    |> Map.merge(%{
+      neighbours: Map.keys(r.neighbours),
+      neighbours_up: up,
+      passive_peers: Map.keys(r.passive),
+      rounds_in_flight: Enum.count(r.neighbours, fn {_, n} -> n.round != nil end)
+    })
+  end
+
+  @doc "Counts (and logs, rate-limited) a message that was ignored."
+  @spec bad_message(t(), term()) :: t()
+  def bad_message(r, what) do
+    n = r.stats.bad_messages + 1
+
+    if n <= 10 or rem(n, 1000) == 0 do
+      Logger.warning(
+        "Drove replica #{inspect(r.label)} ignored a bad message (#{n} so far): " <>
+          inspect(what, limit: 5, printable_limit: 64)
+      )
+    end
+
+    bump(r, :bad_messages, 1)
+  end
+
+  # ------------------------------------------------------------------ internals
+
+  defp push_targets(r) do
+    active = for {_, %Neighbour{up: true} = n} <- r.neighbours, do: n.pid || n.dest
+    active_pids = for {_, %Neighbour{pid: p}} <- r.neighbours, is_pid(p), do: p
+    active ++ (Map.keys(r.passive) -- active_pids)
+  end
+
+  defp join(r, bin) do
+    case Native.join(r.handle, bin, r.want_diffs) do
+      {:ok, diffs, _n} -> {:ok, bump(r, :deltas_in, 1), diffs}
+      {:error, reason} -> {:ok, bad_message(r, {:delta, reason}), []}
+    end
+  end
+
+  defp finish_round(r, from, ctx, manifest) do
+    case Native.sync_finish(r.handle, ctx, manifest, r.max_bytes, r.want_diffs) do
+      {:ok, chunks, diffs, _removed} ->
+        Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
+        {:ok, r |> bump(:deltas_out, length(chunks)) |> bump(:rounds_done, 1), diffs}
+
+      {:error, reason} ->
+        {:ok, bad_message(r, {:sync_reply, reason}), []}
+    end
+  end
+
+  defp start_rounds(r, force) do
+    now = System.monotonic_time(:millisecond)
+    timeout = max(10 * r.interval, 5_000)
+
+    {neighbours, started} =
+      Enum.map_reduce(r.neighbours, 0, fn {dest, n}, acc ->
+        free = n.round == nil or match?({_, deadline} when deadline < now, n.round)
+
+        if n.up and (free or force) do
+          ref = make_ref()
+          req = {:drove_sync_req, self(), ref, Native.ctx(r.handle), Native.digest(r.handle)}
+          send_to(n.pid || dest, req)
+          {{dest, %{n | round: {ref, now + timeout}}}, acc + 1}
+        else
+          {{dest, n}, acc}
+        end
+      end)
+
+    bump(%{r | neighbours: Map.new(neighbours)}, :rounds, started)
+  end
+
+  defp monitor(%Neighbour{dest: dest} = n) do
+    mref = Process.monitor(dest)
+    pid = if is_pid(dest), do: dest, else: n.pid
+    %{n | mref: mref, up: true, pid: pid}
+  end
+
+  defp remonitor(r) do
+    neighbours =
+      Map.new(r.neighbours, fn
+        {d, %Neighbour{mref: nil} = n} -> {d, monitor(%{n | pid: nil})}
+        other -> other
+      end)
+
+    %{r | neighbours: neighbours}
+  end
+
+  defp note_peer(r, pid) do
+    known? =
+      Map.has_key?(r.passive, pid) or
+        Enum.any?(r.neighbours, fn {d, n} -> n.pid == pid or d == pid end)
+
+    if known?, do: r, else: %{r | passive: Map.put(r.passive, pid, Process.monitor(pid))}
+  end
+
+  # Never block on connection set-up: an unconnected peer is repaired by anti-entropy later.
+  defp send_to(dest, msg), do: :erlang.send(dest, msg, [:noconnect])
+
+  defp bump(r, key, n), do: %{r | stats: Map.update!(r.stats, key, &(&1 + n))}
+end
