@@ -20,6 +20,7 @@
 #include "alloc.h"
 #include "awmap.h"
 #include "codec.h"
+#include "members_nif.h"
 
 /* Messages at or above this size are joined on a dirty scheduler. */
 #define DIRTY_JOIN_BYTES (64 * 1024)
@@ -745,7 +746,11 @@ static ErlNifFunc funcs[] = {
     {"sync_reply", 5, sync_reply_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},   /* dirty: O(map) */
     {"sync_finish", 5, sync_finish_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND}, /* dirty: O(map) */
     {"to_list", 1, to_list_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},         /* dirty: O(map) */
-    {"info", 1, info_nif, 0},                                         /* normal: O(1) */
+    {"info", 1, info_nif, 0},
+    /* membership (members_nif.c): normal, O(members); they reschedule themselves dirty
+     * above DV_MEMBERS_NIF_DIRTY_LEN members */
+    {"members_set", 2, dv_members_set_nif, 0},
+    {"members_diff", 2, dv_members_diff_nif, 0}, /* normal: O(1) */
 };
 
 ERL_NIF_INIT(Elixir.Drove.Native, funcs, load, NULL, NULL, NULL)

@@ -58,4 +58,8 @@ defmodule Drove.Native do
   def to_list(_r), do: nif()
   @doc false
   def info(_r), do: nif()
+  @doc false
+  def members_set(_candidates, _self), do: nif()
+  @doc false
+  def members_diff(_old, _new), do: nif()
 end

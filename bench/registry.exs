@@ -1,0 +1,177 @@
+# Drove.Registry benchmarks against :pg, :global and raw ETS, run in the same script on the
+# same 2-peer cluster.  Run: make bench BENCH=bench/registry.exs
+Code.require_file("bench_helper.exs", __DIR__)
+
+remote_src = ~S"""
+defmodule RegBench.Remote do
+  @scope :regbench_pg
+
+  def setup(members) do
+    parent = self()
+    spawn(fn ->
+      {:ok, _} = :pg.start_link(@scope)
+      {:ok, _} = Drove.Registry.start_link(name: :regbench, keys: :unique, members: members)
+      send(parent, :ready)
+      Process.sleep(:infinity)
+    end)
+    receive do: (:ready -> :ok)
+  end
+
+  # N processes each register one name; returns {us, pids}
+  def spawn_register(kind, n, tag) do
+    parent = self()
+    t0 = System.monotonic_time(:microsecond)
+    pids =
+      for i <- 1..n do
+        spawn(fn ->
+          ok = register(kind, {tag, i})
+          send(parent, {:reg, ok})
+          receive do: (:stop -> :ok)
+        end)
+      end
+    oks = for _ <- 1..n, do: (receive do: ({:reg, ok} -> ok))
+    t1 = System.monotonic_time(:microsecond)
+    true = Enum.all?(oks)
+    :persistent_term.put({__MODULE__, kind, tag}, pids)
+    {t1 - t0, System.os_time(:microsecond)}
+  end
+
+  defp register(:drove, key), do: match?({:ok, _}, Drove.Registry.register(:regbench, key, nil))
+  defp register(:pg, key), do: :pg.join(@scope, key, self()) == :ok
+  defp register(:global, key), do: :global.register_name(key, self()) == :yes
+
+  def kill_all(kind, tag) do
+    pids = :persistent_term.get({__MODULE__, kind, tag})
+    Enum.each(pids, &Process.exit(&1, :kill))
+    System.os_time(:microsecond)
+  end
+
+  def size(:drove), do: :ets.info(:keys_regbench, :size)
+  def size(:pg), do: :ets.info(@scope, :size)
+  def size(:global), do: length(:global.registered_names())
+
+  # spins until size(kind) reaches n (or drops to n when down: true); wall time in us
+  def wait_size(kind, n, down \\ false) do
+    s = size(kind)
+    if (down and s <= n) or (not down and s >= n), do: System.os_time(:microsecond), else: wait_size(kind, n, down)
+  end
+
+  def lookups(n, tag) do
+    {t, _} = :timer.tc(fn -> Enum.each(1..n, &Drove.Registry.lookup(:regbench, {tag, &1})) end)
+    t / n
+  end
+
+  def ets_lookups(n) do
+    t = :ets.new(:raw, [:set, :public, read_concurrency: true])
+    Enum.each(1..n, &:ets.insert(t, {{:raw, &1}, :a, {self(), nil}}))
+    {us, _} = :timer.tc(fn -> Enum.each(1..n, &:ets.lookup(t, {:raw, &1})) end)
+    :ets.delete(t)
+    us / n
+  end
+
+  # one process registering keys one after the other: median per-call time over batches of 100
+  def register_latency(batches) do
+    parent = self()
+    spawn(fn ->
+      samples =
+        for b <- 1..batches do
+          {t, _} = :timer.tc(fn -> Enum.each(1..100, &Drove.Registry.register(:regbench, {:lat, b, &1}, nil)) end)
+          t / 100
+        end
+      send(parent, {:lat, samples})
+    end)
+    receive do: ({:lat, s} -> Enum.sort(s) |> Enum.at(div(batches, 2)))
+  end
+
+  def memory do
+    info = Drove.Registry.info(:regbench)
+    words = :erlang.system_info(:wordsize)
+    ets = (:ets.info(:keys_regbench, :memory) + :ets.info(:pids_regbench, :memory)) * words
+    %{count: info.size, replica: info.memory, payload: info.payload, ets: ets}
+  end
+end
+"""
+
+Bench.ensure_distributed!()
+
+IO.puts(
+  "Drove.Registry bench: #{:erlang.system_info(:logical_processors)} cores, OTP #{System.otp_release()}\n"
+)
+
+peers = for i <- 1..2, do: Bench.start_peer(:"regb#{i}_#{System.unique_integer([:positive])}")
+[a, b] = nodes = Enum.map(peers, &elem(&1, 1))
+Enum.each(nodes, &:erpc.call(&1, Code, :compile_string, [remote_src]))
+members = for n <- nodes, do: {:regbench, n}
+Enum.each(nodes, &:erpc.call(&1, RegBench.Remote, :setup, [members]))
+Process.sleep(500)
+r = RegBench.Remote
+
+run = fn kind, n, tag ->
+  base = :erpc.call(b, r, :size, [kind])
+  waiter = Task.async(fn -> :erpc.call(b, r, :wait_size, [kind, base + n], 120_000) end)
+  {us, t_last} = :erpc.call(a, r, :spawn_register, [kind, n, tag], 120_000)
+  t_seen = Task.await(waiter, 120_000)
+  t_kill = :erpc.call(a, r, :kill_all, [kind, tag], 60_000)
+  t_gone = :erpc.call(b, r, :wait_size, [kind, base, true], 120_000)
+
+  %{
+    rate: n / (us / 1_000_000),
+    visible_ms: (t_seen - t_last) / 1000,
+    gone_ms: (t_gone - t_kill) / 1000
+  }
+end
+
+for n <- [10_000, 50_000] do
+  runs = 3
+  d = for i <- 1..runs, do: run.(:drove, n, {:d, n, i})
+  p = for i <- 1..runs, do: run.(:pg, n, {:p, n, i})
+  med = fn list, k -> Bench.median(Enum.map(list, & &1[k])) end
+  IO.puts("== #{n} processes each register one name on node A (median of #{runs})")
+  Bench.row("Drove registrations/s", med.(d, :rate), med.(p, :rate), ":pg joins/s", ">= 1.5x")
+
+  Bench.row(
+    "Drove: last visible on B after (ms)",
+    med.(d, :visible_ms),
+    med.(p, :visible_ms),
+    ":pg (ms)",
+    "<= :pg"
+  )
+
+  Bench.row(
+    "Drove: exits seen on B after (ms)",
+    med.(d, :gone_ms),
+    med.(p, :gone_ms),
+    ":pg (ms)",
+    "<= 100 ms"
+  )
+
+  IO.puts("")
+end
+
+g = run.(:global, 5_000, {:g, 1})
+d = run.(:drove, 5_000, {:dg, 1})
+IO.puts("== 5000 registrations, :global for reference")
+Bench.row("Drove registrations/s", d.rate, g.rate, ":global registrations/s", "-")
+
+{_, _} = :erpc.call(a, r, :spawn_register, [:drove, 50_000, :kept], 120_000)
+look = :erpc.call(a, r, :lookups, [50_000, :kept], 60_000)
+raw = :erpc.call(a, r, :ets_lookups, [50_000], 60_000)
+lat = :erpc.call(a, r, :register_latency, [200], 60_000)
+IO.puts("\n== single operations (us)")
+Bench.row("Drove.Registry.lookup (local pid)", look, raw, ":ets.lookup same rows", "<= 3x")
+Bench.row("Drove.Registry.register, median per call", lat, nil, "", "<= 5 us")
+Bench.wait_until(fn -> :erpc.call(b, r, :size, [:drove]) >= 70_000 end)
+
+for {label, node} <- [{"A (owner)", a}, {"B (replica)", b}] do
+  m = :erpc.call(node, r, :memory, [])
+
+  Bench.row(
+    "bytes/registration beyond key+value, #{label}",
+    (m.replica + m.ets - 2 * m.payload) / m.count,
+    935,
+    "Horde (reference doc)",
+    "<= 300"
+  )
+end
+
+Enum.each(peers, &Bench.stop_peer/1)

@@ -1,0 +1,83 @@
+defmodule Drove.Cluster do
+  @moduledoc """
+  Sets and reads the members of a Drove instance (a `Drove.Registry` or a
+  `Drove.DynamicSupervisor`), like `Horde.Cluster`.
+
+  A member is `{name, node}`: the instance registered as `name` on `node`.
+  Every Drove instance implements the same two calls, so this module works for
+  any of them:
+
+    * `GenServer.call(instance, {:set_members, [{name, node}]}, timeout)`
+      replies `:ok`. The list it receives is already normalized by
+      `set_members/3`: only `{atom, atom}` tuples, no duplicates, in the
+      caller's order.
+    * `GenServer.call(instance, :members)` replies the current members as a
+      list of `{name, node}`.
+
+  As in Horde, `set_members/3` returns `:ok` even for members that do not
+  exist (a node that never runs the instance, or is down): listing them costs
+  nothing, since an instance only syncs with members that answer. Unlike
+  Horde's `:auto` listener, `Drove.Membership` never crashes on a slow or
+  restarting instance; it retries.
+  """
+
+  @typedoc "A member: the name of an instance and the node it runs on."
+  @type member :: {name :: atom(), node()}
+
+  @typedoc "What `set_members/3` accepts for one member: a bare name means `{name, node()}`."
+  @type member_spec :: atom() | member()
+
+  @doc """
+  Sets the members of `instance` to `members` and returns `:ok`.
+
+  Each element of `members` is a name (an atom, meaning `{name, node()}`) or a
+  `{name, node}` tuple of two atoms. Duplicates are dropped. Anything else
+  raises `ArgumentError` before the instance is called. The call exits like
+  `GenServer.call/3` when the instance is not running or does not reply within
+  `timeout` milliseconds.
+
+      :ok = Drove.Cluster.set_members(MyApp.Registry, [{MyApp.Registry, :"a@host"}, MyApp.Registry])
+  """
+  @spec set_members(GenServer.server(), [member_spec()], timeout()) :: :ok
+  def set_members(instance, members, timeout \\ 5000) do
+    GenServer.call(instance, {:set_members, normalize_members!(members)}, timeout)
+  end
+
+  @doc """
+  Returns the current members of `instance` as a list of `{name, node}`.
+  """
+  @spec members(GenServer.server()) :: [member()]
+  def members(instance) do
+    GenServer.call(instance, :members)
+  end
+
+  @doc """
+  Normalizes a member list as `set_members/3` does: bare names become
+  `{name, node()}`, duplicates are dropped (the first one stays) and anything
+  that is not a name or a `{name, node}` tuple of atoms raises `ArgumentError`.
+
+      iex> Drove.Cluster.normalize_members!([{:reg, :"a@host"}, {:reg, :"a@host"}])
+      [{:reg, :"a@host"}]
+  """
+  @spec normalize_members!([member_spec()]) :: [member()]
+  def normalize_members!(members) when is_list(members) do
+    members |> Enum.map(&normalize_member!/1) |> Enum.uniq()
+  end
+
+  def normalize_members!(other) do
+    raise ArgumentError,
+          "members must be a list of names (atoms) or {name, node} tuples of atoms, " <>
+            "got: #{inspect(other)}"
+  end
+
+  defp normalize_member!(name) when is_atom(name), do: {name, node()}
+
+  defp normalize_member!({name, node} = member) when is_atom(name) and is_atom(node),
+    do: member
+
+  defp normalize_member!(other) do
+    raise ArgumentError,
+          "a member must be a name (an atom, meaning {name, node()}) or a {name, node} tuple " <>
+            "of two atoms, got: #{inspect(other)}"
+  end
+end

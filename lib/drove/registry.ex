@@ -1,0 +1,430 @@
+defmodule Drove.Registry do
+  @moduledoc """
+  A distributed process registry with the API of `Horde.Registry` (unique keys), replicated
+  by Drove's C delta-CRDT.
+
+      children = [{Drove.Registry, name: MyApp.Registry, keys: :unique, members: :auto}]
+
+      GenServer.start_link(MyWorker, arg, name: {:via, Drove.Registry, {MyApp.Registry, :key}})
+      Drove.Registry.lookup(MyApp.Registry, :key)   #=> [{pid, nil}]
+
+  The process registered under `name` owns the ETS tables Horde users read (`name` for
+  meta, `:"keys_\#{name}"` with rows `{key, {name, node}, {pid, value}}`,
+  `:"pids_\#{name}"` with rows `{pid, [keys]}`, `:"members_\#{name}"` with rows
+  `{member, 1}`); they exist exactly while it runs, so reads after it stopped raise
+  `ArgumentError`.
+
+  ## Where Drove deliberately differs from Horde
+
+    * A via registration of a name already held by a live process answers `:no`, so
+      `GenServer.start_link/3` returns `{:error, {:already_started, pid}}` at once, on any
+      node whose replica knows the holder (Horde answers `:yes` and kills one of the two
+      later).
+    * Registration writes the local replica and the ETS tables in the calling process:
+      `lookup/2` right after `register/3` sees the entry (read-your-writes, horde#267), and
+      registration does not queue behind a registry process (no 5 s call timeout).
+    * A remote pid counts as alive while its node is connected: the tables drop a node's
+      entries on `nodedown` and show them again on `nodeup`. No RPC per lookup.
+    * Entries are removed only by the node that owns the process (exit, `unregister/2`,
+      conflict loss, or its registry stopping). A membership change never removes
+      registrations (horde#258), and `unregister/2` removes only the caller's own key.
+    * Concurrent registrations of one key are resolved by a hybrid logical clock (then
+      replica id), the same on every node; the loser gets the exit signal
+      `{:name_conflict, {key, value}, registry, winner_pid}` from its own node.
+    * `register/3` returns `{:ok, registry_pid}` as Horde does.
+  """
+
+  import Kernel, except: [send: 2]
+
+  alias Drove.{Handles, Native}
+  alias Drove.Registry.Server
+
+  @type registry :: atom()
+  @type key :: term()
+  @type value :: term()
+  @type option ::
+          {:name, atom()}
+          | {:keys, :unique}
+          | {:members, :auto | [atom() | {atom(), node()}]}
+          | {:listeners, [atom()]}
+          | {:meta, keyword()}
+          | {:sync_interval, pos_integer()}
+
+  @callback init(options :: term()) :: {:ok, keyword() | map()} | :ignore
+
+  defmacro __using__(_opts) do
+    quote location: :keep do
+      @behaviour Drove.Registry
+
+      @doc false
+      def child_spec(options) do
+        %{
+          id: __MODULE__,
+          start: {__MODULE__, :start_link, [options]},
+          type: :supervisor
+        }
+      end
+
+      @doc false
+      def init(options), do: {:ok, options}
+
+      defoverridable child_spec: 1, init: 1
+    end
+  end
+
+  @doc "A child spec; `type: :supervisor`, id `Drove.Registry` unless given."
+  @spec child_spec([option()]) :: Supervisor.child_spec()
+  def child_spec(options) do
+    %{
+      id: Keyword.get(options, :id, __MODULE__),
+      start: {__MODULE__, :start_link, [options]},
+      type: :supervisor
+    }
+  end
+
+  @doc """
+  Starts a registry. Options: `:name` (required), `keys: :unique` (required), `:members`
+  (`:auto` or a list of names / `{name, node}`; default: itself), `:listeners` (local
+  names sent `{:register, reg, key, pid, value}` and `{:unregister, reg, key, pid}` for
+  every registration change on any node), `:meta` (initial meta keyword list),
+  `:sync_interval` (ms between anti-entropy rounds, default 500).
+  """
+  @spec start_link([option()]) :: Supervisor.on_start()
+  def start_link(options) when is_list(options) do
+    options = Server.validate!(options)
+    name = Keyword.fetch!(options, :name)
+
+    Supervisor.start_link(
+      [{Server, options}],
+      strategy: :one_for_one,
+      max_restarts: 3,
+      max_seconds: 5,
+      name: :"#{name}.Supervisor"
+    )
+  end
+
+  @doc "Starts a module-based registry: `module.init(init_arg)` gives the options."
+  @spec start_link(module(), term(), keyword()) :: Supervisor.on_start() | :ignore
+  def start_link(module, init_arg, options \\ []) do
+    case module.init(init_arg) do
+      {:ok, flags} -> start_link(Keyword.merge(Enum.to_list(flags), options))
+      :ignore -> :ignore
+      other -> raise ArgumentError, "#{inspect(module)}.init/1 returned #{inspect(other)}"
+    end
+  end
+
+  @doc "For `init/1` callbacks: returns `{:ok, options}`."
+  @spec init([option()]) :: {:ok, [option()]}
+  def init(options) when is_list(options), do: {:ok, options}
+
+  @doc "Stops the registry's local tree."
+  @spec stop(registry(), term(), timeout()) :: :ok
+  def stop(registry, reason \\ :normal, timeout \\ :infinity) do
+    Supervisor.stop(:"#{registry}.Supervisor", reason, timeout)
+  end
+
+  # ------------------------------------------------------------------ registration
+
+  @doc """
+  Registers the calling process under `key` with `value`. Returns `{:ok, registry_pid}` or
+  `{:error, {:already_registered, pid}}` when a live process holds the key.
+  """
+  @spec register(registry(), key(), value()) ::
+          {:ok, pid()} | {:error, {:already_registered, pid()}}
+  def register(registry, key, value) do
+    do_register(registry, key, value, self())
+  end
+
+  @doc "Unregisters `key` if the calling process holds it; always `:ok`."
+  @spec unregister(registry(), key()) :: :ok
+  def unregister(registry, key) do
+    pid = self()
+
+    case :ets.lookup(keys_table(registry), key) do
+      [{^key, _member, {^pid, value}}] ->
+        %{handle: h, server: server} = instance!(registry)
+        :ok = Native.remove_value(h, Native.key({:key, key}), Native.value({pid, value}))
+        :ets.delete_object(keys_table(registry), {key, member(registry), {pid, value}})
+        drop_pid_key(registry, pid, key)
+        Kernel.send(server, {:unregistered, pid, key, value})
+        :ok
+
+      _ ->
+        :ok
+    end
+  end
+
+  @doc "Unregisters the caller's keys matching `key` whose value matches `pattern`/`guards`."
+  @spec unregister_match(registry(), key(), term(), list()) :: :ok
+  def unregister_match(registry, key, pattern, guards \\ []) do
+    pid = self()
+
+    registry
+    |> match(key, pattern, guards)
+    |> Enum.each(fn
+      {^pid, _} -> unregister(registry, key)
+      _ -> :ok
+    end)
+  end
+
+  @doc "Updates the value of `key` held by the caller: `{new, old}`, or `:error`."
+  @spec update_value(registry(), key(), (value() -> value())) :: {value(), value()} | :error
+  def update_value(registry, key, callback) when is_function(callback, 1) do
+    pid = self()
+
+    case :ets.lookup(keys_table(registry), key) do
+      [{^key, member, {^pid, old}}] ->
+        new = callback.(old)
+        %{handle: h, server: server} = instance!(registry)
+        :ok = Native.put(h, Native.key({:key, key}), Native.value({pid, new}))
+        :ets.insert(keys_table(registry), {key, member, {pid, new}})
+        Kernel.send(server, {:updated, pid, key, new})
+        {new, old}
+
+      _ ->
+        :error
+    end
+  end
+
+  # ------------------------------------------------------------------ via callbacks
+
+  @doc false
+  @spec register_name({registry(), key()} | {registry(), key(), value()}, pid()) :: :yes | :no
+  def register_name({registry, key}, pid), do: register_name({registry, key, nil}, pid)
+
+  def register_name({registry, key, value}, pid) when is_pid(pid) do
+    case do_register(registry, key, value, pid) do
+      {:ok, _} -> :yes
+      {:error, _} -> :no
+    end
+  end
+
+  @doc false
+  @spec unregister_name({registry(), key()} | {registry(), key(), value()}) :: :ok
+  def unregister_name({registry, key}), do: unregister(registry, key)
+  def unregister_name({registry, key, _value}), do: unregister(registry, key)
+
+  @doc false
+  @spec whereis_name({registry(), key()} | {registry(), key(), value()}) :: pid() | :undefined
+  def whereis_name({registry, key}) do
+    case lookup(registry, key) do
+      [{pid, _}] -> pid
+      [] -> :undefined
+    end
+  end
+
+  def whereis_name({registry, key, _value}), do: whereis_name({registry, key})
+
+  @doc false
+  @spec send({registry(), key()} | {registry(), key(), value()}, term()) :: pid()
+  def send({registry, key} = name, msg) do
+    case whereis_name({registry, key}) do
+      :undefined -> :erlang.error(:badarg, [name, msg])
+      pid -> Kernel.send(pid, msg) && pid
+    end
+  end
+
+  def send({registry, key, _value}, msg), do: __MODULE__.send({registry, key}, msg)
+
+  # ------------------------------------------------------------------ reads (no process hop)
+
+  @doc """
+  `[{pid, value}]` for `key`, or `[]`. Also accepts a via tuple. A local pid must be alive;
+  a remote one must be on a connected node.
+  """
+  @spec lookup(registry(), key()) :: [{pid(), value()}]
+  def lookup(registry, key) do
+    case :ets.lookup(keys_table(registry), key) do
+      [{_key, _member, {pid, value}}] -> if alive?(pid), do: [{pid, value}], else: []
+      [] -> []
+    end
+  end
+
+  @doc "`lookup/2` of a via tuple `{:via, Drove.Registry, {registry, key}}`."
+  @spec lookup({:via, module(), tuple()}) :: [{pid(), value()}]
+  def lookup({:via, _mod, {registry, key}}), do: lookup(registry, key)
+  def lookup({:via, _mod, {registry, key, _value}}), do: lookup(registry, key)
+
+  @doc """
+  Runs a `Registry`-style match spec over all entries: heads are `{key, pid, value}`;
+  any other head raises `ArgumentError`.
+  """
+  @spec select(registry(), [{tuple(), list(), list()}]) :: [term()]
+  def select(registry, spec) when is_list(spec) do
+    spec =
+      for part <- spec do
+        case part do
+          {{key, pid, value}, guards, body} -> {{key, :_, {pid, value}}, guards, body}
+          _ -> raise ArgumentError, "invalid match specification: #{inspect(spec)}"
+        end
+      end
+
+    :ets.select(keys_table(registry), spec)
+  end
+
+  @doc "`[{pid, value}]` of `key` when the value matches `pattern` and `guards`."
+  @spec match(registry(), key(), term(), list()) :: [{pid(), value()}]
+  def match(registry, key, pattern, guards \\ []) when is_list(guards) do
+    spec = [{{key, :_, {:_, pattern}}, guards, [:"$_"]}]
+
+    registry
+    |> keys_table()
+    |> :ets.select(spec)
+    |> Enum.map(fn {_k, _m, {pid, value}} -> {pid, value} end)
+  end
+
+  @doc "The number of entries of `key` whose value matches `pattern` and `guards`."
+  @spec count_match(registry(), key(), term(), list()) :: non_neg_integer()
+  def count_match(registry, key, pattern, guards \\ []) when is_list(guards) do
+    spec = [{{key, :_, {:_, pattern}}, guards, [true]}]
+    :ets.select_count(keys_table(registry), spec)
+  end
+
+  @doc "The number of registered keys this node knows of."
+  @spec count(registry()) :: non_neg_integer()
+  def count(registry), do: :ets.info(keys_table(registry), :size) || raise_missing(registry)
+
+  @doc "The keys `pid` holds (local or remote pids)."
+  @spec keys(registry(), pid()) :: [key()]
+  def keys(registry, pid) when is_pid(pid) do
+    case :ets.lookup(pids_table(registry), pid) do
+      [{^pid, keys}] -> keys
+      [] -> []
+    end
+  end
+
+  @doc "Calls `fun` (or `{m, f, a}` with the entries appended) with the entries of `key`."
+  @spec dispatch(
+          registry(),
+          key(),
+          ([{pid(), value()}] -> term()) | {module(), atom(), list()},
+          keyword()
+        ) ::
+          :ok
+  def dispatch(registry, key, mfa_or_fun, _opts \\ []) do
+    case lookup(registry, key) do
+      [] ->
+        :ok
+
+      entries ->
+        case mfa_or_fun do
+          {m, f, a} -> apply(m, f, [entries | a])
+          fun when is_function(fun, 1) -> fun.(entries)
+        end
+
+        :ok
+    end
+  end
+
+  @doc "Reads a registry meta value: `{:ok, value}` or `:error`."
+  @spec meta(registry(), term()) :: {:ok, term()} | :error
+  def meta(registry, key) do
+    case :ets.lookup(registry, key) do
+      [{^key, value}] -> {:ok, value}
+      [] -> :error
+    end
+  end
+
+  @doc "Stores a registry meta value, replicated to every member."
+  @spec put_meta(registry(), term(), term()) :: :ok
+  def put_meta(registry, key, value), do: GenServer.call(registry, {:put_meta, key, value})
+
+  @doc "Deletes a registry meta value, on every member."
+  @spec delete_meta(registry(), term()) :: :ok
+  def delete_meta(registry, key), do: GenServer.call(registry, {:delete_meta, key})
+
+  @doc "Replica counters and membership of this node's instance (diagnostics)."
+  @spec info(registry()) :: map()
+  def info(registry), do: GenServer.call(registry, :info)
+
+  # ------------------------------------------------------------------ internals
+
+  @doc false
+  @spec keys_table(registry()) :: atom()
+  def keys_table(registry), do: :"keys_#{registry}"
+
+  @doc false
+  @spec pids_table(registry()) :: atom()
+  def pids_table(registry), do: :"pids_#{registry}"
+
+  @doc false
+  @spec members_table(registry()) :: atom()
+  def members_table(registry), do: :"members_#{registry}"
+
+  defp member(registry), do: {registry, node()}
+
+  defp instance!(registry) do
+    case Handles.lookup(registry) do
+      {server, handle} -> %{server: server, handle: handle}
+      nil -> raise_missing(registry)
+    end
+  end
+
+  defp raise_missing(registry) do
+    raise ArgumentError,
+          "unknown registry: #{inspect(registry)} (the table identifier does not refer to an " <>
+            "existing ETS table)"
+  end
+
+  @doc false
+  # A pid counts as alive when local and alive, or remote on a connected node.
+  @spec alive?(pid()) :: boolean()
+  def alive?(pid) when node(pid) == node(), do: Process.alive?(pid)
+  def alive?(pid), do: :lists.member(node(pid), Node.list())
+
+  defp do_register(registry, key, value, pid, retried \\ false) do
+    %{handle: h, server: server} = instance!(registry)
+    kb = Native.key({:key, key})
+
+    case Native.put_new(h, kb, Native.value({pid, value})) do
+      :ok ->
+        :ets.insert(keys_table(registry), {key, member(registry), {pid, value}})
+        add_pid_key(registry, pid, key)
+        Kernel.send(server, {:registered, pid, key, value})
+        {:ok, server}
+
+      {:exists, {^pid, _}} ->
+        {:error, {:already_registered, pid}}
+
+      {:exists, {holder, _}} ->
+        cond do
+          alive?(holder) ->
+            {:error, {:already_registered, holder}}
+
+          retried ->
+            {:error, {:already_registered, holder}}
+
+          true ->
+            # a stale entry of a process that is gone: have it removed, then try again
+            :ok = GenServer.call(server, {:reap, key, holder})
+            do_register(registry, key, value, pid, true)
+        end
+
+      {:error, reason} ->
+        raise "Drove.Registry native error: #{inspect(reason)}"
+    end
+  end
+
+  @doc false
+  @spec add_pid_key(registry(), pid(), key()) :: true
+  def add_pid_key(registry, pid, key) do
+    table = pids_table(registry)
+
+    case :ets.lookup(table, pid) do
+      [{^pid, keys}] -> if key in keys, do: true, else: :ets.insert(table, {pid, [key | keys]})
+      [] -> :ets.insert(table, {pid, [key]})
+    end
+  end
+
+  @doc false
+  @spec drop_pid_key(registry(), pid(), key()) :: true
+  def drop_pid_key(registry, pid, key) do
+    table = pids_table(registry)
+
+    case :ets.lookup(table, pid) do
+      [{^pid, [^key]}] -> :ets.delete(table, pid)
+      [{^pid, keys}] -> :ets.insert(table, {pid, List.delete(keys, key)})
+      [] -> true
+    end
+  end
+end

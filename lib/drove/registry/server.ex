@@ -1,0 +1,504 @@
+defmodule Drove.Registry.Server do
+  @moduledoc false
+  # The process registered under the registry's name: owns the ETS tables and the replica,
+  # links local registrants, applies remote changes to the tables, resolves conflicts,
+  # hides the entries of disconnected nodes, and runs the replication protocol.
+  #
+  # Replica keys: {:key, key} => {pid, value}; {:member, {name, node}} => 1;
+  # {:meta, key} => value. Callers write their own registrations (Drove.Registry); this
+  # process learns of them by message.
+  use GenServer
+  require Logger
+
+  alias Drove.{Handles, Native, Replicator}
+  alias Drove.Registry, as: Reg
+
+  @known [
+    :name,
+    :keys,
+    :members,
+    :listeners,
+    :meta,
+    :sync_interval,
+    :max_message_bytes,
+    :delta_crdt_options,
+    :distribution_strategy,
+    :id,
+    :shutdown
+  ]
+
+  @doc false
+  @spec validate!(keyword()) :: keyword()
+  def validate!(opts) do
+    Enum.each(opts, fn
+      {k, _} when k in @known ->
+        :ok
+
+      other ->
+        raise ArgumentError,
+              "unknown Drove.Registry option #{inspect(other)}; accepted: #{inspect(@known)}"
+    end)
+
+    case Keyword.get(opts, :name) do
+      n when is_atom(n) and n != nil -> :ok
+      n -> raise ArgumentError, "a registry needs a :name that is an atom, got: #{inspect(n)}"
+    end
+
+    case Keyword.get(opts, :keys) do
+      :unique ->
+        :ok
+
+      other ->
+        raise ArgumentError,
+              "Drove.Registry only supports keys: :unique, got: #{inspect(other)}"
+    end
+
+    case Keyword.get(opts, :members, []) do
+      :auto -> :ok
+      l when is_list(l) -> Enum.each(l, &normalize_member!(&1, opts[:name]))
+      o -> raise ArgumentError, ":members must be :auto or a list, got: #{inspect(o)}"
+    end
+
+    unless is_list(Keyword.get(opts, :listeners, [])) and
+             Enum.all?(Keyword.get(opts, :listeners, []), &is_atom/1) do
+      raise ArgumentError, ":listeners must be a list of local names (atoms)"
+    end
+
+    opts
+  end
+
+  @doc false
+  @spec normalize_member!(term(), atom()) :: {atom(), node()}
+  def normalize_member!(name, _own) when is_atom(name), do: {name, node()}
+  def normalize_member!({name, node} = m, _own) when is_atom(name) and is_atom(node), do: m
+
+  def normalize_member!(other, _own) do
+    raise ArgumentError, "a member is a name or {name, node}, got: #{inspect(other)}"
+  end
+
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts) do
+    GenServer.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name))
+  end
+
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: __MODULE__,
+      start: {__MODULE__, :start_link, [opts]},
+      shutdown: Keyword.get(opts, :shutdown, 15_000)
+    }
+  end
+
+  # ------------------------------------------------------------------ init
+
+  @impl true
+  def init(opts) do
+    Process.flag(:trap_exit, true)
+    name = Keyword.fetch!(opts, :name)
+    table_opts = [:named_table, :set, :public, read_concurrency: true]
+    :ets.new(name, table_opts)
+    :ets.new(Reg.keys_table(name), table_opts)
+    :ets.new(Reg.pids_table(name), table_opts)
+    :ets.new(Reg.members_table(name), table_opts)
+
+    <<rid::64>> = :crypto.strong_rand_bytes(8)
+    handle = Native.replica_new(rid, self(), false)
+    Handles.register(name, self(), handle)
+    :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
+
+    repl =
+      Replicator.new(handle,
+        label: name,
+        interval: Keyword.get(opts, :sync_interval, 500),
+        max_bytes: Keyword.get(opts, :max_message_bytes, 1_048_576),
+        want_diffs: true
+      )
+
+    s = %{
+      name: name,
+      handle: handle,
+      repl: repl,
+      me: {name, node()},
+      auto: Keyword.get(opts, :members) == :auto,
+      listeners: Keyword.get(opts, :listeners, []),
+      linked: MapSet.new()
+    }
+
+    members =
+      case Keyword.get(opts, :members, []) do
+        :auto -> for n <- [node() | Node.list()], do: {name, n}
+        list -> Enum.map(list, &normalize_member!(&1, name))
+      end
+
+    s = apply_members(s, members)
+    Enum.each(Keyword.get(opts, :meta, []), fn {k, v} -> put_meta(s, k, v) end)
+    Process.send_after(self(), :sync_tick, repl.interval)
+    {:ok, s}
+  end
+
+  # ------------------------------------------------------------------ calls
+
+  @impl true
+  def handle_call({:set_members, members}, _from, s) do
+    members = Enum.map(members, &normalize_member!(&1, s.name))
+    {:reply, :ok, apply_members(s, members)}
+  end
+
+  def handle_call(:members, _from, s), do: {:reply, current_members(s), s}
+
+  def handle_call({:put_meta, k, v}, _from, s) do
+    put_meta(s, k, v)
+    {:reply, :ok, s}
+  end
+
+  def handle_call({:delete_meta, k}, _from, s) do
+    :ok = Native.delete(s.handle, Native.key({:meta, k}))
+    :ets.delete(s.name, k)
+    {:reply, :ok, s}
+  end
+
+  def handle_call({:reap, key, holder}, _from, s) do
+    {:reply, :ok, reap(s, key, holder)}
+  end
+
+  def handle_call(:info, _from, s) do
+    info =
+      s.handle
+      |> Native.info()
+      |> Map.merge(Replicator.info(s.repl))
+      |> Map.merge(%{members: current_members(s), linked: MapSet.size(s.linked)})
+
+    {:reply, info, s}
+  end
+
+  @impl true
+  def handle_cast({:set_neighbours, list}, s) do
+    {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
+  end
+
+  # ------------------------------------------------------------------ info
+
+  @impl true
+  def handle_info({:registered, pid, key, value}, s) do
+    s = link(s, pid)
+
+    # a remote registration may have won the key between the caller's write and now
+    case Native.get(s.handle, Native.key({:key, key})) do
+      {:ok, {^pid, _}} ->
+        notify(s, {:register, s.name, key, pid, value})
+
+      {:ok, {winner, wvalue}} ->
+        if match?([{_, _, {^pid, _}}], :ets.lookup(Reg.keys_table(s.name), key)) do
+          show(s, key, winner, wvalue)
+        end
+
+        lose(s, key, pid, value, winner)
+
+      :error ->
+        :ok
+    end
+
+    {:noreply, s}
+  end
+
+  def handle_info({:unregistered, pid, key, _value}, s) do
+    notify(s, {:unregister, s.name, key, pid})
+    {:noreply, maybe_unlink(s, pid)}
+  end
+
+  def handle_info({:updated, _pid, _key, _value}, s), do: {:noreply, s}
+
+  def handle_info({:EXIT, pid, reason}, s) do
+    if MapSet.member?(s.linked, pid) do
+      {:noreply, process_gone(s, pid)}
+    else
+      # a link we did not make: the supervisor (parent) going away
+      {:stop, reason, s}
+    end
+  end
+
+  def handle_info({:nodedown, node, _}, s), do: {:noreply, s |> hide_node(node) |> auto_members()}
+  def handle_info({:nodeup, node, _}, s), do: {:noreply, s |> show_node(node) |> auto_members()}
+
+  def handle_info(:sync_tick, s) do
+    Process.send_after(self(), :sync_tick, s.repl.interval)
+    {:noreply, %{s | repl: Replicator.tick(s.repl)}}
+  end
+
+  def handle_info(msg, s) do
+    case Replicator.handle_info(msg, s.repl) do
+      {:ok, repl, diffs} ->
+        s = %{s | repl: repl}
+        {:noreply, Enum.reduce(diffs, s, &apply_diff/2)}
+
+      :unknown ->
+        {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
+    end
+  end
+
+  @impl true
+  def terminate(_reason, s) do
+    # this registry stops: its registrations go, everywhere (linked registrants get the
+    # exit signal anyway)
+    for pid <- s.linked, key <- Reg.keys(s.name, pid) do
+      case :ets.lookup(Reg.keys_table(s.name), key) do
+        [{_, _, {^pid, value}}] ->
+          Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
+
+        _ ->
+          :ok
+      end
+    end
+
+    Native.delete(s.handle, Native.key({:member, s.me}))
+    Replicator.terminate(s.repl)
+    Handles.unregister(s.name, self())
+    :ok
+  end
+
+  # ------------------------------------------------------------------ diffs
+
+  defp apply_diff({:add, {:key, key}, {pid, value}}, s) when is_pid(pid) do
+    cond do
+      node(pid) == node() and not Process.alive?(pid) ->
+        # a registration of a process of this node that is gone (an earlier incarnation
+        # of this registry, or a race with its exit): this node owns it, so removes it
+        reap(s, key, pid)
+
+      node(pid) != node() and node(pid) not in Node.list() ->
+        s
+
+      true ->
+        previous = current_row(s, key)
+        show(s, key, pid, value)
+
+        case previous do
+          {^pid, _} ->
+            s
+
+          {old, old_value} ->
+            s = evict(s, key, old, old_value, pid)
+            notify(s, {:register, s.name, key, pid, value})
+            if node(pid) == node(), do: link(s, pid), else: s
+
+          nil ->
+            notify(s, {:register, s.name, key, pid, value})
+            if node(pid) == node(), do: link(s, pid), else: s
+        end
+    end
+  end
+
+  defp apply_diff({:remove, {:key, key}}, s) do
+    case current_row(s, key) do
+      {pid, value} ->
+        if node(pid) == node() and Process.alive?(pid) do
+          # someone removed the element of a live local registrant: it still holds the key
+          Native.put(s.handle, Native.key({:key, key}), Native.value({pid, value}))
+          s
+        else
+          :ets.delete(Reg.keys_table(s.name), key)
+          Reg.drop_pid_key(s.name, pid, key)
+          notify(s, {:unregister, s.name, key, pid})
+          s
+        end
+
+      nil ->
+        s
+    end
+  end
+
+  defp apply_diff({:add, {:member, m}, _}, s), do: s |> member_row(m, true) |> sync_neighbours()
+  defp apply_diff({:remove, {:member, m}}, s), do: s |> member_row(m, false) |> sync_neighbours()
+
+  defp apply_diff({:add, {:meta, k}, v}, s) do
+    :ets.insert(s.name, {k, v})
+    s
+  end
+
+  defp apply_diff({:remove, {:meta, k}}, s) do
+    :ets.delete(s.name, k)
+    s
+  end
+
+  defp apply_diff(other, s) do
+    %{s | repl: Replicator.bad_message(s.repl, {:unexpected_entry, other})}
+  end
+
+  defp current_row(s, key) do
+    case :ets.lookup(Reg.keys_table(s.name), key) do
+      [{_, _, {pid, value}}] -> {pid, value}
+      [] -> nil
+    end
+  end
+
+  defp show(s, key, pid, value) do
+    :ets.insert(Reg.keys_table(s.name), {key, {s.name, node(pid)}, {pid, value}})
+    Reg.add_pid_key(s.name, pid, key)
+  end
+
+  # `old` no longer holds `key` (the replica chose `winner`): drop its row, and if it is a
+  # live process of this node, it lost a conflict.
+  defp evict(s, key, old, old_value, winner) do
+    Reg.drop_pid_key(s.name, old, key)
+    notify(s, {:unregister, s.name, key, old})
+
+    if node(old) == node() and Process.alive?(old) do
+      lose(s, key, old, old_value, winner)
+    else
+      s
+    end
+  end
+
+  defp lose(s, key, pid, value, winner) do
+    Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
+    Reg.drop_pid_key(s.name, pid, key)
+    Process.exit(pid, {:name_conflict, {key, value}, s.name, winner})
+    s
+  end
+
+  defp reap(s, key, pid) do
+    case Native.get(s.handle, Native.key({:key, key})) do
+      {:ok, {^pid, value}} ->
+        Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
+
+      _ ->
+        :ok
+    end
+
+    case current_row(s, key) do
+      {^pid, _} ->
+        :ets.delete(Reg.keys_table(s.name), key)
+        notify(s, {:unregister, s.name, key, pid})
+
+      _ ->
+        :ok
+    end
+
+    Reg.drop_pid_key(s.name, pid, key)
+    s
+  end
+
+  defp process_gone(s, pid) do
+    keys = Reg.keys(s.name, pid)
+
+    Enum.each(keys, fn key ->
+      case current_row(s, key) do
+        {^pid, value} ->
+          Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
+          :ets.delete(Reg.keys_table(s.name), key)
+          notify(s, {:unregister, s.name, key, pid})
+
+        _ ->
+          :ok
+      end
+    end)
+
+    :ets.delete(Reg.pids_table(s.name), pid)
+    %{s | linked: MapSet.delete(s.linked, pid)}
+  end
+
+  defp link(s, pid) do
+    if MapSet.member?(s.linked, pid) do
+      s
+    else
+      # linking a process that already exited delivers {:EXIT, pid, :noproc}: cleaned up then
+      Process.link(pid)
+      %{s | linked: MapSet.put(s.linked, pid)}
+    end
+  end
+
+  defp maybe_unlink(s, pid) do
+    if Reg.keys(s.name, pid) == [] and MapSet.member?(s.linked, pid) do
+      Process.unlink(pid)
+      %{s | linked: MapSet.delete(s.linked, pid)}
+    else
+      s
+    end
+  end
+
+  # ------------------------------------------------------------------ nodes
+
+  defp hide_node(s, node) do
+    table = Reg.keys_table(s.name)
+    rows = :ets.select(table, [{{:_, :_, {:"$1", :_}}, [{:==, {:node, :"$1"}, node}], [:"$_"]}])
+
+    Enum.each(rows, fn {key, _m, {pid, _v}} = row ->
+      :ets.delete_object(table, row)
+      :ets.delete(Reg.pids_table(s.name), pid)
+      notify(s, {:unregister, s.name, key, pid})
+    end)
+
+    s
+  end
+
+  defp show_node(s, node) do
+    entries =
+      for {{:key, key}, {pid, value}} <- Native.to_list(s.handle),
+          is_pid(pid) and node(pid) == node,
+          do: {key, pid, value}
+
+    Enum.reduce(entries, s, fn {key, pid, value}, s ->
+      case current_row(s, key) do
+        nil ->
+          show(s, key, pid, value)
+          notify(s, {:register, s.name, key, pid, value})
+          s
+
+        _ ->
+          s
+      end
+    end)
+  end
+
+  # ------------------------------------------------------------------ members
+
+  defp auto_members(%{auto: true} = s) do
+    apply_members(s, for(n <- [node() | Node.list()], do: {s.name, n}))
+  end
+
+  defp auto_members(s), do: s
+
+  # Sets this node's view of the members: adds and removes {:member, m} keys (replicated,
+  # add-wins), and makes every member a sync neighbour. Never touches registrations.
+  defp apply_members(s, members) do
+    wanted = MapSet.new([s.me | members])
+    current = MapSet.new(current_members(s))
+
+    for m <- MapSet.difference(wanted, current) do
+      :ok = Native.put(s.handle, Native.key({:member, m}), Native.value(1))
+      member_row(s, m, true)
+    end
+
+    for m <- MapSet.difference(current, wanted) do
+      :ok = Native.delete(s.handle, Native.key({:member, m}))
+      member_row(s, m, false)
+    end
+
+    sync_neighbours(s)
+  end
+
+  defp member_row(s, m, true), do: :ets.insert(Reg.members_table(s.name), {m, 1}) && s
+
+  defp member_row(s, m, false) do
+    :ets.delete(Reg.members_table(s.name), m)
+    s
+  end
+
+  defp current_members(s) do
+    s.name |> Reg.members_table() |> :ets.tab2list() |> Enum.map(&elem(&1, 0)) |> Enum.sort()
+  end
+
+  defp sync_neighbours(s) do
+    neighbours = for m <- current_members(s), m != s.me, do: m
+    %{s | repl: Replicator.set_neighbours(s.repl, neighbours, s.name)}
+  end
+
+  defp put_meta(s, k, v) do
+    :ok = Native.put(s.handle, Native.key({:meta, k}), Native.value(v))
+    :ets.insert(s.name, {k, v})
+  end
+
+  defp notify(%{listeners: []}, _msg), do: :ok
+  defp notify(%{listeners: ls}, msg), do: Enum.each(ls, &Kernel.send(&1, msg))
+end

@@ -1,0 +1,130 @@
+defmodule Drove.RegistryTest do
+  use ExUnit.Case, async: true
+
+  alias Drove.Registry, as: R
+  alias Drove.Test.Named
+
+  setup do
+    name = :"reg_#{System.unique_integer([:positive])}"
+    start_supervised!({R, name: name, keys: :unique, listeners: [], meta: [color: :blue]})
+    %{reg: name}
+  end
+
+  test "via registration, lookup, whereis and send", %{reg: reg} do
+    {:ok, pid} = Named.start(reg, :a)
+    assert R.lookup(reg, :a) == [{pid, nil}]
+    assert R.lookup({:via, R, {reg, :a}}) == [{pid, nil}]
+    assert GenServer.call({:via, R, {reg, :a}}, :ping) == {:pong, node()}
+    assert R.whereis_name({reg, :missing}) == :undefined
+    assert_raise ArgumentError, fn -> R.send({reg, :missing}, :hi) end
+    # a name held by a live process: :no, so the second start gets already_started
+    assert {:error, {:already_started, ^pid}} = Named.start(reg, :a)
+  end
+
+  test "register is read back at once; already_registered; keys", %{reg: reg} do
+    assert {:ok, _} = R.register(reg, :k1, :v1)
+    assert R.lookup(reg, :k1) == [{self(), :v1}]
+    assert {:ok, _} = R.register(reg, :k2, :v2)
+    assert Enum.sort(R.keys(reg, self())) == [:k1, :k2]
+    assert {:error, {:already_registered, me}} = R.register(reg, :k1, :other)
+    assert me == self()
+
+    task = Task.async(fn -> R.register(reg, :k1, :x) end)
+    assert {:error, {:already_registered, ^me}} = Task.await(task)
+    assert R.count(reg) == 2
+  end
+
+  test "unregister removes only the caller's own registration", %{reg: reg} do
+    {:ok, _} = R.register(reg, :mine, 1)
+    Task.async(fn -> R.unregister(reg, :mine) end) |> Task.await()
+    assert R.lookup(reg, :mine) == [{self(), 1}]
+    assert R.unregister(reg, :mine) == :ok
+    assert R.lookup(reg, :mine) == []
+    assert R.keys(reg, self()) == []
+  end
+
+  test "entries go when their process exits; listeners are told", %{reg: reg} do
+    listener = :"listener_#{System.unique_integer([:positive])}"
+    Process.register(self(), listener)
+    stop_supervised!(R)
+    start_supervised!({R, name: reg, keys: :unique, listeners: [listener]})
+    {:ok, pid} = Named.start(reg, :temp)
+    assert_receive {:register, ^reg, :temp, ^pid, nil}
+    Process.exit(pid, :kill)
+    assert_receive {:unregister, ^reg, :temp, ^pid}
+    assert R.lookup(reg, :temp) == []
+    assert R.count(reg) == 0
+  end
+
+  test "select, match, count_match, dispatch, update_value", %{reg: reg} do
+    {:ok, _} = R.register(reg, {:agent, 1}, %{n: 1})
+    {:ok, _} = R.register(reg, {:agent, 2}, %{n: 2})
+    {:ok, _} = R.register(reg, :other, nil)
+    me = self()
+
+    assert Enum.sort(R.select(reg, [{{{:agent, :"$1"}, :_, :_}, [], [:"$1"]}])) == [1, 2]
+
+    assert R.select(reg, [{{:"$1", :"$2", :"$3"}, [{:==, :"$1", :other}], [{{:"$1", :"$2"}}]}]) ==
+             [{:other, me}]
+
+    assert_raise ArgumentError, fn -> R.select(reg, [{{:bad}, [], [true]}]) end
+    assert R.match(reg, {:agent, 2}, %{n: :"$1"}, [{:>, :"$1", 1}]) == [{me, %{n: 2}}]
+    assert R.match(reg, {:agent, 1}, %{n: 5}) == []
+    assert R.count_match(reg, {:agent, 1}, %{n: :_}) == 1
+    assert R.dispatch(reg, :other, fn entries -> send(me, {:dispatched, entries}) end) == :ok
+    assert_receive {:dispatched, [{^me, nil}]}
+    assert R.update_value(reg, {:agent, 1}, &Map.put(&1, :x, 1)) == {%{n: 1, x: 1}, %{n: 1}}
+    assert R.lookup(reg, {:agent, 1}) == [{me, %{n: 1, x: 1}}]
+    assert Task.async(fn -> R.update_value(reg, {:agent, 1}, & &1) end) |> Task.await() == :error
+  end
+
+  test "meta", %{reg: reg} do
+    assert R.meta(reg, :color) == {:ok, :blue}
+    assert R.meta(reg, :size) == :error
+    assert R.put_meta(reg, :size, 3) == :ok
+    assert R.meta(reg, :size) == {:ok, 3}
+    assert R.delete_meta(reg, :size) == :ok
+    assert R.meta(reg, :size) == :error
+  end
+
+  test "the tables exist exactly while the registry runs", %{reg: reg} do
+    assert :ets.whereis(:"keys_#{reg}") != :undefined
+    assert Process.whereis(reg) != nil
+    stop_supervised!(R)
+    assert :ets.whereis(:"keys_#{reg}") == :undefined
+    assert_raise ArgumentError, fn -> R.lookup(reg, :x) end
+    assert_raise ArgumentError, fn -> GenServer.whereis({:via, R, {reg, :x}}) end
+  end
+
+  test "module-based registries and invalid options" do
+    defmodule ModReg do
+      use Drove.Registry
+      def init(arg), do: {:ok, [keys: :unique] ++ arg}
+    end
+
+    name = :"modreg_#{System.unique_integer([:positive])}"
+    assert %{type: :supervisor} = ModReg.child_spec([])
+    {:ok, sup} = R.start_link(ModReg, [], name: name)
+    {:ok, pid} = Named.start(name, :x)
+    assert R.lookup(name, :x) == [{pid, nil}]
+    ref = Process.monitor(pid)
+    Process.unlink(sup)
+    Supervisor.stop(sup)
+    # registrants are linked to the registry, as in Horde: they go with it
+    assert_receive {:DOWN, ^ref, :process, ^pid, :shutdown}
+
+    assert_raise ArgumentError, ~r/keys: :unique/, fn ->
+      R.start_link(name: :r1, keys: :duplicate)
+    end
+
+    assert_raise ArgumentError, ~r/:name/, fn -> R.start_link(keys: :unique) end
+    assert_raise ArgumentError, fn -> R.start_link(name: :r2, keys: :unique, members: 7) end
+    assert_raise ArgumentError, fn -> R.start_link(name: :r3, keys: :unique, bogus: 1) end
+  end
+
+  test "Drove.Cluster-style membership calls", %{reg: reg} do
+    assert GenServer.call(reg, :members) == [{reg, node()}]
+    assert GenServer.call(reg, {:set_members, [reg, {reg, :"other@127.0.0.1"}]}) == :ok
+    assert GenServer.call(reg, :members) == Enum.sort([{reg, node()}, {reg, :"other@127.0.0.1"}])
+  end
+end

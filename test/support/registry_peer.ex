@@ -1,0 +1,95 @@
+defmodule Drove.Test.Named do
+  @moduledoc false
+  # A process registered through Drove.Registry by via tuple. It traps exits, so a lost
+  # name conflict arrives as a message: it reports it to `report_to` and stops normally.
+  use GenServer
+
+  @spec start(atom(), term(), pid() | nil) :: GenServer.on_start()
+  def start(registry, key, report_to \\ nil) do
+    GenServer.start(__MODULE__, {key, report_to}, name: {:via, Drove.Registry, {registry, key}})
+  end
+
+  @impl true
+  def init({key, report_to}) do
+    Process.flag(:trap_exit, true)
+    {:ok, {key, report_to}}
+  end
+
+  @impl true
+  def handle_call(:ping, _from, s), do: {:reply, {:pong, node()}, s}
+
+  @impl true
+  def handle_info({:EXIT, _from, {:name_conflict, _, _, _} = reason}, {key, report_to} = s) do
+    if report_to, do: send(report_to, {:lost, key, self(), reason})
+    {:stop, :normal, s}
+  end
+
+  def handle_info({:EXIT, _from, reason}, s), do: {:stop, reason, s}
+end
+
+defmodule Drove.Test.RegistryPeer do
+  @moduledoc false
+  # Helpers run ON peer nodes.
+
+  @doc "Starts a registry owned by a long-lived holder process (not the RPC's process)."
+  @spec start(atom(), keyword()) :: pid()
+  def start(name, opts \\ []) do
+    parent = self()
+
+    holder =
+      spawn(fn ->
+        {:ok, sup} = Drove.Registry.start_link([name: name, keys: :unique] ++ opts)
+        send(parent, {:started, sup})
+        Process.flag(:trap_exit, true)
+
+        receive do
+          :stop -> Supervisor.stop(sup)
+        end
+      end)
+
+    receive do
+      {:started, _sup} -> holder
+    after
+      10_000 -> raise "registry #{inspect(name)} did not start"
+    end
+  end
+
+  @doc "Starts `n` via-registered processes named {prefix, i}; returns how many started."
+  @spec start_many(atom(), term(), Range.t(), pid() | nil) :: non_neg_integer()
+  def start_many(registry, prefix, range, report_to \\ nil) do
+    Enum.count(range, fn i ->
+      match?({:ok, _}, Drove.Test.Named.start(registry, {prefix, i}, report_to))
+    end)
+  end
+
+  @doc "How many of {prefix, i} this node finds, and whether each is alive."
+  @spec found(atom(), term(), Range.t()) :: non_neg_integer()
+  def found(registry, prefix, range) do
+    Enum.count(range, fn i ->
+      case Drove.Registry.lookup(registry, {prefix, i}) do
+        [{pid, _}] -> is_pid(pid)
+        [] -> false
+      end
+    end)
+  end
+
+  @doc "The pid each key resolves to here (or nil)."
+  @spec owners(atom(), [term()]) :: [pid() | nil]
+  def owners(registry, keys) do
+    Enum.map(keys, fn k ->
+      case Drove.Registry.whereis_name({registry, k}) do
+        :undefined -> nil
+        pid -> pid
+      end
+    end)
+  end
+
+  @doc "Stops every registered process of this node whose key has the prefix."
+  @spec stop_all(atom(), term()) :: :ok
+  def stop_all(registry, prefix) do
+    registry
+    |> Drove.Registry.select([{{{prefix, :_}, :"$1", :_}, [], [:"$1"]}])
+    |> Enum.filter(&(node(&1) == node()))
+    |> Enum.each(&Process.exit(&1, :kill))
+  end
+end
