@@ -94,8 +94,7 @@ typedef struct {
     ERL_NIF_TERM added, removed; /* built in reverse name order */
 } diff_ctx;
 
-static int collect(void *ud, dv_member_event ev, const dv_member *before,
-                   const dv_member *after) {
+static int collect(void *ud, dv_member_event ev, const dv_member *before, const dv_member *after) {
     diff_ctx *c = ud;
     if (ev == DV_MEMBER_ADDED)
         c->added = enif_make_list_cell(c->env, name_term(c->env, after), c->added);

@@ -10,7 +10,7 @@ defmodule Drove.Registry do
 
   The process registered under `name` owns the ETS tables Horde users read (`name` for
   meta, `:"keys_\#{name}"` with rows `{key, {name, node}, {pid, value}}`,
-  `:"pids_\#{name}"` with rows `{pid, [keys]}`, `:"members_\#{name}"` with rows
+  `:"pids_\#{name}"` (an ordered set of `{{pid, key}}`; Horde keeps `{pid, [keys]}`), `:"members_\#{name}"` with rows
   `{member, 1}`); they exist exactly while it runs, so reads after it stopped raise
   `ArgumentError`.
 
@@ -32,6 +32,8 @@ defmodule Drove.Registry do
       replica id), the same on every node; the loser gets the exit signal
       `{:name_conflict, {key, value}, registry, winner_pid}` from its own node.
     * `register/3` returns `{:ok, registry_pid}` as Horde does.
+    * The pids table holds one row `{{pid, key}}` per registration instead of Horde's
+      `{pid, [keys]}`, so a process holding many keys costs O(log n) per key, not O(keys).
   """
 
   import Kernel, except: [send: 2]
@@ -287,10 +289,7 @@ defmodule Drove.Registry do
   @doc "The keys `pid` holds (local or remote pids)."
   @spec keys(registry(), pid()) :: [key()]
   def keys(registry, pid) when is_pid(pid) do
-    case :ets.lookup(pids_table(registry), pid) do
-      [{^pid, keys}] -> keys
-      [] -> []
-    end
+    :ets.select(pids_table(registry), [{{{pid, :"$1"}}, [], [:"$1"]}])
   end
 
   @doc "Calls `fun` (or `{m, f, a}` with the entries appended) with the entries of `key`."
@@ -339,13 +338,20 @@ defmodule Drove.Registry do
 
   # ------------------------------------------------------------------ internals
 
+  # Table names are cached in :persistent_term by the registry process (building the atom
+  # costs more than the lookup itself); the fallback keeps the same name for registries
+  # that never ran here, so reads raise ArgumentError as Horde's do.
   @doc false
   @spec keys_table(registry()) :: atom()
-  def keys_table(registry), do: :"keys_#{registry}"
+  def keys_table(registry) do
+    :persistent_term.get({__MODULE__, :keys, registry}, nil) || :"keys_#{registry}"
+  end
 
   @doc false
   @spec pids_table(registry()) :: atom()
-  def pids_table(registry), do: :"pids_#{registry}"
+  def pids_table(registry) do
+    :persistent_term.get({__MODULE__, :pids, registry}, nil) || :"pids_#{registry}"
+  end
 
   @doc false
   @spec members_table(registry()) :: atom()
@@ -406,25 +412,16 @@ defmodule Drove.Registry do
   end
 
   @doc false
+  # The pids table is an ordered_set of {{pid, key}}: adding and dropping a key is O(log n)
+  # however many keys a process holds, and keys/2 is a prefix scan.
   @spec add_pid_key(registry(), pid(), key()) :: true
-  def add_pid_key(registry, pid, key) do
-    table = pids_table(registry)
-
-    case :ets.lookup(table, pid) do
-      [{^pid, keys}] -> if key in keys, do: true, else: :ets.insert(table, {pid, [key | keys]})
-      [] -> :ets.insert(table, {pid, [key]})
-    end
-  end
+  def add_pid_key(registry, pid, key), do: :ets.insert(pids_table(registry), {{pid, key}})
 
   @doc false
   @spec drop_pid_key(registry(), pid(), key()) :: true
-  def drop_pid_key(registry, pid, key) do
-    table = pids_table(registry)
+  def drop_pid_key(registry, pid, key), do: :ets.delete(pids_table(registry), {pid, key})
 
-    case :ets.lookup(table, pid) do
-      [{^pid, [^key]}] -> :ets.delete(table, pid)
-      [{^pid, keys}] -> :ets.insert(table, {pid, List.delete(keys, key)})
-      [] -> true
-    end
-  end
+  @doc false
+  @spec drop_pid(registry(), pid()) :: true
+  def drop_pid(registry, pid), do: :ets.match_delete(pids_table(registry), {{pid, :_}})
 end

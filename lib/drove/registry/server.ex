@@ -99,8 +99,10 @@ defmodule Drove.Registry.Server do
     table_opts = [:named_table, :set, :public, read_concurrency: true]
     :ets.new(name, table_opts)
     :ets.new(Reg.keys_table(name), table_opts)
-    :ets.new(Reg.pids_table(name), table_opts)
+    :ets.new(Reg.pids_table(name), [:named_table, :ordered_set, :public])
     :ets.new(Reg.members_table(name), table_opts)
+    :persistent_term.put({Reg, :keys, name}, :"keys_#{name}")
+    :persistent_term.put({Reg, :pids, name}, :"pids_#{name}")
 
     <<rid::64>> = :crypto.strong_rand_bytes(8)
     handle = Native.replica_new(rid, self(), false)
@@ -122,7 +124,8 @@ defmodule Drove.Registry.Server do
       me: {name, node()},
       auto: Keyword.get(opts, :members) == :auto,
       listeners: Keyword.get(opts, :listeners, []),
-      linked: MapSet.new()
+      linked: MapSet.new(),
+      recent: {MapSet.new(), MapSet.new()}
     }
 
     members =
@@ -183,8 +186,13 @@ defmodule Drove.Registry.Server do
   def handle_info({:registered, pid, key, value}, s) do
     s = link(s, pid)
 
-    # a remote registration may have won the key between the caller's write and now
-    case Native.get(s.handle, Native.key({:key, key})) do
+    # A remote registration of the same key joined since the caller's write may have won
+    # it, and the caller's table write may have landed after ours: check with the replica,
+    # but only for keys a remote change touched lately (the common case costs nothing).
+    case recent_remote?(s, key) && Native.get(s.handle, Native.key({:key, key})) do
+      false ->
+        notify(s, {:register, s.name, key, pid, value})
+
       {:ok, {^pid, _}} ->
         notify(s, {:register, s.name, key, pid, value})
 
@@ -223,14 +231,15 @@ defmodule Drove.Registry.Server do
 
   def handle_info(:sync_tick, s) do
     Process.send_after(self(), :sync_tick, s.repl.interval)
-    {:noreply, %{s | repl: Replicator.tick(s.repl)}}
+    # keys touched by remote changes two ticks ago can no longer race a local registration
+    {:noreply, %{s | repl: Replicator.tick(s.repl), recent: {MapSet.new(), elem(s.recent, 0)}}}
   end
 
   def handle_info(msg, s) do
     case Replicator.handle_info(msg, s.repl) do
       {:ok, repl, diffs} ->
         s = %{s | repl: repl}
-        {:noreply, Enum.reduce(diffs, s, &apply_diff/2)}
+        {:noreply, Enum.reduce(diffs, s, &apply_remote_diff/2)}
 
       :unknown ->
         {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
@@ -258,6 +267,15 @@ defmodule Drove.Registry.Server do
   end
 
   # ------------------------------------------------------------------ diffs
+
+  defp apply_remote_diff({_, {:key, key}, _} = d, s), do: apply_diff(d, touched(s, key))
+  defp apply_remote_diff({_, {:key, key}} = d, s), do: apply_diff(d, touched(s, key))
+  defp apply_remote_diff(d, s), do: apply_diff(d, s)
+
+  defp touched(%{recent: {now, old}} = s, key), do: %{s | recent: {MapSet.put(now, key), old}}
+
+  defp recent_remote?(%{recent: {now, old}}, key),
+    do: MapSet.member?(now, key) or MapSet.member?(old, key)
 
   defp apply_diff({:add, {:key, key}, {pid, value}}, s) when is_pid(pid) do
     cond do
@@ -394,7 +412,7 @@ defmodule Drove.Registry.Server do
       end
     end)
 
-    :ets.delete(Reg.pids_table(s.name), pid)
+    Reg.drop_pid(s.name, pid)
     %{s | linked: MapSet.delete(s.linked, pid)}
   end
 
@@ -425,7 +443,7 @@ defmodule Drove.Registry.Server do
 
     Enum.each(rows, fn {key, _m, {pid, _v}} = row ->
       :ets.delete_object(table, row)
-      :ets.delete(Reg.pids_table(s.name), pid)
+      Reg.drop_pid_key(s.name, pid, key)
       notify(s, {:unregister, s.name, key, pid})
     end)
 
