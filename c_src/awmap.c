@@ -591,10 +591,14 @@ static int join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
             rc = DV_ENOMEM;
             goto out;
         }
-        elem_attach(m, e, x);
-        /* seen from now on: a duplicate of this dot later in the delta is skipped */
-        if ((rc = dv_ctx_add(&m->ctx, v->dot)) != DV_OK)
+        /* seen from now on (a duplicate of this dot later in the delta is skipped); added to
+         * the context before the element goes live, so a failure leaves no live element
+         * outside the context */
+        if ((rc = dv_ctx_add(&m->ctx, v->dot)) != DV_OK) {
+            elem_free(m, x);
             goto out;
+        }
+        elem_attach(m, e, x);
     }
 
     /* 3. context */

@@ -257,10 +257,10 @@ static int rd_count(rd *r, size_t min_size, size_t *count) {
 static int rd_header(rd *r, const uint8_t *p, size_t n, int want) {
     if (n > DV_MAX_MESSAGE)
         return DV_ETOOBIG;
+    if (n < 4) /* also keeps p + n away from a NULL p */
+        return n >= 2 && (p[0] != 'D' || p[1] != 'V') ? DV_EMAGIC : DV_ETRUNC;
     r->p = p;
     r->end = p + n;
-    if (n < 4)
-        return n >= 2 && (p[0] != 'D' || p[1] != 'V') ? DV_EMAGIC : DV_ETRUNC;
     if (p[0] != 'D' || p[1] != 'V')
         return DV_EMAGIC;
     if (p[2] != DV_WIRE_VERSION)

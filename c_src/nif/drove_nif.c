@@ -120,10 +120,31 @@ static bool valid_term(ErlNifEnv *scratch, const uint8_t *p, size_t n) {
     return n > 0 && enif_binary_to_term(scratch, p, n, &t, 0) == n;
 }
 
-/* Lock for a normal-scheduler call: on contention, re-run the call as a dirty job. */
+/* Lock for a normal-scheduler call. Critical sections of single-key calls last well under a
+ * microsecond, so spin on trylock a little first; if the lock stays held (a dirty job joining
+ * a big delta, say), re-run the call as a dirty job instead of blocking a normal scheduler. */
+#define SPIN_TRIES 200
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static bool spin_trylock(ErlNifMutex *m) {
+    for (int i = 0; i < SPIN_TRIES; i++) {
+        if (enif_mutex_trylock(m) == 0)
+            return true;
+        cpu_relax();
+    }
+    return false;
+}
+
 #define LOCK_OR_RESCHEDULE(env, r, name, dirty_fn, argc, argv)                                     \
     do {                                                                                           \
-        if (enif_mutex_trylock((r)->lock) != 0)                                                    \
+        if (!spin_trylock((r)->lock))                                                              \
             return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, dirty_fn, argc,       \
                                      argv);                                                        \
     } while (0)
@@ -331,6 +352,76 @@ static ERL_NIF_TERM remove_value_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     return remove_value_impl(env, argc, argv, false);
 }
 
+/* remove_values(replica, [{key_bin, value_bin}]) -> :ok
+ * remove_value for many pairs under one lock hold (a registry dropping the keys of many
+ * exited processes at once). The list is checked whole before anything changes. Dirty:
+ * O(list). */
+static ERL_NIF_TERM remove_values_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    unsigned len;
+    if (!get_replica(env, argv[0], &r) || !enif_get_list_length(env, argv[1], &len))
+        return enif_make_badarg(env);
+    ERL_NIF_TERM head, tail = argv[1];
+    while (enif_get_list_cell(env, tail, &head, &tail)) {
+        const ERL_NIF_TERM *t;
+        int arity;
+        ErlNifBinary k, v;
+        if (!enif_get_tuple(env, head, &arity, &t) || arity != 2 || !get_bin(env, t[0], &k) ||
+            !get_bin(env, t[1], &v))
+            return enif_make_badarg(env);
+    }
+    int rc = DV_OK;
+    enif_mutex_lock(r->lock);
+    tail = argv[1];
+    while (rc == DV_OK && enif_get_list_cell(env, tail, &head, &tail)) {
+        const ERL_NIF_TERM *t;
+        int arity;
+        ErlNifBinary k, v;
+        enif_get_tuple(env, head, &arity, &t);
+        get_bin(env, t[0], &k);
+        get_bin(env, t[1], &v);
+        bool changed = false;
+        rc = dv_map_remove_value_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
+                                     &r->log[r->cur], &changed);
+        if (rc == DV_OK && changed)
+            note_change(r, k.data, k.size);
+    }
+    if (rc == DV_OK)
+        maybe_notify(env, r);
+    enif_mutex_unlock(r->lock);
+    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+}
+
+/* set_owner(replica, pid) -> :ok: the process sent :drove_flush from now on. Normal: O(1). */
+static ERL_NIF_TERM set_owner_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+static ERL_NIF_TERM set_owner_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
+                                   bool dirty) {
+    replica *r;
+    ErlNifPid pid;
+    if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &pid))
+        return enif_make_badarg(env);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "set_owner", set_owner_dirty, argc, argv);
+    r->owner = pid;
+    r->has_owner = true;
+    r->flush_pending = false;
+    maybe_notify(env, r);
+    enif_mutex_unlock(r->lock);
+    return A_OK;
+}
+
+static ERL_NIF_TERM set_owner_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return set_owner_impl(env, argc, argv, true);
+}
+
+static ERL_NIF_TERM set_owner_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return set_owner_impl(env, argc, argv, false);
+}
+
 /* ------------------------------------------------------------------ outbox */
 
 typedef struct {
@@ -486,7 +577,7 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     }
     if (dirty) {
         enif_mutex_lock(r->lock);
-    } else if (enif_mutex_trylock(r->lock) != 0) {
+    } else if (!spin_trylock(r->lock)) {
         dv_delta_free(&d);
         return enif_schedule_nif(env, "join", ERL_NIF_DIRTY_JOB_CPU_BOUND, join_dirty, argc, argv);
     }
@@ -513,14 +604,18 @@ static ERL_NIF_TERM join_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
 /* ------------------------------------------------------------------ anti-entropy */
 
 /* ctx(replica) -> ctx_bin. Small (a few ranges per replica id ever seen); normal. */
-static ERL_NIF_TERM ctx_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
+static ERL_NIF_TERM ctx_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+static ERL_NIF_TERM ctx_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
     dv_buf b;
     dv_buf_init(&b);
-    enif_mutex_lock(r->lock);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "ctx", ctx_dirty, argc, argv);
     dv_encode_ctx(&b, dv_map_ctx(r->map));
     enif_mutex_unlock(r->lock);
     ERL_NIF_TERM t = b.oom ? error_tuple(env, DV_ENOMEM) : bin_term(env, b.p, b.n);
@@ -528,14 +623,26 @@ static ERL_NIF_TERM ctx_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return t;
 }
 
+static ERL_NIF_TERM ctx_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return ctx_impl(env, argc, argv, true);
+}
+
+static ERL_NIF_TERM ctx_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return ctx_impl(env, argc, argv, false);
+}
+
 /* digest(replica) -> digest_bin (8 KiB copy of incrementally kept digests); normal. */
-static ERL_NIF_TERM digest_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
+static ERL_NIF_TERM digest_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+static ERL_NIF_TERM digest_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
     uint64_t d[DV_BUCKETS];
-    enif_mutex_lock(r->lock);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "digest", digest_dirty, argc, argv);
     dv_map_digest(r->map, d);
     enif_mutex_unlock(r->lock);
     dv_buf b;
@@ -544,6 +651,14 @@ static ERL_NIF_TERM digest_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     ERL_NIF_TERM t = b.oom ? error_tuple(env, DV_ENOMEM) : bin_term(env, b.p, b.n);
     dv_buf_free(&b);
     return t;
+}
+
+static ERL_NIF_TERM digest_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return digest_impl(env, argc, argv, true);
+}
+
+static ERL_NIF_TERM digest_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return digest_impl(env, argc, argv, false);
 }
 
 /* sync_reply(replica, peer_ctx_bin, peer_digest_bin, max_bytes, max_dots)
@@ -672,12 +787,16 @@ static ERL_NIF_TERM to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 }
 
 /* info(replica) -> map of counters. Normal: O(replica ids). */
-static ERL_NIF_TERM info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
+static ERL_NIF_TERM info_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+static ERL_NIF_TERM info_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
-    enif_mutex_lock(r->lock);
+    if (dirty)
+        enif_mutex_lock(r->lock);
+    else
+        LOCK_OR_RESCHEDULE(env, r, "info", info_dirty, argc, argv);
     ERL_NIF_TERM keys[8] = {A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD,
                             A_RID,  A_REPLICAS, A_CLOUD,  A_OUTBOX};
     ERL_NIF_TERM vals[8] = {
@@ -694,6 +813,14 @@ static ERL_NIF_TERM info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     ERL_NIF_TERM m;
     enif_make_map_from_arrays(env, keys, vals, 8, &m);
     return m;
+}
+
+static ERL_NIF_TERM info_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return info_impl(env, argc, argv, true);
+}
+
+static ERL_NIF_TERM info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return info_impl(env, argc, argv, false);
 }
 
 /* ------------------------------------------------------------------ load */
@@ -732,25 +859,32 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
 
 /* Scheduling choice beside each entry (see ARCHITECTURE.md, "Scheduling rule"). */
 static ErlNifFunc funcs[] = {
-    {"replica_new", 3, replica_new, 0}, /* normal: O(1) */
-    {"put", 3, put_nif, 0},             /* normal, trylock else dirty: O(1) */
-    {"delete", 2, delete_nif, 0},       /* normal, trylock else dirty: O(1) */
+    /* normal: O(1) */
+    {"replica_new", 3, replica_new, 0},
+    /* normal, trylock else rescheduled dirty: O(1) */
+    {"put", 3, put_nif, 0},
+    {"delete", 2, delete_nif, 0},
     {"get", 2, get_nif, 0},
-    {"put_new", 3, put_new_nif, 0}, /* normal, trylock else dirty: O(1) */
+    {"put_new", 3, put_new_nif, 0},
     {"remove_value", 3, remove_value_nif, 0},
-    /* normal, trylock else dirty: O(1) */  /* normal, trylock else dirty: O(1) */
-    {"take_outbox", 2, take_outbox_nif, 0}, /* normal; dirty above 2048 operations */
-    {"join", 3, join_nif, 0},               /* normal below 64 KiB, else dirty */
-    {"ctx", 1, ctx_nif, 0},                 /* normal: O(replica ids) */
-    {"digest", 1, digest_nif, 0},           /* normal: 8 KiB copy */
-    {"sync_reply", 5, sync_reply_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},   /* dirty: O(map) */
-    {"sync_finish", 5, sync_finish_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND}, /* dirty: O(map) */
-    {"to_list", 1, to_list_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},         /* dirty: O(map) */
+    {"set_owner", 2, set_owner_nif, 0},
     {"info", 1, info_nif, 0},
-    /* membership (members_nif.c): normal, O(members); they reschedule themselves dirty
-     * above DV_MEMBERS_NIF_DIRTY_LEN members */
+    /* normal, trylock else rescheduled dirty: O(replica ids) and an 8 KiB copy */
+    {"ctx", 1, ctx_nif, 0},
+    {"digest", 1, digest_nif, 0},
+    /* normal; rescheduled dirty above 2048 logged operations (encoding is outside the lock) */
+    {"take_outbox", 2, take_outbox_nif, 0},
+    /* normal below 64 KiB (trylock), dirty above: O(message) */
+    {"join", 3, join_nif, 0},
+    /* dirty: O(map) or O(list) */
+    {"remove_values", 2, remove_values_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"sync_reply", 5, sync_reply_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"sync_finish", 5, sync_finish_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"to_list", 1, to_list_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    /* membership (members_nif.c): normal, O(n log n) in members; rescheduled dirty above
+     * DV_MEMBERS_NIF_DIRTY_LEN members */
     {"members_set", 2, dv_members_set_nif, 0},
-    {"members_diff", 2, dv_members_diff_nif, 0}, /* normal: O(1) */
+    {"members_diff", 2, dv_members_diff_nif, 0},
 };
 
 ERL_NIF_INIT(Elixir.Drove.Native, funcs, load, NULL, NULL, NULL)

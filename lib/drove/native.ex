@@ -43,6 +43,10 @@ defmodule Drove.Native do
   @doc false
   def remove_value(_r, _k, _v), do: nif()
   @doc false
+  def remove_values(_r, _pairs), do: nif()
+  @doc false
+  def set_owner(_r, _pid), do: nif()
+  @doc false
   def take_outbox(_r, _max), do: nif()
   @doc false
   def join(_r, _bin, _want_diffs), do: nif()

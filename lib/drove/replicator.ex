@@ -31,6 +31,8 @@ defmodule Drove.Replicator do
             want_diffs: false,
             neighbours: %{},
             passive: %{},
+            flusher: nil,
+            targets_sent: [],
             stats: %{bad_messages: 0, deltas_in: 0, deltas_out: 0, rounds: 0, rounds_done: 0}
 
   @type diff :: {:add, term(), term()} | {:remove, term()}
@@ -38,13 +40,24 @@ defmodule Drove.Replicator do
 
   @spec new(reference(), keyword()) :: t()
   def new(handle, opts) do
-    %__MODULE__{
+    r = %__MODULE__{
       handle: handle,
       label: Keyword.get(opts, :label, self()),
       interval: Keyword.fetch!(opts, :interval),
       max_bytes: Keyword.fetch!(opts, :max_bytes),
       want_diffs: Keyword.get(opts, :want_diffs, false)
     }
+
+    # With a flusher, local writes are pushed by a process of their own, so they do not
+    # wait behind the owner's mailbox (a registry's owner handles a message per
+    # registration). Its local diffs are dropped: use it only when the owner needs none.
+    if Keyword.get(opts, :flusher, false) do
+      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes)
+      :ok = Native.set_owner(handle, pid)
+      %{r | flusher: pid}
+    else
+      r
+    end
   end
 
   @doc "Normalises a neighbour designation; raises ArgumentError on anything else."
@@ -77,12 +90,13 @@ defmodule Drove.Replicator do
       for d <- wanted, not Map.has_key?(keep, d), into: %{}, do: {d, monitor(%Neighbour{dest: d})}
 
     r = %{r | neighbours: Map.merge(keep, added)}
-    if map_size(added) > 0, do: start_rounds(r, false), else: r
+    r = if map_size(added) > 0, do: start_rounds(r, false), else: r
+    sync_targets(r)
   end
 
   @doc "Periodic work: re-monitor neighbours that were down, start due rounds."
   @spec tick(t()) :: t()
-  def tick(r), do: r |> remonitor() |> start_rounds(false)
+  def tick(r), do: r |> remonitor() |> start_rounds(false) |> sync_targets()
 
   @spec sync_now(t()) :: t()
   def sync_now(r), do: start_rounds(r, true)
@@ -92,17 +106,24 @@ defmodule Drove.Replicator do
   on a flush) or `:unknown` for messages that are not the protocol's.
   """
   @spec handle_info(term(), t()) :: {:ok, t(), [diff()]} | :unknown
-  def handle_info(:drove_flush, r) do
+  def handle_info(msg, r) do
+    case do_handle_info(msg, r) do
+      {:ok, r, diffs} -> {:ok, sync_targets(r), diffs}
+      :unknown -> :unknown
+    end
+  end
+
+  defp do_handle_info(:drove_flush, r) do
     {r, diffs} = flush(r)
     {:ok, r, diffs}
   end
 
-  def handle_info({:drove_delta, from, bin}, r) when is_pid(from) and is_binary(bin) do
+  defp do_handle_info({:drove_delta, from, bin}, r) when is_pid(from) and is_binary(bin) do
     r |> note_peer(from) |> join(bin)
   end
 
-  def handle_info({:drove_sync_req, from, ref, ctx, digest}, r)
-      when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(digest) do
+  defp do_handle_info({:drove_sync_req, from, ref, ctx, digest}, r)
+       when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(digest) do
     r = note_peer(r, from)
 
     case Native.sync_reply(r.handle, ctx, digest, r.max_bytes, @max_manifest_dots) do
@@ -116,8 +137,8 @@ defmodule Drove.Replicator do
     end
   end
 
-  def handle_info({:drove_sync_reply, from, ref, ctx, manifest}, r)
-      when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(manifest) do
+  defp do_handle_info({:drove_sync_reply, from, ref, ctx, manifest}, r)
+       when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(manifest) do
     r =
       case Enum.find(r.neighbours, fn {_, n} -> match?({^ref, _}, n.round) end) do
         # a reply to a round we gave up on still carries valid data
@@ -128,7 +149,7 @@ defmodule Drove.Replicator do
     finish_round(r, from, ctx, manifest)
   end
 
-  def handle_info({:drove_bye, from}, r) when is_pid(from) do
+  defp do_handle_info({:drove_bye, from}, r) when is_pid(from) do
     case Map.pop(r.passive, from) do
       {nil, _} ->
         {:ok, r, []}
@@ -139,7 +160,7 @@ defmodule Drove.Replicator do
     end
   end
 
-  def handle_info({:DOWN, mref, :process, _obj, _reason}, r) do
+  defp do_handle_info({:DOWN, mref, :process, _obj, _reason}, r) do
     case Enum.find(r.neighbours, fn {_, n} -> n.mref == mref end) do
       {dest, n} ->
         {:ok, put_in(r.neighbours[dest], %{n | mref: nil, up: false, round: nil}), []}
@@ -152,7 +173,7 @@ defmodule Drove.Replicator do
     end
   end
 
-  def handle_info(msg, r) when is_tuple(msg) and tuple_size(msg) > 0 do
+  defp do_handle_info(msg, r) when is_tuple(msg) and tuple_size(msg) > 0 do
     if elem(msg, 0) in [:drove_delta, :drove_sync_req, :drove_sync_reply, :drove_bye] do
       {:ok, bad_message(r, msg), []}
     else
@@ -160,7 +181,7 @@ defmodule Drove.Replicator do
     end
   end
 
-  def handle_info(_msg, _r), do: :unknown
+  defp do_handle_info(_msg, _r), do: :unknown
 
   @doc "Ships the write log to every neighbour; returns the local read changes."
   @spec flush(t()) :: {t(), [diff()]}
@@ -180,6 +201,7 @@ defmodule Drove.Replicator do
   @doc "Last flush and goodbyes, for the owner's terminate/2."
   @spec terminate(t()) :: {t(), [diff()]}
   def terminate(r) do
+    if r.flusher, do: __MODULE__.Flusher.stop(r.flusher)
     {r, diffs} = flush(r)
     Enum.each(r.passive, fn {pid, _} -> send_to(pid, {:drove_bye, self()}) end)
     {r, diffs}
@@ -214,6 +236,19 @@ defmodule Drove.Replicator do
   end
 
   # ------------------------------------------------------------------ internals
+
+  defp sync_targets(%{flusher: nil} = r), do: r
+
+  defp sync_targets(r) do
+    case push_targets(r) do
+      same when same == r.targets_sent ->
+        r
+
+      targets ->
+        Kernel.send(r.flusher, {:targets, targets})
+        %{r | targets_sent: targets}
+    end
+  end
 
   defp push_targets(r) do
     active = for {_, %Neighbour{up: true} = n} <- r.neighbours, do: n.pid || n.dest
@@ -288,4 +323,52 @@ defmodule Drove.Replicator do
   defp send_to(dest, msg), do: :erlang.send(dest, msg, [:noconnect])
 
   defp bump(r, key, n), do: %{r | stats: Map.update!(r.stats, key, &(&1 + n))}
+
+  defmodule Flusher do
+    @moduledoc false
+    # Takes the write log and pushes it to the current targets whenever the NIF says it
+    # is not empty. Linked to the owner; stopped synchronously before the owner's last flush.
+    require Logger
+
+    @spec start_link(reference(), pid(), pos_integer()) :: pid()
+    def start_link(handle, owner, max_bytes) do
+      spawn_link(fn -> loop(%{handle: handle, owner: owner, max: max_bytes, targets: []}) end)
+    end
+
+    @spec stop(pid()) :: :ok
+    def stop(pid) do
+      Process.unlink(pid)
+      ref = Process.monitor(pid)
+      Kernel.send(pid, :stop)
+
+      receive do
+        {:DOWN, ^ref, :process, ^pid, _} -> :ok
+      after
+        5000 -> Process.exit(pid, :kill) && :ok
+      end
+    end
+
+    defp loop(s) do
+      receive do
+        :drove_flush ->
+          case Native.take_outbox(s.handle, s.max) do
+            {:error, reason} ->
+              Logger.error("Drove flusher: outbox: #{inspect(reason)}")
+
+            {chunks, _diffs} ->
+              for c <- chunks, t <- s.targets do
+                :erlang.send(t, {:drove_delta, s.owner, c}, [:noconnect])
+              end
+          end
+
+          loop(s)
+
+        {:targets, targets} ->
+          loop(%{s | targets: targets})
+
+        :stop ->
+          :ok
+      end
+    end
+  end
 end

@@ -971,3 +971,35 @@ Test(dots, compact_merges_overlapping_and_contained_intervals) {
     cr_assert(!dv_ctx_contains(&c, (dv_dot){1, 26}));
     dv_ctx_free(&c);
 }
+
+Test(dots, next_seen_matches_model) {
+    for (int seed = 1; seed <= 200; seed++) {
+        rng_state = (uint64_t)seed * 48271;
+        dv_ctx c;
+        model m;
+        dv_ctx_init(&c);
+        memset(&m, 0, sizeof(m));
+        random_ctx(&c, &m, (int)rnd_below(50), 1 + (int)rnd_below(8));
+        for (int r = 0; r < NR; r++)
+            for (uint64_t k = 0; k <= MAXC + 2; k++) {
+                uint64_t want = 0;
+                for (uint64_t j = k ? k : 1; j <= MAXC && !want; j++)
+                    if (m.has[r][j])
+                        want = j;
+                uint64_t got = dv_ctx_next_seen(&c, RIDS[r], k);
+                cr_assert_eq(got, want, "seed %d: next_seen(rid #%d, %llu) = %llu, want %llu", seed,
+                             r, (unsigned long long)k, (unsigned long long)got,
+                             (unsigned long long)want);
+            }
+        cr_assert_eq(dv_ctx_next_seen(&c, 12345, 1), 0);
+        dv_ctx_free(&c);
+    }
+    dv_ctx c;
+    dv_ctx_init(&c);
+    cr_assert_eq(dv_ctx_add(&c, (dv_dot){1, DV_MAX_CTR}), DV_OK);
+    cr_assert_eq(dv_ctx_next_seen(&c, 1, 1), DV_MAX_CTR);
+    cr_assert_eq(dv_ctx_next_seen(&c, 1, DV_MAX_CTR), DV_MAX_CTR);
+    cr_assert_eq(dv_ctx_next_seen(&c, 1, DV_MAX_CTR + 1), 0);
+    cr_assert_eq(dv_ctx_next_seen(&c, 1, UINT64_MAX), 0);
+    dv_ctx_free(&c);
+}

@@ -90,11 +90,12 @@ defmodule Drove.RegistryClusterTest do
     me = self()
     keys = for i <- 1..50, do: {:race, i}
 
-    nodes
-    |> Enum.map(fn n ->
-      Task.async(fn -> C.rpc(n, P, :start_many, [@reg, :race, 1..50, me]) end)
-    end)
-    |> Enum.each(&Task.await(&1, 30_000))
+    started =
+      nodes
+      |> Enum.map(fn n ->
+        Task.async(fn -> C.rpc(n, P, :start_many_pids, [@reg, :race, 1..50, me]) end)
+      end)
+      |> Enum.flat_map(&Task.await(&1, 30_000))
 
     C.wait_until(
       fn ->
@@ -104,28 +105,34 @@ defmodule Drove.RegistryClusterTest do
       15_000
     )
 
-    [owners | _] = Enum.map(nodes, &C.rpc(&1, P, :owners, [@reg, keys]))
-    # every other process that got the name was told, with the winner in the reason
-    lost = collect_lost(%{})
+    owners = C.rpc(hd(nodes), P, :owners, [@reg, keys])
+    lost = collect_lost(%{}, length(started) - 50)
 
-    for {{:race, i} = key, winner} <- Enum.zip(keys, owners) do
-      for {pid, {:name_conflict, {^key, nil}, @reg, w}} <- Map.get(lost, key, []) do
-        assert w == winner
-        refute pid == winner
+    for {{:race, i} = key, owner} <- Enum.zip(keys, owners) do
+      contenders = for {^i, pid} <- started, do: pid
+      assert owner in contenders
+      told = Map.get(lost, key, %{})
+
+      # every contender but the owner was told it lost, naming another contender
+      for loser <- contenders -- [owner] do
+        assert {:name_conflict, {^key, nil}, @reg, winner} = told[loser]
+        assert winner in contenders and winner != loser
       end
 
-      assert is_pid(winner), "key #{i} has no owner"
+      refute Map.has_key?(told, owner)
     end
 
     for n <- nodes, do: assert(C.rpc(n, Drove.Registry, :count, [@reg]) == 50)
   end
 
-  defp collect_lost(acc) do
+  defp collect_lost(acc, 0), do: acc
+
+  defp collect_lost(acc, n) do
     receive do
       {:lost, key, pid, reason} ->
-        collect_lost(Map.update(acc, key, [{pid, reason}], &[{pid, reason} | &1]))
+        collect_lost(Map.update(acc, key, %{pid => reason}, &Map.put(&1, pid, reason)), n - 1)
     after
-      500 -> acc
+      5000 -> acc
     end
   end
 

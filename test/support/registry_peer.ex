@@ -62,6 +62,14 @@ defmodule Drove.Test.RegistryPeer do
     end)
   end
 
+  @doc "Starts via-registered processes named {prefix, i}; returns [{i, pid}] of those started."
+  @spec start_many_pids(atom(), term(), Range.t(), pid() | nil) :: [{integer(), pid()}]
+  def start_many_pids(registry, prefix, range, report_to \\ nil) do
+    for i <- range,
+        {:ok, pid} <- [Drove.Test.Named.start(registry, {prefix, i}, report_to)],
+        do: {i, pid}
+  end
+
   @doc "How many of {prefix, i} this node finds, and whether each is alive."
   @spec found(atom(), term(), Range.t()) :: non_neg_integer()
   def found(registry, prefix, range) do

@@ -96,10 +96,10 @@ defmodule Drove.Registry.Server do
   def init(opts) do
     Process.flag(:trap_exit, true)
     name = Keyword.fetch!(opts, :name)
-    table_opts = [:named_table, :set, :public, read_concurrency: true]
+    table_opts = [:named_table, :set, :public, read_concurrency: true, write_concurrency: true]
     :ets.new(name, table_opts)
     :ets.new(Reg.keys_table(name), table_opts)
-    :ets.new(Reg.pids_table(name), [:named_table, :ordered_set, :public])
+    :ets.new(Reg.pids_table(name), [:named_table, :ordered_set, :public, write_concurrency: true])
     :ets.new(Reg.members_table(name), table_opts)
     :persistent_term.put({Reg, :keys, name}, :"keys_#{name}")
     :persistent_term.put({Reg, :pids, name}, :"pids_#{name}")
@@ -114,7 +114,8 @@ defmodule Drove.Registry.Server do
         label: name,
         interval: Keyword.get(opts, :sync_interval, 500),
         max_bytes: Keyword.get(opts, :max_message_bytes, 1_048_576),
-        want_diffs: true
+        want_diffs: true,
+        flusher: true
       )
 
     s = %{
@@ -125,7 +126,8 @@ defmodule Drove.Registry.Server do
       auto: Keyword.get(opts, :members) == :auto,
       listeners: Keyword.get(opts, :listeners, []),
       linked: MapSet.new(),
-      recent: {MapSet.new(), MapSet.new()}
+      recent: {MapSet.new(), MapSet.new()},
+      parent: parent_pid()
     }
 
     members =
@@ -218,11 +220,16 @@ defmodule Drove.Registry.Server do
   def handle_info({:updated, _pid, _key, _value}, s), do: {:noreply, s}
 
   def handle_info({:EXIT, pid, reason}, s) do
-    if MapSet.member?(s.linked, pid) do
-      {:noreply, process_gone(s, pid)}
-    else
-      # a link we did not make: the supervisor (parent) going away
-      {:stop, reason, s}
+    # Exits come in bursts (a node's agents stopping): take every one already queued and
+    # drop their registrations with one native call.
+    exits = drain_exits([{pid, reason}], 10_000)
+    s = processes_gone(s, for({p, _} <- exits, MapSet.member?(s.linked, p), do: p))
+
+    # the parent (supervisor) or the flusher going away stops this process; a late exit of a
+    # process that unregistered everything (and so was unlinked) is ignored
+    case Enum.find(exits, fn {p, _} -> p == s.parent or p == s.repl.flusher end) do
+      nil -> {:noreply, s}
+      {_, reason} -> {:stop, reason, s}
     end
   end
 
@@ -397,23 +404,31 @@ defmodule Drove.Registry.Server do
     s
   end
 
-  defp process_gone(s, pid) do
-    keys = Reg.keys(s.name, pid)
+  defp drain_exits(acc, 0), do: Enum.reverse(acc)
 
-    Enum.each(keys, fn key ->
-      case current_row(s, key) do
-        {^pid, value} ->
-          Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
-          :ets.delete(Reg.keys_table(s.name), key)
-          notify(s, {:unregister, s.name, key, pid})
+  defp drain_exits(acc, n) do
+    receive do
+      {:EXIT, p, r} -> drain_exits([{p, r} | acc], n - 1)
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
 
-        _ ->
-          :ok
+  defp processes_gone(s, []), do: s
+
+  defp processes_gone(s, pids) do
+    keys_table = Reg.keys_table(s.name)
+
+    pairs =
+      for pid <- pids, key <- Reg.keys(s.name, pid), {^pid, value} <- [current_row(s, key)] do
+        :ets.delete(keys_table, key)
+        notify(s, {:unregister, s.name, key, pid})
+        {Native.key({:key, key}), Native.value({pid, value})}
       end
-    end)
 
-    Reg.drop_pid(s.name, pid)
-    %{s | linked: MapSet.delete(s.linked, pid)}
+    :ok = Native.remove_values(s.handle, pairs)
+    Enum.each(pids, &Reg.drop_pid(s.name, &1))
+    %{s | linked: Enum.reduce(pids, s.linked, &MapSet.delete(&2, &1))}
   end
 
   defp link(s, pid) do
@@ -515,6 +530,14 @@ defmodule Drove.Registry.Server do
   defp put_meta(s, k, v) do
     :ok = Native.put(s.handle, Native.key({:meta, k}), Native.value(v))
     :ets.insert(s.name, {k, v})
+  end
+
+  defp parent_pid do
+    case Process.get(:"$ancestors") do
+      [parent | _] when is_pid(parent) -> parent
+      [name | _] when is_atom(name) -> Process.whereis(name)
+      _ -> nil
+    end
   end
 
   defp notify(%{listeners: []}, _msg), do: :ok
