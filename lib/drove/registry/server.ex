@@ -127,7 +127,8 @@ defmodule Drove.Registry.Server do
       listeners: Keyword.get(opts, :listeners, []),
       linked: MapSet.new(),
       recent: {MapSet.new(), MapSet.new()},
-      parent: parent_pid()
+      parent: parent_pid(),
+      creations: %{}
     }
 
     members =
@@ -138,6 +139,7 @@ defmodule Drove.Registry.Server do
 
     s = apply_members(s, members)
     Enum.each(Keyword.get(opts, :meta, []), fn {k, v} -> put_meta(s, k, v) end)
+    Enum.each(Node.list(), &fetch_creation/1)
     Process.send_after(self(), :sync_tick, repl.interval)
     {:ok, s}
   end
@@ -233,8 +235,25 @@ defmodule Drove.Registry.Server do
     end
   end
 
-  def handle_info({:nodedown, node, _}, s), do: {:noreply, s |> hide_node(node) |> auto_members()}
-  def handle_info({:nodeup, node, _}, s), do: {:noreply, s |> show_node(node) |> auto_members()}
+  def handle_info({:nodedown, node, _}, s) do
+    s = %{s | creations: Map.delete(s.creations, node)}
+    {:noreply, s |> hide_node(node) |> auto_members()}
+  end
+
+  def handle_info({:nodeup, node, _}, s) do
+    fetch_creation(node)
+    {:noreply, auto_members(s)}
+  end
+
+  # A node's entries are shown only once its current incarnation is known: a node restarted
+  # under the same name must not bring back the pids of its previous life.
+  def handle_info({:node_creation, node, creation}, s) do
+    if node in Node.list() do
+      {:noreply, show_node(%{s | creations: Map.put(s.creations, node, creation)}, node)}
+    else
+      {:noreply, s}
+    end
+  end
 
   def handle_info(:sync_tick, s) do
     Process.send_after(self(), :sync_tick, s.repl.interval)
@@ -291,7 +310,9 @@ defmodule Drove.Registry.Server do
         # of this registry, or a race with its exit): this node owns it, so removes it
         reap(s, key, pid)
 
-      node(pid) != node() and node(pid) not in Node.list() ->
+      node(pid) != node() and Map.get(s.creations, node(pid)) != creation(pid) ->
+        # its node is not connected, or its incarnation is not known yet (shown on
+        # :node_creation), or it is from an earlier incarnation (dropped there)
         s
 
       true ->
@@ -466,12 +487,24 @@ defmodule Drove.Registry.Server do
   end
 
   defp show_node(s, node) do
-    entries =
-      for {{:key, key}, {pid, value}} <- Native.to_list(s.handle),
-          is_pid(pid) and node(pid) == node,
-          do: {key, pid, value}
+    current = Map.get(s.creations, node)
 
-    Enum.reduce(entries, s, fn {key, pid, value}, s ->
+    {live, stale} =
+      s.handle
+      |> Native.to_list()
+      |> Enum.flat_map(fn
+        {{:key, key}, {pid, value}} when is_pid(pid) and node(pid) == node -> [{key, pid, value}]
+        _ -> []
+      end)
+      |> Enum.split_with(fn {_, pid, _} -> creation(pid) == current end)
+
+    # pids of an earlier incarnation of the node are dead for sure: drop them for good
+    pairs =
+      for {key, pid, value} <- stale, do: {Native.key({:key, key}), Native.value({pid, value})}
+
+    :ok = Native.remove_values(s.handle, pairs)
+
+    Enum.reduce(live, s, fn {key, pid, value}, s ->
       case current_row(s, key) do
         nil ->
           show(s, key, pid, value)
@@ -482,6 +515,30 @@ defmodule Drove.Registry.Server do
           s
       end
     end)
+  end
+
+  # The creation of the node's current incarnation, learned from a process that lives as
+  # long as the node (init), by one call per nodeup rather than one per lookup.
+  defp fetch_creation(node) do
+    server = self()
+
+    spawn(fn ->
+      try do
+        pid = :erpc.call(node, :erlang, :whereis, [:init], 5000)
+        if is_pid(pid), do: send(server, {:node_creation, node, creation(pid)})
+      catch
+        # the node went away again: its nodedown follows
+        _, _ -> :ok
+      end
+    end)
+  end
+
+  @doc false
+  # The creation stamped in a pid's external format (its last 4 bytes, NEW_PID_EXT).
+  @spec creation(pid()) :: binary()
+  def creation(pid) do
+    bin = :erlang.term_to_binary(pid)
+    binary_part(bin, byte_size(bin) - 4, 4)
   end
 
   # ------------------------------------------------------------------ members
