@@ -471,8 +471,9 @@ static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *change
 static ERL_NIF_TERM take_outbox_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 
 /* take_outbox(replica, max_bytes) -> {[delta_bin], local_diffs} (both may be empty).
- * Flips the write log under the lock, encodes the full one outside it, and re-arms the
- * flush notification. Normal scheduler for small logs, dirty above DIRTY_OUTBOX_OPS. */
+ * Flips the write log under the lock and encodes the full one outside it. When the log was
+ * empty it re-arms the flush notification; otherwise the caller must call again later (it
+ * sends itself :drove_flush). Normal scheduler for small logs, dirty above DIRTY_OUTBOX_OPS. */
 static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
                                      bool dirty) {
     replica *r;
@@ -494,10 +495,18 @@ static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
         enif_mutex_unlock(r->lock);
         return enif_make_tuple2(env, empty, empty);
     }
+    if (dv_outbox_empty(&r->log[r->cur]) && r->changed[r->cur].n == 0) {
+        /* nothing new: writers notify the owner again from now on */
+        r->flush_pending = false;
+        enif_mutex_unlock(r->lock);
+        return enif_make_tuple2(env, empty, empty);
+    }
+    /* Something to ship: notifications stay off. The owner polls again (a message to
+     * itself) until a take finds the log empty, so a burst of writes costs the writers no
+     * message each, and the owner ships them in batches. */
     int old = r->cur;
     r->cur ^= 1;
     r->taking = true;
-    r->flush_pending = false;
     enif_mutex_unlock(r->lock);
 
     emit_ctx c = {env, empty};

@@ -186,15 +186,38 @@ defmodule Drove.Replicator do
   @doc "Ships the write log to every neighbour; returns the local read changes."
   @spec flush(t()) :: {t(), [diff()]}
   def flush(r) do
+    case ship(r) do
+      {r, diffs, 0} ->
+        {r, diffs}
+
+      {r, diffs, _} ->
+        # poll again after the messages already queued: writes made meanwhile go in one batch
+        Kernel.send(self(), :drove_flush)
+        {r, diffs}
+    end
+  end
+
+  defp ship(r) do
     case Native.take_outbox(r.handle, r.max_bytes) do
       {:error, reason} ->
         Logger.error("Drove replica #{inspect(r.label)}: outbox: #{inspect(reason)}")
-        {r, []}
+        {r, [], 0}
 
       {chunks, diffs} ->
+        # an empty take re-arms the NIF's notification for the next write
         targets = push_targets(r)
         for c <- chunks, t <- targets, do: send_to(t, {:drove_delta, self(), c})
-        {bump(r, :deltas_out, length(chunks) * length(targets)), diffs}
+        {bump(r, :deltas_out, length(chunks) * length(targets)), diffs, length(chunks)}
+    end
+  end
+
+  # Ship until a take finds the log empty (bounded: writers may still be writing).
+  defp flush_all(r, acc, 0), do: {r, acc}
+
+  defp flush_all(r, acc, n) do
+    case ship(r) do
+      {r, diffs, 0} -> {r, acc ++ diffs}
+      {r, diffs, _} -> flush_all(r, acc ++ diffs, n - 1)
     end
   end
 
@@ -202,7 +225,7 @@ defmodule Drove.Replicator do
   @spec terminate(t()) :: {t(), [diff()]}
   def terminate(r) do
     if r.flusher, do: __MODULE__.Flusher.stop(r.flusher)
-    {r, diffs} = flush(r)
+    {r, diffs} = flush_all(r, [], 10)
     Enum.each(r.passive, fn {pid, _} -> send_to(pid, {:drove_bye, self()}) end)
     {r, diffs}
   end
@@ -355,10 +378,16 @@ defmodule Drove.Replicator do
             {:error, reason} ->
               Logger.error("Drove flusher: outbox: #{inspect(reason)}")
 
+            {[], _diffs} ->
+              :ok
+
             {chunks, _diffs} ->
               for c <- chunks, t <- s.targets do
                 :erlang.send(t, {:drove_delta, s.owner, c}, [:noconnect])
               end
+
+              # poll again: writes made meanwhile go in one batch (see take_outbox)
+              Kernel.send(self(), :drove_flush)
           end
 
           loop(s)
