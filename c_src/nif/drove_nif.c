@@ -149,6 +149,29 @@ static bool spin_trylock(ErlNifMutex *m) {
                                      argv);                                                        \
     } while (0)
 
+/* Takes the replica lock in name##_impl: blocking on a dirty scheduler, trylock (else
+ * reschedule as name##_dirty) on a normal one. */
+#define LOCK_REPLICA(name, env, r, argc, argv, dirty)                                              \
+    do {                                                                                           \
+        if (dirty)                                                                                 \
+            enif_mutex_lock((r)->lock);                                                            \
+        else                                                                                       \
+            LOCK_OR_RESCHEDULE(env, r, #name, name##_dirty, argc, argv);                           \
+    } while (0)
+
+/* For a call written once as name##_impl(env, argc, argv, bool dirty): name##_nif runs on a
+ * normal scheduler (the one in the function table) and name##_dirty is what it reschedules
+ * itself as when the replica lock is busy or the job is big. */
+#define DIRTY_FALLBACK(name)                                                                       \
+    static ERL_NIF_TERM name##_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],           \
+                                    bool dirty);                                                   \
+    static ERL_NIF_TERM name##_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {        \
+        return name##_impl(env, argc, argv, true);                                                 \
+    }                                                                                              \
+    static ERL_NIF_TERM name##_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {          \
+        return name##_impl(env, argc, argv, false);                                                \
+    }
+
 /* ------------------------------------------------------------------ lifecycle */
 
 /* replica_new(rid :: u64, owner :: pid, track_changes :: boolean) */
@@ -197,24 +220,15 @@ static void maybe_notify(ErlNifEnv *env, replica *r) {
     enif_send(env, &r->owner, NULL, A_FLUSH);
 }
 
-static ERL_NIF_TERM do_put(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty);
-static ERL_NIF_TERM put_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return do_put(env, argc, argv, true);
-}
-static ERL_NIF_TERM put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return do_put(env, argc, argv, false);
-}
+DIRTY_FALLBACK(put)
 
 /* put(replica, key_bin, value_bin) -> :ok. Key and value are external term format. */
-static ERL_NIF_TERM do_put(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM put_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k, v;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
         return enif_make_badarg(env);
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "put", put_dirty, argc, argv);
+    LOCK_REPLICA(put, env, r, argc, argv, dirty);
     bool changed = false;
     int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
                             &r->log[r->cur], &changed);
@@ -226,24 +240,15 @@ static ERL_NIF_TERM do_put(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], 
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
 }
 
-static ERL_NIF_TERM do_delete(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty);
-static ERL_NIF_TERM delete_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return do_delete(env, argc, argv, true);
-}
-static ERL_NIF_TERM delete_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return do_delete(env, argc, argv, false);
-}
+DIRTY_FALLBACK(delete)
 
 /* delete(replica, key_bin) -> :ok */
-static ERL_NIF_TERM do_delete(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM delete_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k))
         return enif_make_badarg(env);
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "delete", delete_dirty, argc, argv);
+    LOCK_REPLICA(delete, env, r, argc, argv, dirty);
     bool changed = false;
     int rc = dv_map_remove_log(r->map, k.data, (uint32_t)k.size, &r->log[r->cur], &changed);
     if (rc == DV_OK && changed)
@@ -254,24 +259,15 @@ static ERL_NIF_TERM do_delete(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
 }
 
-static ERL_NIF_TERM do_get(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty);
-static ERL_NIF_TERM get_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return do_get(env, argc, argv, true);
-}
-static ERL_NIF_TERM get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return do_get(env, argc, argv, false);
-}
+DIRTY_FALLBACK(get)
 
 /* get(replica, key_bin) -> {:ok, value} | :error */
-static ERL_NIF_TERM do_get(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM get_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k))
         return enif_make_badarg(env);
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "get", get_dirty, argc, argv);
+    LOCK_REPLICA(get, env, r, argc, argv, dirty);
     dv_read rd;
     ERL_NIF_TERM res = A_ERROR;
     if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd))
@@ -280,7 +276,7 @@ static ERL_NIF_TERM do_get(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], 
     return res;
 }
 
-static ERL_NIF_TERM put_new_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+DIRTY_FALLBACK(put_new)
 
 /* put_new(replica, key_bin, value_bin) -> :ok | {:exists, current_value}
  * Check-and-put under one lock hold: the put happens only if the key has no element. */
@@ -289,10 +285,7 @@ static ERL_NIF_TERM put_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     ErlNifBinary k, v;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
         return enif_make_badarg(env);
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "put_new", put_new_dirty, argc, argv);
+    LOCK_REPLICA(put_new, env, r, argc, argv, dirty);
     dv_read rd;
     ERL_NIF_TERM res;
     if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd)) {
@@ -311,15 +304,7 @@ static ERL_NIF_TERM put_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     return res;
 }
 
-static ERL_NIF_TERM put_new_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return put_new_impl(env, argc, argv, true);
-}
-
-static ERL_NIF_TERM put_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return put_new_impl(env, argc, argv, false);
-}
-
-static ERL_NIF_TERM remove_value_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+DIRTY_FALLBACK(remove_value)
 
 /* remove_value(replica, key_bin, value_bin) -> :ok
  * Removes only the elements of the key whose value bytes equal value_bin. */
@@ -329,10 +314,7 @@ static ERL_NIF_TERM remove_value_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
     ErlNifBinary k, v;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
         return enif_make_badarg(env);
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "remove_value", remove_value_dirty, argc, argv);
+    LOCK_REPLICA(remove_value, env, r, argc, argv, dirty);
     bool changed = false;
     int rc = dv_map_remove_value_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
                                      &r->log[r->cur], &changed);
@@ -342,14 +324,6 @@ static ERL_NIF_TERM remove_value_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
         maybe_notify(env, r);
     enif_mutex_unlock(r->lock);
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
-}
-
-static ERL_NIF_TERM remove_value_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return remove_value_impl(env, argc, argv, true);
-}
-
-static ERL_NIF_TERM remove_value_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return remove_value_impl(env, argc, argv, false);
 }
 
 /* remove_values(replica, [{key_bin, value_bin}]) -> :ok
@@ -393,33 +367,22 @@ static ERL_NIF_TERM remove_values_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
 }
 
-/* set_owner(replica, pid) -> :ok: the process sent :drove_flush from now on. Normal: O(1). */
-static ERL_NIF_TERM set_owner_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+DIRTY_FALLBACK(set_owner)
 
+/* set_owner(replica, pid) -> :ok: the process sent :drove_flush from now on. Normal: O(1). */
 static ERL_NIF_TERM set_owner_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
                                    bool dirty) {
     replica *r;
     ErlNifPid pid;
     if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &pid))
         return enif_make_badarg(env);
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "set_owner", set_owner_dirty, argc, argv);
+    LOCK_REPLICA(set_owner, env, r, argc, argv, dirty);
     r->owner = pid;
     r->has_owner = true;
     r->flush_pending = false;
     maybe_notify(env, r);
     enif_mutex_unlock(r->lock);
     return A_OK;
-}
-
-static ERL_NIF_TERM set_owner_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return set_owner_impl(env, argc, argv, true);
-}
-
-static ERL_NIF_TERM set_owner_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return set_owner_impl(env, argc, argv, false);
 }
 
 /* ------------------------------------------------------------------ outbox */
@@ -468,7 +431,7 @@ static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *change
     return reverse(env, list);
 }
 
-static ERL_NIF_TERM take_outbox_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+DIRTY_FALLBACK(take_outbox)
 
 /* take_outbox(replica, max_bytes) -> {[delta_bin], local_diffs} (both may be empty).
  * Flips the write log under the lock and encodes the full one outside it. When the log was
@@ -525,14 +488,6 @@ static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     return enif_make_tuple2(env, reverse(env, c.list), diffs);
 }
 
-static ERL_NIF_TERM take_outbox_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return take_outbox_impl(env, argc, argv, true);
-}
-
-static ERL_NIF_TERM take_outbox_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return take_outbox_impl(env, argc, argv, false);
-}
-
 /* ------------------------------------------------------------------ join */
 
 typedef struct {
@@ -565,7 +520,7 @@ static bool delta_terms_valid(const dv_delta *d) {
     return ok;
 }
 
-static ERL_NIF_TERM join_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+DIRTY_FALLBACK(join)
 
 static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
@@ -600,31 +555,20 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     return enif_make_tuple3(env, A_OK, reverse(env, c.list), enif_make_uint64(env, n));
 }
 
-static ERL_NIF_TERM join_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return join_impl(env, argc, argv, true);
-}
-
 /* join(replica, delta_bin, want_diffs) -> {:ok, diffs, n_elements} | {:error, reason}.
  * A bad message changes nothing. Size-dispatched: big messages are joined dirty. */
-static ERL_NIF_TERM join_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return join_impl(env, argc, argv, false);
-}
-
 /* ------------------------------------------------------------------ anti-entropy */
 
-/* ctx(replica) -> ctx_bin. Small (a few ranges per replica id ever seen); normal. */
-static ERL_NIF_TERM ctx_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+DIRTY_FALLBACK(ctx)
 
+/* ctx(replica) -> ctx_bin. Small (a few ranges per replica id ever seen); normal. */
 static ERL_NIF_TERM ctx_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
     dv_buf b;
     dv_buf_init(&b);
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "ctx", ctx_dirty, argc, argv);
+    LOCK_REPLICA(ctx, env, r, argc, argv, dirty);
     dv_encode_ctx(&b, dv_map_ctx(r->map));
     enif_mutex_unlock(r->lock);
     ERL_NIF_TERM t = b.oom ? error_tuple(env, DV_ENOMEM) : bin_term(env, b.p, b.n);
@@ -632,26 +576,15 @@ static ERL_NIF_TERM ctx_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     return t;
 }
 
-static ERL_NIF_TERM ctx_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return ctx_impl(env, argc, argv, true);
-}
-
-static ERL_NIF_TERM ctx_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return ctx_impl(env, argc, argv, false);
-}
+DIRTY_FALLBACK(digest)
 
 /* digest(replica) -> digest_bin (8 KiB copy of incrementally kept digests); normal. */
-static ERL_NIF_TERM digest_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
-
 static ERL_NIF_TERM digest_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
     uint64_t d[DV_BUCKETS];
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "digest", digest_dirty, argc, argv);
+    LOCK_REPLICA(digest, env, r, argc, argv, dirty);
     dv_map_digest(r->map, d);
     enif_mutex_unlock(r->lock);
     dv_buf b;
@@ -660,14 +593,6 @@ static ERL_NIF_TERM digest_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     ERL_NIF_TERM t = b.oom ? error_tuple(env, DV_ENOMEM) : bin_term(env, b.p, b.n);
     dv_buf_free(&b);
     return t;
-}
-
-static ERL_NIF_TERM digest_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return digest_impl(env, argc, argv, true);
-}
-
-static ERL_NIF_TERM digest_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return digest_impl(env, argc, argv, false);
 }
 
 /* sync_reply(replica, peer_ctx_bin, peer_digest_bin, max_bytes, max_dots)
@@ -795,17 +720,14 @@ static ERL_NIF_TERM to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     return c.list;
 }
 
-/* info(replica) -> map of counters. Normal: O(replica ids). */
-static ERL_NIF_TERM info_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+DIRTY_FALLBACK(info)
 
+/* info(replica) -> map of counters. Normal: O(replica ids). */
 static ERL_NIF_TERM info_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
-    if (dirty)
-        enif_mutex_lock(r->lock);
-    else
-        LOCK_OR_RESCHEDULE(env, r, "info", info_dirty, argc, argv);
+    LOCK_REPLICA(info, env, r, argc, argv, dirty);
     ERL_NIF_TERM keys[8] = {A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD,
                             A_RID,  A_REPLICAS, A_CLOUD,  A_OUTBOX};
     ERL_NIF_TERM vals[8] = {
@@ -822,14 +744,6 @@ static ERL_NIF_TERM info_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     ERL_NIF_TERM m;
     enif_make_map_from_arrays(env, keys, vals, 8, &m);
     return m;
-}
-
-static ERL_NIF_TERM info_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return info_impl(env, argc, argv, true);
-}
-
-static ERL_NIF_TERM info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return info_impl(env, argc, argv, false);
 }
 
 /* ------------------------------------------------------------------ load */

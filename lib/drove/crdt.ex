@@ -205,14 +205,7 @@ defmodule Drove.CRDT do
   ]
 
   defp validate_opts!(opts) do
-    Enum.each(opts, fn
-      {k, _} when k in @known ->
-        :ok
-
-      other ->
-        raise ArgumentError,
-              "unknown Drove.CRDT option #{inspect(other)}; accepted: #{inspect(@known)}"
-    end)
+    Drove.Options.known!(opts, @known, "Drove.CRDT")
 
     case Keyword.get(opts, :name) do
       nil -> :ok

@@ -30,14 +30,7 @@ defmodule Drove.Registry.Server do
   @doc false
   @spec validate!(keyword()) :: keyword()
   def validate!(opts) do
-    Enum.each(opts, fn
-      {k, _} when k in @known ->
-        :ok
-
-      other ->
-        raise ArgumentError,
-              "unknown Drove.Registry option #{inspect(other)}; accepted: #{inspect(@known)}"
-    end)
+    Drove.Options.known!(opts, @known, "Drove.Registry")
 
     case Keyword.get(opts, :name) do
       n when is_atom(n) and n != nil -> :ok
