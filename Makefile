@@ -27,6 +27,7 @@
 #   lint             clang-format --dry-run --Werror on c_src/**/*.[ch], test/c/*.[ch],
 #                    fuzz/*.[ch], and mix format --check-formatted (and in compat/horde).
 #   format           Apply clang-format and mix format.
+#   bench-c          Build and run bench/c/catchup.c (N=entries, default 1000000).
 #   bench            Run every bench/*.exs (or BENCH=bench/x.exs) with `mix run` on the
 #                    distributed node bench@127.0.0.1, cookie drove, MIX_ENV=dev.
 #   demo             setup, epmd, then demo/demo.exs on node demo@127.0.0.1, cookie drove.
@@ -153,9 +154,9 @@ NIF_ASAN_LDFLAGS := -fsanitize=address,undefined
 CLANG_FORMAT ?= clang-format
 # Recursive (=) so that `find` only runs for lint/format.
 FORMAT_FILES = $(sort $(shell find c_src -name '*.[ch]' 2>/dev/null) \
-	$(wildcard test/c/*.[ch] fuzz/*.[ch]))
+	$(wildcard test/c/*.[ch] fuzz/*.[ch] bench/c/*.[ch]))
 
-BENCH ?= $(wildcard bench/*.exs)
+BENCH ?= $(filter-out bench/bench_helper.exs,$(wildcard bench/*.exs))
 SECONDS ?= 600
 
 export ERL_EPMD_ADDRESS ?= 127.0.0.1
@@ -165,7 +166,7 @@ SETUP_PACKAGES ?= make gcc libc6-dev erlang-dev erlang-nox elixir libxxhash-dev 
 
 
 .PHONY: calling_from_make all check-erts setup test test-c test-c-asan test-c-valgrind \
-	test-elixir test-nif-asan fuzz fuzz-short fuzz-run fuzz-merge lint format bench demo chaos \
+	test-elixir test-nif-asan fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c demo chaos \
 	clean distclean help start-epmd FORCE
 
 calling_from_make:
@@ -369,6 +370,15 @@ bench: start-epmd
 	  echo "==> $$b"; \
 	  MIX_ENV=dev elixir --name bench@127.0.0.1 --cookie drove -S mix run $$b; \
 	done
+
+# C-only catch-up benchmark of the core (N entries, default 1M): delta_since, decode, join,
+# puts/s and bytes per entry; it checks the caught-up map equals the source.
+bench-c: _build/bench/catchup
+	./_build/bench/catchup $(or $(N),1000000)
+
+_build/bench/catchup: bench/c/catchup.c $(CORE_SRC) $(CORE_HDR) Makefile
+	@mkdir -p $(@D)
+	$(CC) -O2 -g $(TEST_CFLAGS) -Werror -o $@ bench/c/catchup.c $(CORE_SRC)
 
 demo:
 	@$(MAKE) --no-print-directory setup

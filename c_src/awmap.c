@@ -1,4 +1,11 @@
-/* awmap.c - add-wins map with LWW read. See awmap.h for semantics. */
+/* awmap.c - add-wins map with LWW read. See awmap.h for semantics.
+ *
+ * Memory layout. A key is an entry: one block holding the entry header, an inline element slot
+ * (an element header and room for `cap` value bytes) and the key bytes, so that a key with
+ * one element - nearly every key - costs one allocation. Further (concurrent) elements, and
+ * an element whose value does not fit the slot, are separate blocks. The slot is reused by
+ * later writes of a value that fits; a lone separate element beside a free slot is moved into
+ * it (or the entry into a block of the right size) when a join or a remove leaves it so. */
 #include "awmap.h"
 
 #include <stdlib.h>
@@ -11,24 +18,40 @@
 #define KEY_SEED     0x44726f7665ULL /* "Drove" */
 #define BUCKET_SHIFT 54              /* top 10 bits of the key hash select the digest bucket */
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)(p))
+#endif
+#define PF_DIST 8 /* elements ahead that table probes are prefetched */
+
 typedef struct dv_entry dv_entry;
 
+/* An element: this header, then vlen value bytes (elem_val). */
 typedef struct dv_elem {
     struct dv_elem *next;
     dv_entry *entry;
     dv_dot dot;
     uint64_t ts;
     uint32_t vlen;
-    uint8_t val[];
+    uint32_t cap; /* value bytes the block has room for (an inline slot may hold fewer) */
 } dv_elem;
 
+/* State of an entry's inline element slot. */
+enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_DEAD = 2 /* detached, on a join's graveyard */ };
+
+/* An entry: this header, the inline element (entry_inl: header and cap value bytes), then the
+ * key bytes (entry_key). */
 struct dv_entry {
     uint64_t hash;
     dv_elem *elems;
     uint32_t klen;
     uint8_t touched; /* on the touched list of the join in progress */
-    uint8_t key[];
+    uint8_t slot;    /* SLOT_* */
 };
+
+_Static_assert(sizeof(dv_elem) % 8 == 0, "element header keeps 8-byte alignment");
+_Static_assert(sizeof(dv_entry) % 8 == 0, "entry header keeps 8-byte alignment");
 
 typedef struct {
     uint64_t hash;
@@ -50,9 +73,10 @@ struct dv_map {
     uint64_t rid;
     uint64_t hlc;
     dv_ctx ctx;
-    kslot *keys; /* open addressing, linear probing, by key hash */
+    kslot *keys; /* open addressing, linear probing; home slot: the top bits of the key hash */
     size_t kcap, kcount;
-    dslot *dots; /* open addressing, linear probing, by dot hash */
+    unsigned kshift; /* 64 - log2(kcap) */
+    dslot *dots;     /* open addressing, linear probing, by dot hash */
     size_t dcap, dcount;
     size_t payload; /* key + value bytes */
     size_t heap;    /* bytes in entries and elements */
@@ -85,6 +109,36 @@ static inline uint64_t fingerprint(uint64_t khash, dv_dot d) {
     return dv_mix64(khash ^ dv_mix64(d.rid + dv_mix64(d.ctr)));
 }
 
+static inline uint8_t *elem_val(dv_elem *x) {
+    return (uint8_t *)(x + 1);
+}
+
+static inline const uint8_t *elem_cval(const dv_elem *x) {
+    return (const uint8_t *)(x + 1);
+}
+
+static inline dv_elem *entry_inl(dv_entry *e) {
+    return (dv_elem *)(e + 1);
+}
+
+static inline const uint8_t *entry_key(const dv_entry *e) {
+    const dv_elem *x = (const dv_elem *)(e + 1);
+    return (const uint8_t *)(x + 1) + x->cap;
+}
+
+static inline size_t entry_size(uint32_t klen, uint32_t icap) {
+    return sizeof(dv_entry) + sizeof(dv_elem) + (size_t)icap + klen;
+}
+
+static inline bool elem_is_inline(dv_elem *x) {
+    return x == entry_inl(x->entry);
+}
+
+/* Does a value of vlen bytes go into a slot of cap bytes (wasting at most 16 bytes + 1/4)? */
+static inline bool slot_fits(uint32_t cap, uint32_t vlen) {
+    return vlen <= cap && cap <= (uint64_t)vlen + vlen / 4 + 16;
+}
+
 /* a > b in LWW order: (ts, rid, ctr) */
 static inline bool newer(const dv_elem *a, const dv_elem *b) {
     if (a->ts != b->ts)
@@ -103,7 +157,7 @@ static const dv_elem *winner(const dv_entry *e) {
 }
 
 static void to_read(const dv_elem *w, dv_read *r) {
-    r->val = w->val;
+    r->val = elem_cval(w);
     r->vlen = w->vlen;
     r->ts = w->ts;
     r->dot = w->dot;
@@ -116,17 +170,37 @@ uint64_t dv_hlc_next(uint64_t last, uint64_t now_ms) {
     return last < DV_MAX_TS ? last + 1 : DV_MAX_TS;
 }
 
+/* Smallest power-of-two capacity (>= 16, >= cur) that holds n at a load of at most 3/4
+ * (n <= SIZE_MAX / 64: callers check). */
+static size_t table_cap_for(size_t cur, size_t n) {
+    size_t cap = cur ? cur : 16;
+    while (n * 4 > cap * 3)
+        cap *= 2;
+    return cap;
+}
+
 /* ---------------------------------------------------------------- tables */
 
-static int keys_grow(dv_map *m) {
-    size_t ncap = m->kcap ? m->kcap * 2 : 16;
+/* The keys table is ordered by hash: a key's home slot is the top bits of its hash, so the
+ * keys of one digest bucket (the top 10 bits) sit together (bucket_span), and a resize
+ * writes the new table front to back. */
+static inline size_t khome(const dv_map *m, uint64_t h) {
+    return (size_t)(h >> m->kshift);
+}
+
+/* Rehash into a table of ncap slots, reading the old one in order (its order is the new
+ * one's, so the writes move forward too). */
+static int keys_resize(dv_map *m, size_t ncap) {
     kslot *nk = dv_calloc(ncap, sizeof(kslot));
     if (!nk)
         return DV_ENOMEM;
+    unsigned nshift = 64;
+    for (size_t c = ncap; c > 1; c >>= 1)
+        nshift--;
     for (size_t i = 0; i < m->kcap; i++) {
         if (!m->keys[i].e)
             continue;
-        size_t j = m->keys[i].hash & (ncap - 1);
+        size_t j = (size_t)(m->keys[i].hash >> nshift);
         while (nk[j].e)
             j = (j + 1) & (ncap - 1);
         nk[j] = m->keys[i];
@@ -134,19 +208,28 @@ static int keys_grow(dv_map *m) {
     dv_free(m->keys);
     m->keys = nk;
     m->kcap = ncap;
+    m->kshift = nshift;
     return DV_OK;
+}
+
+/* Room for `extra` more keys, growing (once) if needed. */
+static int keys_reserve(dv_map *m, size_t extra) {
+    if (extra > SIZE_MAX / 64 - m->kcount)
+        return DV_ENOMEM;
+    size_t ncap = table_cap_for(m->kcap, m->kcount + extra);
+    return ncap == m->kcap ? DV_OK : keys_resize(m, ncap);
 }
 
 static size_t keys_find_slot(const dv_map *m, const uint8_t *k, uint32_t klen, uint64_t h,
                              bool *found) {
-    size_t mask = m->kcap - 1, i = h & mask;
+    size_t mask = m->kcap - 1, i = khome(m, h);
     for (;;) {
         const kslot *s = &m->keys[i];
         if (!s->e) {
             *found = false;
             return i;
         }
-        if (s->hash == h && s->e->klen == klen && memcmp(s->e->key, k, klen) == 0) {
+        if (s->hash == h && s->e->klen == klen && memcmp(entry_key(s->e), k, klen) == 0) {
             *found = true;
             return i;
         }
@@ -162,40 +245,53 @@ static dv_entry *keys_get(const dv_map *m, const uint8_t *k, uint32_t klen, uint
     return found ? m->keys[i].e : NULL;
 }
 
-static int keys_reserve(dv_map *m, size_t extra) {
-    while ((m->kcount + extra) * 4 > m->kcap * 3)
-        if (keys_grow(m))
-            return DV_ENOMEM;
-    return DV_OK;
+/* Put e into the empty slot i (from keys_find_slot, with room reserved). */
+static void keys_put(dv_map *m, size_t i, dv_entry *e) {
+    m->keys[i].hash = e->hash;
+    m->keys[i].e = e;
+    m->kcount++;
+    m->payload += e->klen;
 }
 
-static dv_entry *keys_get_or_add(dv_map *m, const uint8_t *k, uint32_t klen, uint64_t h) {
-    if ((m->kcount + 1) * 4 > m->kcap * 3 && keys_grow(m))
-        return NULL;
-    bool found;
-    size_t i = keys_find_slot(m, k, klen, h, &found);
-    if (found)
-        return m->keys[i].e;
-    dv_entry *e = dv_alloc(sizeof(dv_entry) + klen);
+/* The slot that holds e now holds ne (same key). */
+static void keys_repoint(dv_map *m, const dv_entry *e, dv_entry *ne) {
+    size_t mask = m->kcap - 1, i = khome(m, e->hash);
+    while (m->keys[i].e != e)
+        i = (i + 1) & mask;
+    m->keys[i].e = ne;
+}
+
+/* ---------------------------------------------------------------- entries */
+
+/* A new entry block for key k with an inline slot for vlen value bytes. It is not in
+ * the table yet, and its slot is free. */
+static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint64_t h, uint32_t vlen) {
+    size_t size = entry_size(klen, vlen);
+    dv_entry *e = dv_alloc(size);
     if (!e)
         return NULL;
     e->hash = h;
     e->elems = NULL;
     e->klen = klen;
     e->touched = 0;
+    e->slot = SLOT_FREE;
+    dv_elem *x = entry_inl(e);
+    x->entry = e;
+    x->cap = vlen;
     if (klen)
-        memcpy(e->key, k, klen);
-    m->keys[i].hash = h;
-    m->keys[i].e = e;
-    m->kcount++;
-    m->payload += klen;
-    m->heap += sizeof(dv_entry) + klen;
+        memcpy(elem_val(x) + vlen, k, klen);
+    m->heap += size;
     return e;
 }
 
-/* Backward-shift deletion keeps probe chains intact without tombstones. */
+static void entry_free(dv_map *m, dv_entry *e) {
+    m->heap -= entry_size(e->klen, entry_inl(e)->cap);
+    dv_free(e);
+}
+
+/* Backward-shift deletion keeps probe chains intact without tombstones. Frees e. */
 static void keys_delete(dv_map *m, dv_entry *e) {
-    size_t mask = m->kcap - 1, i = e->hash & mask;
+    size_t mask = m->kcap - 1, i = khome(m, e->hash);
     while (m->keys[i].e != e)
         i = (i + 1) & mask;
     size_t j = i;
@@ -203,7 +299,7 @@ static void keys_delete(dv_map *m, dv_entry *e) {
         j = (j + 1) & mask;
         if (!m->keys[j].e)
             break;
-        size_t home = m->keys[j].hash & mask;
+        size_t home = khome(m, m->keys[j].hash);
         /* move j back to i if home is not cyclically in (i, j] */
         if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
             m->keys[i] = m->keys[j];
@@ -214,12 +310,10 @@ static void keys_delete(dv_map *m, dv_entry *e) {
     m->keys[i].hash = 0;
     m->kcount--;
     m->payload -= e->klen;
-    m->heap -= sizeof(dv_entry) + e->klen;
-    dv_free(e);
+    entry_free(m, e);
 }
 
-static int dots_grow(dv_map *m) {
-    size_t ncap = m->dcap ? m->dcap * 2 : 16;
+static int dots_resize(dv_map *m, size_t ncap) {
     dslot *nd = dv_calloc(ncap, sizeof(dslot));
     if (!nd)
         return DV_ENOMEM;
@@ -235,6 +329,13 @@ static int dots_grow(dv_map *m) {
     m->dots = nd;
     m->dcap = ncap;
     return DV_OK;
+}
+
+static int dots_reserve(dv_map *m, size_t extra) {
+    if (extra > SIZE_MAX / 64 - m->dcount)
+        return DV_ENOMEM;
+    size_t ncap = table_cap_for(m->dcap, m->dcount + extra);
+    return ncap == m->dcap ? DV_OK : dots_resize(m, ncap);
 }
 
 static dv_elem *dots_get(const dv_map *m, dv_dot d) {
@@ -263,11 +364,12 @@ static void dots_insert(dv_map *m, dv_elem *x) {
     m->dcount++;
 }
 
-static int dots_reserve(dv_map *m, size_t extra) {
-    while ((m->dcount + extra) * 4 > m->dcap * 3)
-        if (dots_grow(m))
-            return DV_ENOMEM;
-    return DV_OK;
+/* The slot that holds x now holds y (same dot). */
+static void dots_repoint(dv_map *m, const dv_elem *x, dv_elem *y) {
+    size_t mask = m->dcap - 1, i = dot_hash(x->dot) & mask;
+    while (m->dots[i].x != x)
+        i = (i + 1) & mask;
+    m->dots[i].x = y;
 }
 
 static void dots_delete(dv_map *m, dv_elem *x) {
@@ -292,18 +394,32 @@ static void dots_delete(dv_map *m, dv_elem *x) {
 
 /* ---------------------------------------------------------------- elements */
 
-static dv_elem *elem_new(dv_map *m, dv_dot dot, uint64_t ts, const uint8_t *v, uint32_t vlen) {
-    dv_elem *x = dv_alloc(sizeof(dv_elem) + vlen);
-    if (!x)
-        return NULL;
+static void elem_fill(dv_elem *x, dv_dot dot, uint64_t ts, const uint8_t *v, uint32_t vlen) {
     x->next = NULL;
-    x->entry = NULL;
     x->dot = dot;
     x->ts = ts;
     x->vlen = vlen;
     if (vlen)
-        memcpy(x->val, v, vlen);
+        memcpy(elem_val(x), v, vlen);
+}
+
+/* A separate element block (not attached). */
+static dv_elem *elem_new(dv_map *m, dv_dot dot, uint64_t ts, const uint8_t *v, uint32_t vlen) {
+    dv_elem *x = dv_alloc(sizeof(dv_elem) + vlen);
+    if (!x)
+        return NULL;
+    x->entry = NULL;
+    x->cap = vlen;
+    elem_fill(x, dot, ts, v, vlen);
     m->heap += sizeof(dv_elem) + vlen;
+    return x;
+}
+
+/* The element in e's (free) inline slot, filled (not attached). */
+static dv_elem *elem_inline(dv_entry *e, dv_dot dot, uint64_t ts, const uint8_t *v, uint32_t vlen) {
+    dv_elem *x = entry_inl(e);
+    elem_fill(x, dot, ts, v, vlen);
+    e->slot = SLOT_LIVE;
     return x;
 }
 
@@ -316,7 +432,7 @@ static void elem_attach(dv_map *m, dv_entry *e, dv_elem *x) {
     dots_insert(m, x);
 }
 
-/* Unlink x from its entry and the dot index; the caller frees it (or graveyards it). */
+/* Unlink x from its entry and the dot index; the caller releases it (or graveyards it). */
 static void elem_detach(dv_map *m, dv_elem *x) {
     dv_entry *e = x->entry;
     dv_elem **pp = &e->elems;
@@ -329,9 +445,40 @@ static void elem_detach(dv_map *m, dv_elem *x) {
     dots_delete(m, x);
 }
 
+/* Free a separate element block. */
 static void elem_free(dv_map *m, dv_elem *x) {
-    m->heap -= sizeof(dv_elem) + x->vlen;
+    m->heap -= sizeof(dv_elem) + x->cap;
     dv_free(x);
+}
+
+/* Give back a detached element: free its block, or free its entry's inline slot. */
+static void elem_release(dv_map *m, dv_elem *x) {
+    if (elem_is_inline(x))
+        x->entry->slot = SLOT_FREE;
+    else
+        elem_free(m, x);
+}
+
+/* A lone separate element beside a free inline slot moves into the slot, or, if it does not
+ * fit, the entry moves into a new block of the right size. Best effort: on allocation
+ * failure e stays as it is (valid, just larger). */
+static void entry_compact(dv_map *m, dv_entry *e) {
+    dv_elem *x = e->elems;
+    if (e->slot != SLOT_FREE || !x || x->next)
+        return;
+    if (!slot_fits(entry_inl(e)->cap, x->vlen)) {
+        dv_entry *ne = entry_new(m, entry_key(e), e->klen, e->hash, x->vlen);
+        if (!ne)
+            return;
+        keys_repoint(m, e, ne);
+        entry_free(m, e);
+        e = ne;
+    }
+    dv_elem *y = elem_inline(e, x->dot, x->ts, elem_cval(x), x->vlen);
+    y->entry = e;
+    e->elems = y;
+    dots_repoint(m, x, y);
+    elem_free(m, x);
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -342,7 +489,7 @@ dv_map *dv_map_new(uint64_t rid) {
         return NULL;
     m->rid = rid;
     dv_ctx_init(&m->ctx);
-    if (keys_grow(m) || dots_grow(m)) {
+    if (keys_resize(m, 16) || dots_resize(m, 16)) {
         dv_map_free(m);
         return NULL;
     }
@@ -351,12 +498,16 @@ dv_map *dv_map_new(uint64_t rid) {
 
 static void free_all_entries(dv_map *m) {
     for (size_t i = 0; i < m->kcap; i++) {
+        if (i + PF_DIST < m->kcap && m->keys[i + PF_DIST].e)
+            PREFETCH(m->keys[i + PF_DIST].e);
         dv_entry *e = m->keys[i].e;
         if (!e)
             continue;
+        dv_elem *inl = entry_inl(e);
         for (dv_elem *x = e->elems, *n; x; x = n) {
             n = x->next;
-            dv_free(x);
+            if (x != inl)
+                dv_free(x);
         }
         dv_free(e);
         m->keys[i].e = NULL;
@@ -420,64 +571,92 @@ bool dv_map_get(const dv_map *m, const uint8_t *k, uint32_t klen, dv_read *out) 
 
 /* ---------------------------------------------------------------- join */
 
-static int touch(dv_map *m, dv_entry *e) {
+/* Room for `extra` more touched keys. */
+static int touched_reserve(dv_map *m, size_t extra) {
+    if (m->captouched - m->ntouched >= extra)
+        return DV_OK;
+    size_t ncap = m->captouched ? m->captouched : 16;
+    while (ncap - m->ntouched < extra)
+        ncap *= 2;
+    touched_t *nt = dv_realloc(m->touched, sizeof(touched_t) * ncap);
+    if (!nt)
+        return DV_ENOMEM;
+    m->touched = nt;
+    m->captouched = ncap;
+    return DV_OK;
+}
+
+/* Put e on the touched list, remembering its winner when `report` (changes are reported). */
+static int touch(dv_map *m, dv_entry *e, bool report) {
     if (e->touched)
         return DV_OK;
-    if (m->ntouched == m->captouched) {
-        size_t ncap = m->captouched ? m->captouched * 2 : 16;
-        touched_t *nt = dv_realloc(m->touched, sizeof(touched_t) * ncap);
-        if (!nt)
-            return DV_ENOMEM;
-        m->touched = nt;
-        m->captouched = ncap;
-    }
+    int rc = touched_reserve(m, 1);
+    if (rc)
+        return rc;
     m->touched[m->ntouched].e = e;
-    m->touched[m->ntouched].old = (dv_elem *)winner(e);
+    m->touched[m->ntouched].old = report ? (dv_elem *)winner(e) : NULL;
     m->ntouched++;
     e->touched = 1;
     return DV_OK;
 }
 
-/* Remove element x as part of a join: kept on the graveyard until changes are reported. */
-static int join_remove(dv_map *m, dv_elem *x) {
-    int rc = touch(m, x->entry);
+/* Remove element x as part of a join. When changes are reported it is kept on the graveyard
+ * (its inline slot, if it is one, stays taken) until they are; otherwise released at once. */
+static int join_remove(dv_map *m, dv_elem *x, bool report) {
+    int rc = touch(m, x->entry, report);
     if (rc)
         return rc;
     elem_detach(m, x);
+    if (!report) {
+        elem_release(m, x);
+        return DV_OK;
+    }
+    if (elem_is_inline(x))
+        x->entry->slot = SLOT_DEAD;
     x->next = m->graveyard;
     m->graveyard = x;
     return DV_OK;
 }
 
-/* Report read changes of touched keys, free the graveyard and emptied entries. */
+/* Report read changes of touched keys, release the graveyard, free emptied entries and
+ * compact the others. */
 static void join_finish(dv_map *m, dv_diff_fn fn, void *ud) {
     for (size_t i = 0; i < m->ntouched; i++) {
+        if (i + PF_DIST < m->ntouched)
+            PREFETCH(m->touched[i + PF_DIST].e);
         dv_entry *e = m->touched[i].e;
         const dv_elem *old = m->touched[i].old;
-        const dv_elem *now = winner(e);
         e->touched = 0;
         if (fn) {
-            if (now &&
-                !(old && old->vlen == now->vlen && memcmp(old->val, now->val, now->vlen) == 0)) {
+            const dv_elem *now = winner(e);
+            if (now && !(old && old->vlen == now->vlen &&
+                         memcmp(elem_cval(old), elem_cval(now), now->vlen) == 0)) {
                 dv_read r;
                 to_read(now, &r);
-                fn(ud, e->key, e->klen, &r);
+                fn(ud, entry_key(e), e->klen, &r);
             } else if (!now && old) {
-                fn(ud, e->key, e->klen, NULL);
+                fn(ud, entry_key(e), e->klen, NULL);
             }
         }
     }
     for (dv_elem *x = m->graveyard, *n; x; x = n) {
         n = x->next;
-        elem_free(m, x);
+        elem_release(m, x);
     }
     m->graveyard = NULL;
     for (size_t i = 0; i < m->ntouched; i++) {
         dv_entry *e = m->touched[i].e;
         if (!e->elems)
             keys_delete(m, e);
+        else
+            entry_compact(m, e);
     }
     m->ntouched = 0;
+    if (m->captouched > 1024) { /* a big join's scratch is not kept */
+        dv_free(m->touched);
+        m->touched = NULL;
+        m->captouched = 0;
+    }
 }
 
 static int cmp_dot(const void *a, const void *b) {
@@ -504,22 +683,82 @@ static bool dots_sorted_has(const dv_dot *v, size_t n, dv_dot d) {
     return false;
 }
 
-/* Core join. `carried` are the dots of d's elements, sorted. */
+/* The dots of a delta's elements, sorted on first use. */
+typedef struct {
+    const dv_delta *d;
+    dv_dot *v;
+    dv_dot small[8];
+} carried_t;
+
+static int carried_has(carried_t *c, dv_dot dot, bool *has) {
+    const dv_delta *d = c->d;
+    if (!c->v && d->nelems) {
+        dv_dot *v = d->nelems <= 8 ? c->small : dv_alloc(sizeof(dv_dot) * d->nelems);
+        if (!v)
+            return DV_ENOMEM;
+        bool sorted = true;
+        for (size_t i = 0; i < d->nelems; i++) {
+            v[i] = d->elems[i].dot;
+            if (i && sorted && cmp_dot(&v[i - 1], &v[i]) > 0)
+                sorted = false;
+        }
+        if (!sorted)
+            qsort(v, d->nelems, sizeof(dv_dot), cmp_dot);
+        c->v = v;
+    }
+    *has = d->nelems && dots_sorted_has(c->v, d->nelems, dot);
+    return DV_OK;
+}
+
+/* Add carried element v (not seen yet, h its key hash) to m. The element is allocated, then
+ * its dot added to the context, then it is attached: a failure leaves no element outside the
+ * context and no dot without its element. Tables have room (reserved by the caller). */
+static int join_add(dv_map *m, const dv_elem_view *v, uint64_t h, bool report) {
+    if (report && touched_reserve(m, 1))
+        return DV_ENOMEM;
+    bool found;
+    size_t i = keys_find_slot(m, v->key, v->klen, h, &found);
+    dv_entry *e;
+    dv_elem *x;
+    int rc;
+    if (!found) {
+        if (!(e = entry_new(m, v->key, v->klen, h, v->vlen)))
+            return DV_ENOMEM;
+        if ((rc = dv_ctx_add(&m->ctx, v->dot)) != DV_OK) {
+            entry_free(m, e);
+            return rc;
+        }
+        keys_put(m, i, e);
+        if (report)
+            touch(m, e, true); /* cannot fail: reserved */
+        x = elem_inline(e, v->dot, v->ts, v->val, v->vlen);
+    } else {
+        e = m->keys[i].e;
+        if (report)
+            touch(m, e, true);
+        if (e->slot == SLOT_FREE && slot_fits(entry_inl(e)->cap, v->vlen)) {
+            if ((rc = dv_ctx_add(&m->ctx, v->dot)) != DV_OK)
+                return rc;
+            x = elem_inline(e, v->dot, v->ts, v->val, v->vlen);
+        } else {
+            if (!(x = elem_new(m, v->dot, v->ts, v->val, v->vlen)))
+                return DV_ENOMEM;
+            if ((rc = dv_ctx_add(&m->ctx, v->dot)) != DV_OK) {
+                elem_free(m, x);
+                return rc;
+            }
+        }
+    }
+    elem_attach(m, e, x);
+    return DV_OK;
+}
+
 static int join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
     int rc = DV_OK;
-    dv_dot small[8];
-    dv_dot *carried = small;
+    bool report = fn != NULL;
+    carried_t carried = {.d = d};
     dv_ctx rctx;
     dv_ctx_init(&rctx);
-
-    if (d->nelems) {
-        if (d->nelems > 8 && !(carried = dv_alloc(sizeof(dv_dot) * d->nelems)))
-            return DV_ENOMEM;
-        for (size_t i = 0; i < d->nelems; i++)
-            carried[i] = d->elems[i].dot;
-        if (d->nelems > 1)
-            qsort(carried, d->nelems, sizeof(dv_dot), cmp_dot);
-    }
 
     /* 1. removals: live elements whose dot the delta covers but does not carry */
     if (d->nranges && m->dcount) {
@@ -540,8 +779,9 @@ static int join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
                         continue;
                     }
                     dv_elem *x = dots_get(m, dot);
-                    if (x && !dots_sorted_has(carried, d->nelems, dot) &&
-                        (rc = join_remove(m, x)) != DV_OK)
+                    bool has;
+                    if (x && ((rc = carried_has(&carried, dot, &has)) != DV_OK ||
+                              (!has && (rc = join_remove(m, x, report)) != DV_OK)))
                         break;
                 }
             }
@@ -552,8 +792,14 @@ static int join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
                 goto out;
             for (size_t i = 0; i < m->dcap; i++) {
                 dv_elem *x = m->dots[i].x;
-                if (!x || !dv_ctx_contains(&rctx, x->dot) ||
-                    dots_sorted_has(carried, d->nelems, x->dot))
+                bool has;
+                if (!x || !dv_ctx_contains(&rctx, x->dot))
+                    continue;
+                if ((rc = carried_has(&carried, x->dot, &has)) != DV_OK) {
+                    dv_free(hit);
+                    goto out;
+                }
+                if (has)
                     continue;
                 if (!hit && !(hit = dv_alloc(sizeof(dv_elem *) * m->dcount))) {
                     rc = DV_ENOMEM;
@@ -562,43 +808,46 @@ static int join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
                 hit[nhit++] = x;
             }
             for (size_t i = 0; i < nhit && rc == DV_OK; i++)
-                rc = join_remove(m, hit[i]);
+                rc = join_remove(m, hit[i], report);
             dv_free(hit);
         }
         if (rc)
             goto out;
     }
 
-    /* 2. additions: carried elements not seen before */
-    if (d->nelems &&
-        ((rc = dots_reserve(m, d->nelems)) != DV_OK || (rc = keys_reserve(m, d->nelems)) != DV_OK))
-        goto out;
+    /* 2. additions: carried elements not seen before. Key hashes are computed PF_DIST
+     * elements ahead and their key and dot slots prefetched. */
+    if (d->nelems) {
+        if ((rc = dots_reserve(m, d->nelems)) != DV_OK ||
+            (rc = keys_reserve(m, d->nelems)) != DV_OK)
+            goto out;
+        if (report)
+            (void)touched_reserve(m, d->nelems); /* one resize; join_add checks again */
+    }
+    uint64_t ring[PF_DIST];
+    for (size_t i = 0; i < d->nelems && i < PF_DIST; i++) {
+        const dv_elem_view *p = &d->elems[i];
+        ring[i] = key_hash(p->key, p->klen);
+        PREFETCH(&m->keys[khome(m, ring[i])]);
+        PREFETCH(&m->dots[dot_hash(p->dot) & (m->dcap - 1)]);
+    }
     for (size_t i = 0; i < d->nelems; i++) {
         const dv_elem_view *v = &d->elems[i];
+        uint64_t h = ring[i % PF_DIST];
+        if (i + PF_DIST < d->nelems) {
+            const dv_elem_view *p = &d->elems[i + PF_DIST];
+            uint64_t ph = key_hash(p->key, p->klen);
+            ring[i % PF_DIST] = ph;
+            PREFETCH(&m->keys[khome(m, ph)]);
+            PREFETCH(&m->dots[dot_hash(p->dot) & (m->dcap - 1)]);
+        }
         if (v->ts > m->hlc)
             m->hlc = v->ts;
+        /* seen (also: an earlier duplicate of this dot in the delta) */
         if (dv_ctx_contains(&m->ctx, v->dot))
             continue;
-        dv_entry *e = keys_get_or_add(m, v->key, v->klen, key_hash(v->key, v->klen));
-        if (!e) {
-            rc = DV_ENOMEM;
+        if ((rc = join_add(m, v, h, report)) != DV_OK)
             goto out;
-        }
-        if ((rc = touch(m, e)) != DV_OK)
-            goto out;
-        dv_elem *x = elem_new(m, v->dot, v->ts, v->val, v->vlen);
-        if (!x) {
-            rc = DV_ENOMEM;
-            goto out;
-        }
-        /* seen from now on (a duplicate of this dot later in the delta is skipped); added to
-         * the context before the element goes live, so a failure leaves no live element
-         * outside the context */
-        if ((rc = dv_ctx_add(&m->ctx, v->dot)) != DV_OK) {
-            elem_free(m, x);
-            goto out;
-        }
-        elem_attach(m, e, x);
     }
 
     /* 3. context */
@@ -608,9 +857,14 @@ static int join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
 out:
     join_finish(m, fn, ud);
     dv_ctx_free(&rctx);
-    if (carried != small)
-        dv_free(carried);
+    if (carried.v != carried.small)
+        dv_free(carried.v);
     return rc;
+}
+
+int dv_map_reserve(dv_map *m, size_t n) {
+    int rc = keys_reserve(m, n);
+    return rc ? rc : dots_reserve(m, n);
 }
 
 int dv_map_join(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
@@ -622,8 +876,10 @@ static int map_as_delta(const dv_map *o, dv_delta *d, dv_ranges *rs) {
     memset(d, 0, sizeof(*d));
     dv_ranges_init(rs);
     int rc = dv_ctx_diff(&o->ctx, NULL, rs);
-    if (rc)
+    if (rc) {
+        dv_ranges_free(rs);
         return rc;
+    }
     d->sender = o->rid;
     d->ranges = rs->r;
     d->nranges = rs->n;
@@ -640,9 +896,9 @@ static int map_as_delta(const dv_map *o, dv_delta *d, dv_ranges *rs) {
         if (!x)
             continue;
         dv_elem_view *v = &d->elems[k++];
-        v->key = x->entry->key;
+        v->key = entry_key(x->entry);
         v->klen = x->entry->klen;
-        v->val = x->val;
+        v->val = elem_cval(x);
         v->vlen = x->vlen;
         v->dot = x->dot;
         v->ts = x->ts;
@@ -666,59 +922,88 @@ int dv_map_join_map(dv_map *m, const dv_map *other, dv_diff_fn fn, void *ud) {
 /* ---------------------------------------------------------------- local writes */
 
 /* A local put or remove: applied to m directly (one key lookup), and its delta - the new
- * element if any, plus every dot observed under the key - joined into the outbox. */
-/* A local put or remove; with `only` set, a remove observes (and so removes) only the
- * elements whose value bytes equal v. */
+ * element if any, plus every dot observed under the key - joined into the outbox or
+ * recorded in the write log. With `only` set, a remove observes (and so removes) only the
+ * elements whose value bytes equal v. A put observes every element of the key, so the new
+ * element takes the inline slot (or the entry moves to a block of the right size). */
 static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
                     bool is_put, bool only, uint64_t now_ms, dv_map *outbox, dv_outbox *log,
                     bool *changed) {
     uint64_t h = key_hash(k, klen);
-    dv_entry *e = is_put ? keys_get_or_add(m, k, klen, h) : keys_get(m, k, klen, h);
-    if (!e) {
+    if (is_put && keys_reserve(m, 1)) {
         if (changed)
             *changed = false;
-        return is_put ? DV_ENOMEM : DV_OK;
+        return DV_ENOMEM;
+    }
+    bool found;
+    size_t ks = keys_find_slot(m, k, klen, h, &found);
+    dv_entry *e = found ? m->keys[ks].e : NULL;
+    if (!is_put && !e) {
+        if (changed)
+            *changed = false;
+        return DV_OK;
     }
     size_t nobs = 0;
-    for (dv_elem *x = e->elems; x; x = x->next)
-        if (!only || (x->vlen == vlen && memcmp(x->val, v, vlen) == 0))
+    for (dv_elem *x = e ? e->elems : NULL; x; x = x->next)
+        if (!only || (x->vlen == vlen && memcmp(elem_cval(x), v, vlen) == 0))
             nobs++;
     if (!is_put && nobs == 0) {
         if (changed)
             *changed = false;
         return DV_OK;
     }
-    const dv_elem *old = winner(e);
-    bool ch = is_put ? !(old && old->vlen == vlen && memcmp(old->val, v, vlen) == 0) : true;
+    const dv_elem *old = e ? winner(e) : NULL;
+    bool ch = is_put ? !(old && old->vlen == vlen && memcmp(elem_cval(old), v, vlen) == 0) : true;
 
-    dv_elem *nx = NULL;
+    dv_entry *ne = NULL; /* the new block of the key, if the new element needs one */
+    dv_dot dot = {0, 0};
+    uint64_t ts = 0;
     if (is_put) {
-        uint64_t next = dv_ctx_max(&m->ctx, m->rid) + 1;
-        if (next > DV_MAX_CTR || dots_reserve(m, 1))
-            goto fail;
-        nx = elem_new(m, (dv_dot){m->rid, next}, dv_hlc_next(m->hlc, now_ms), v, vlen);
-        if (!nx || dv_ctx_add(&m->ctx, nx->dot))
-            goto fail;
-        m->hlc = nx->ts;
+        dot = (dv_dot){m->rid, dv_ctx_max(&m->ctx, m->rid) + 1};
+        if (dot.ctr > DV_MAX_CTR || dots_reserve(m, 1))
+            return DV_ENOMEM;
+        if (!e || !slot_fits(entry_inl(e)->cap, vlen)) {
+            if (!(ne = entry_new(m, k, klen, h, vlen)))
+                return DV_ENOMEM;
+        }
+        if (dv_ctx_add(&m->ctx, dot)) {
+            if (ne)
+                entry_free(m, ne);
+            return DV_ENOMEM;
+        }
+        ts = dv_hlc_next(m->hlc, now_ms);
+        m->hlc = ts;
     }
 
     bool winner_went = false;
     dv_dot stack_o[4];
     dv_dot *obs = nobs <= 4 ? stack_o : dv_alloc(sizeof(dv_dot) * nobs);
     size_t no = 0;
-    for (dv_elem *x = e->elems, *n; x; x = n) { /* the observed elements go */
+    for (dv_elem *x = e ? e->elems : NULL, *n; x; x = n) { /* the observed elements go */
         n = x->next;
-        if (only && !(x->vlen == vlen && memcmp(x->val, v, vlen) == 0))
+        if (only && !(x->vlen == vlen && memcmp(elem_cval(x), v, vlen) == 0))
             continue;
         if (x == old)
             winner_went = true;
         if (obs)
             obs[no++] = x->dot;
         elem_detach(m, x);
-        elem_free(m, x);
+        elem_release(m, x);
     }
-    if (nx)
+    dv_elem *nx = NULL;
+    if (is_put) { /* e has no element left */
+        if (ne) {
+            if (e) { /* the key moves to its new block */
+                m->keys[ks].e = ne;
+                entry_free(m, e);
+            } else {
+                keys_put(m, ks, ne);
+            }
+            e = ne;
+        }
+        nx = elem_inline(e, dot, ts, v, vlen);
         elem_attach(m, e, nx);
+    }
     if (only) /* the read changed only if the winner went */
         ch = winner_went;
     /* m is right from here on; a failure below only loses the eager push of this write,
@@ -739,7 +1024,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
             dv_elem_view ev;
             dv_delta d = {.sender = m->rid, .ranges = r, .nranges = no};
             if (nx) {
-                ev = (dv_elem_view){k, nx->val, klen, vlen, nx->dot, nx->ts};
+                ev = (dv_elem_view){k, elem_cval(nx), klen, vlen, nx->dot, nx->ts};
                 d.elems = &ev;
                 d.nelems = 1;
             }
@@ -752,15 +1037,11 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
         dv_free(obs);
     if (!e->elems)
         keys_delete(m, e);
+    else if (!is_put)
+        entry_compact(m, e);
     if (changed)
         *changed = ch;
     return rc;
-fail:
-    if (nx)
-        elem_free(m, nx);
-    if (!e->elems)
-        keys_delete(m, e);
-    return DV_ENOMEM;
 }
 
 int dv_map_put(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
@@ -788,9 +1069,141 @@ int dv_map_remove(dv_map *m, const uint8_t *k, uint32_t klen, dv_map *outbox, bo
 
 /* ---------------------------------------------------------------- delta since */
 
-static int cmp_elem_dot(const void *a, const void *b) {
-    const dv_elem *x = *(const dv_elem *const *)a, *y = *(const dv_elem *const *)b;
-    return cmp_dot(&x->dot, &y->dot);
+/* An element to send and its sort key: (index of its replica id in the context, counter),
+ * packed so that integer order is dot order. */
+typedef struct {
+    uint64_t key;
+    const dv_elem *x;
+} sitem;
+
+static int cmp_sitem_key(const void *a, const void *b) {
+    uint64_t x = ((const sitem *)a)->key, y = ((const sitem *)b)->key;
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_sitem_dot(const void *a, const void *b) {
+    return cmp_dot(&((const sitem *)a)->x->dot, &((const sitem *)b)->x->dot);
+}
+
+#define RADIX_BITS 11
+#define RADIX      (1u << RADIX_BITS)
+#define RADIX_PASS ((64 + RADIX_BITS - 1) / RADIX_BITS)
+
+/* Sort by key: LSD radix sort, skipping the digits all keys share. */
+static int sort_items(sitem *a, size_t n) {
+    if (n < 256) {
+        qsort(a, n, sizeof(sitem), cmp_sitem_key);
+        return DV_OK;
+    }
+    sitem *tmp = dv_alloc(sizeof(sitem) * n);
+    size_t *cnt = dv_calloc((size_t)RADIX_PASS * RADIX, sizeof(size_t));
+    if (!tmp || !cnt) {
+        dv_free(tmp);
+        dv_free(cnt);
+        return DV_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = a[i].key;
+        for (unsigned p = 0; p < RADIX_PASS; p++)
+            cnt[p * RADIX + ((k >> (p * RADIX_BITS)) & (RADIX - 1))]++;
+    }
+    sitem *src = a, *dst = tmp;
+    for (unsigned p = 0; p < RADIX_PASS; p++) {
+        size_t *c = cnt + (size_t)p * RADIX;
+        unsigned shift = p * RADIX_BITS;
+        if (c[(src[0].key >> shift) & (RADIX - 1)] == n)
+            continue; /* every key has this digit */
+        size_t sum = 0;
+        for (unsigned b = 0; b < RADIX; b++) {
+            size_t t = c[b];
+            c[b] = sum;
+            sum += t;
+        }
+        for (size_t i = 0; i < n; i++) {
+            sitem it = src[i];
+            dst[c[(it.key >> shift) & (RADIX - 1)]++] = it;
+        }
+        sitem *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a)
+        memcpy(a, src, sizeof(sitem) * n);
+    dv_free(tmp);
+    dv_free(cnt);
+    return DV_OK;
+}
+
+static unsigned bit_len(uint64_t v) {
+    unsigned n = 0;
+    while (v) {
+        n++;
+        v >>= 1;
+    }
+    return n;
+}
+
+/* Index of rid in c (c->n if absent: such an element breaks the invariant, sorts last). */
+static uint32_t rid_index(const dv_ctx *c, uint64_t rid) {
+    uint32_t lo = 0, hi = c->n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (c->v[mid].rid < rid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < c->n && c->v[lo].rid == rid ? lo : c->n;
+}
+
+/* The live elements of m that `seen` has not seen, sorted by dot, into *out (*nout). */
+static int unseen_sorted(const dv_map *m, const dv_ctx *seen, sitem **out, size_t *nout) {
+    *out = NULL;
+    *nout = 0;
+    if (!m->dcount)
+        return DV_OK;
+    sitem *un = dv_alloc(sizeof(sitem) * m->dcount);
+    if (!un)
+        return DV_ENOMEM;
+    const dv_ctx *c = &m->ctx;
+    unsigned rbits = c->n ? bit_len(c->n) : 1;
+    unsigned cbits = 64 - rbits; /* rid index (0..c->n) above, counter below */
+    bool packed = true;
+    uint64_t last_rid = 0;
+    uint32_t last_ix = UINT32_MAX;
+    size_t n = 0;
+    for (size_t i = 0; i < m->kcap; i++) {
+        if (i + PF_DIST < m->kcap && m->keys[i + PF_DIST].e)
+            PREFETCH(m->keys[i + PF_DIST].e);
+        const dv_entry *e = m->keys[i].e;
+        if (!e)
+            continue;
+        for (const dv_elem *x = e->elems; x; x = x->next) {
+            if (seen && dv_ctx_contains(seen, x->dot))
+                continue;
+            if (last_ix == UINT32_MAX || x->dot.rid != last_rid) {
+                last_rid = x->dot.rid;
+                last_ix = rid_index(c, last_rid);
+            }
+            if (x->dot.ctr >> cbits)
+                packed = false;
+            un[n].key = ((uint64_t)last_ix << cbits) | x->dot.ctr;
+            un[n].x = x;
+            n++;
+        }
+    }
+    int rc = DV_OK;
+    if (packed)
+        rc = sort_items(un, n);
+    else /* counters too large to pack beside the rid index: compare the dots */
+        qsort(un, n, sizeof(sitem), cmp_sitem_dot);
+    if (rc) {
+        dv_free(un);
+        return rc;
+    }
+    *out = un;
+    *nout = n;
+    return DV_OK;
 }
 
 typedef struct {
@@ -822,13 +1235,105 @@ static int chunk_emit(chunker *c) {
     return rc;
 }
 
+/* Encode element x (its dot in R) into the chunk; emit the chunk, cut after x, when full. */
+static int chunk_elem(chunker *c, const dv_range *R, uint64_t *lo, const dv_elem *x,
+                      size_t max_bytes) {
+    const dv_entry *e = x->entry;
+    dv_encode_elem(&c->elems, entry_key(e), e->klen, x->dot, x->ts, elem_cval(x), x->vlen);
+    c->nelems++;
+    if (chunk_size(c) < max_bytes)
+        return DV_OK;
+    int rc = dv_ranges_push(&c->ranges, R->rid, *lo, x->dot.ctr);
+    if (rc == DV_OK)
+        rc = chunk_emit(c);
+    *lo = x->dot.ctr + 1;
+    return rc;
+}
+
+/* The part lo..hi of range R after its last element. */
+static int chunk_range_end(chunker *c, const dv_range *R, uint64_t lo, size_t max_bytes) {
+    if (lo > R->hi)
+        return DV_OK;
+    int rc = dv_ranges_push(&c->ranges, R->rid, lo, R->hi);
+    if (rc == DV_OK && chunk_size(c) >= max_bytes)
+        rc = chunk_emit(c);
+    return rc;
+}
+
+/* Prefetch the element of dot d (its slot must be cached or on its way): the first slot on
+ * d's probe chain whose hash matches. */
+static void dots_prefetch_elem(const dv_map *m, dv_dot d) {
+    uint64_t h = dot_hash(d);
+    size_t mask = m->dcap - 1, i = h & mask;
+    for (const dslot *s = &m->dots[i]; s->x; s = &m->dots[i = (i + 1) & mask]) {
+        if (s->hash == h) {
+            PREFETCH(s->x);
+            PREFETCH((const uint8_t *)s->x + sizeof(dv_elem));
+            return;
+        }
+    }
+}
+
+/* Dense diff: walk the counters of every range in order and look each one up in the dot
+ * index (slots prefetched 2 * PF_DIST counters ahead, elements PF_DIST ahead). */
+static int delta_by_probing(chunker *c, const dv_ranges *diff, size_t max_bytes, size_t *found) {
+    const dv_map *m = c->m;
+    size_t mask = m->dcap - 1;
+    for (size_t i = 0; i < diff->n; i++) {
+        const dv_range *R = &diff->r[i];
+        uint64_t lo = R->lo;
+        for (uint64_t ctr = R->lo; ctr <= R->hi; ctr++) {
+            if (ctr + 2 * PF_DIST <= R->hi)
+                PREFETCH(&m->dots[dot_hash((dv_dot){R->rid, ctr + 2 * PF_DIST}) & mask]);
+            if (ctr + PF_DIST <= R->hi)
+                dots_prefetch_elem(m, (dv_dot){R->rid, ctr + PF_DIST});
+            const dv_elem *x = dots_get(m, (dv_dot){R->rid, ctr});
+            if (!x)
+                continue;
+            ++*found;
+            int rc = chunk_elem(c, R, &lo, x, max_bytes);
+            if (rc)
+                return rc;
+        }
+        int rc = chunk_range_end(c, R, lo, max_bytes);
+        if (rc)
+            return rc;
+    }
+    return DV_OK;
+}
+
+/* Sparse diff: collect the unseen live elements, sort them by dot, merge with the ranges. */
+static int delta_by_sorting(chunker *c, const dv_ctx *seen, const dv_ranges *diff,
+                            size_t max_bytes) {
+    sitem *un;
+    size_t nun, j = 0;
+    int rc = unseen_sorted(c->m, seen, &un, &nun);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < diff->n && rc == DV_OK; i++) {
+        const dv_range *R = &diff->r[i];
+        uint64_t lo = R->lo;
+        while (rc == DV_OK && j < nun && un[j].x->dot.rid == R->rid && un[j].x->dot.ctr <= R->hi) {
+            if (j + PF_DIST < nun) { /* the entry block around an inline element */
+                PREFETCH((const void *)((uintptr_t)un[j + PF_DIST].x - sizeof(dv_entry)));
+                PREFETCH((const uint8_t *)un[j + PF_DIST].x + sizeof(dv_elem));
+            }
+            rc = chunk_elem(c, R, &lo, un[j++].x, max_bytes);
+        }
+        if (rc == DV_OK)
+            rc = chunk_range_end(c, R, lo, max_bytes);
+    }
+    if (rc == DV_OK && j != nun) /* an unseen live element outside m's own context */
+        rc = DV_EINVAL;
+    dv_free(un);
+    return rc;
+}
+
 int dv_map_delta_since(const dv_map *m, const dv_ctx *seen, size_t max_bytes, dv_emit_fn emit,
                        void *ud) {
     int rc;
     dv_ranges diff;
     dv_ranges_init(&diff);
-    dv_elem **un = NULL;
-    size_t nun = 0;
     chunker c = {.m = m, .emit = emit, .ud = ud};
     dv_ranges_init(&c.ranges);
     dv_buf_init(&c.elems);
@@ -838,52 +1343,26 @@ int dv_map_delta_since(const dv_map *m, const dv_ctx *seen, size_t max_bytes, dv
         goto out;
     if (!diff.n)
         goto out;
-    if (m->dcount) {
-        un = dv_alloc(sizeof(dv_elem *) * m->dcount);
-        if (!un) {
-            rc = DV_ENOMEM;
-            goto out;
-        }
-        for (size_t i = 0; i < m->dcap; i++) {
-            dv_elem *x = m->dots[i].x;
-            if (x && !(seen && dv_ctx_contains(seen, x->dot)))
-                un[nun++] = x;
-        }
-        qsort(un, nun, sizeof(dv_elem *), cmp_elem_dot);
+    /* Probing costs one lookup per counter of the diff, sorting a pass over every element:
+     * probe when the diff has at most about two counters per live element. */
+    uint64_t span = 0, limit = 2 * (uint64_t)m->dcount + 64;
+    for (size_t i = 0; i < diff.n && span <= limit; i++)
+        span += diff.r[i].hi - diff.r[i].lo + 1;
+    if (m->dcount && span <= limit) {
+        size_t found = 0;
+        rc = delta_by_probing(&c, &diff, max_bytes, &found);
+        if (rc == DV_OK && !seen && found != m->dcount) /* a live element outside the context */
+            rc = DV_EINVAL;
+    } else {
+        rc = delta_by_sorting(&c, seen, &diff, max_bytes);
     }
-    size_t j = 0;
-    for (size_t i = 0; i < diff.n; i++) {
-        const dv_range *R = &diff.r[i];
-        uint64_t lo = R->lo;
-        while (j < nun && un[j]->dot.rid == R->rid && un[j]->dot.ctr <= R->hi) {
-            const dv_elem *x = un[j++];
-            dv_encode_elem(&c.elems, x->entry->key, x->entry->klen, x->dot, x->ts, x->val, x->vlen);
-            c.nelems++;
-            if (chunk_size(&c) >= max_bytes) {
-                if ((rc = dv_ranges_push(&c.ranges, R->rid, lo, x->dot.ctr)) != DV_OK ||
-                    (rc = chunk_emit(&c)) != DV_OK)
-                    goto out;
-                lo = x->dot.ctr + 1;
-            }
-        }
-        if (lo <= R->hi) {
-            if ((rc = dv_ranges_push(&c.ranges, R->rid, lo, R->hi)) != DV_OK)
-                goto out;
-            if (chunk_size(&c) >= max_bytes && (rc = chunk_emit(&c)) != DV_OK)
-                goto out;
-        }
-    }
-    if (j != nun) { /* an unseen live element outside m's own context: broken invariant */
-        rc = DV_EINVAL;
-        goto out;
-    }
-    rc = chunk_emit(&c);
+    if (rc == DV_OK)
+        rc = chunk_emit(&c);
 out:
     dv_ranges_free(&diff);
     dv_ranges_free(&c.ranges);
     dv_buf_free(&c.elems);
     dv_buf_free(&c.out);
-    dv_free(un);
     return rc;
 }
 
@@ -893,34 +1372,50 @@ void dv_map_digest(const dv_map *m, uint64_t out[DV_BUCKETS]) {
     memcpy(out, m->digest, sizeof(m->digest));
 }
 
+/* The slots that can hold keys of digest bucket b: from the home of its smallest hash to the
+ * home of its largest, then on to the end of that cluster. Sets *first, returns the count. */
+static size_t bucket_span(const dv_map *m, uint32_t b, size_t *first) {
+    uint64_t lo = (uint64_t)b << BUCKET_SHIFT, hi = lo | (((uint64_t)1 << BUCKET_SHIFT) - 1);
+    size_t mask = m->kcap - 1, f = khome(m, lo), l = khome(m, hi), n = l - f + 1;
+    for (size_t j = (l + 1) & mask; m->keys[j].e && n < m->kcap; j = (j + 1) & mask)
+        n++;
+    *first = f;
+    return n;
+}
+
+/* Next entry of bucket b at or after slot *i of a span of *left slots (NULL at the end). */
+static dv_entry *bucket_next(const dv_map *m, uint32_t b, size_t *i, size_t *left) {
+    while (*left) {
+        const kslot *s = &m->keys[*i];
+        *i = (*i + 1) & (m->kcap - 1);
+        --*left;
+        if (s->e && bucket_of(s->hash) == b)
+            return s->e;
+    }
+    return NULL;
+}
+
 int dv_map_manifest(const dv_map *m, const uint64_t *peer, size_t max_dots, dv_buf *out,
                     size_t *nbuckets) {
-    uint32_t *counts = dv_calloc(DV_BUCKETS, sizeof(uint32_t));
     uint32_t *sel = dv_alloc(sizeof(uint32_t) * DV_BUCKETS);
-    uint8_t *take = dv_calloc(DV_BUCKETS, 1);
     dv_dot *dots = NULL;
     int rc = DV_OK;
-    if (!counts || !sel || !take) {
-        rc = DV_ENOMEM;
-        goto out;
-    }
+    if (!sel)
+        return DV_ENOMEM;
+    /* the differing buckets, whole, while their live dots fit in max_dots (at least one) */
     size_t nsel = 0, ndiff = 0, total = 0;
-    for (uint32_t b = 0; b < DV_BUCKETS; b++)
-        ndiff += !(peer && peer[b] == m->digest[b]);
-    if (ndiff) /* count live dots per bucket only when some bucket differs */
-        for (size_t i = 0; i < m->dcap; i++)
-            if (m->dots[i].x)
-                counts[bucket_of(m->dots[i].x->entry->hash)]++;
-    ndiff = 0;
     for (uint32_t b = 0; b < DV_BUCKETS; b++) {
         if (peer && peer[b] == m->digest[b])
             continue;
         ndiff++;
-        if (nsel && total + counts[b] > max_dots)
+        size_t count = 0, i, left = bucket_span(m, b, &i);
+        for (const dv_entry *e; (e = bucket_next(m, b, &i, &left));)
+            for (const dv_elem *x = e->elems; x; x = x->next)
+                count++;
+        if (nsel && total + count > max_dots)
             continue;
         sel[nsel++] = b;
-        take[b] = 1;
-        total += counts[b];
+        total += count;
     }
     if (nbuckets)
         *nbuckets = ndiff;
@@ -929,18 +1424,17 @@ int dv_map_manifest(const dv_map *m, const uint64_t *peer, size_t max_dots, dv_b
         goto out;
     }
     size_t k = 0;
-    for (size_t i = 0; total && i < m->dcap; i++) {
-        const dv_elem *x = m->dots[i].x;
-        if (x && take[bucket_of(x->entry->hash)])
-            dots[k++] = x->dot;
+    for (size_t s = 0; s < nsel && total; s++) {
+        size_t i, left = bucket_span(m, sel[s], &i);
+        for (const dv_entry *e; (e = bucket_next(m, sel[s], &i, &left));)
+            for (const dv_elem *x = e->elems; x; x = x->next)
+                dots[k++] = x->dot;
     }
     dv_encode_manifest(out, sel, nsel, dots, k);
     if (out->oom)
         rc = DV_ENOMEM;
 out:
-    dv_free(counts);
     dv_free(sel);
-    dv_free(take);
     dv_free(dots);
     return rc;
 }
@@ -983,11 +1477,15 @@ int dv_map_apply_peer_removals(dv_map *m, const dv_ctx *peer_ctx, const dv_manif
     dv_ranges rs;
     dv_ranges_init(&rs);
     int rc = DV_OK;
-    for (size_t i = 0; i < m->dcap && rc == DV_OK; i++) {
-        const dv_elem *x = m->dots[i].x;
-        if (x && take[bucket_of(x->entry->hash)] && dv_ctx_contains(peer_ctx, x->dot) &&
-            !dots_sorted_has(sorted, pm->ndots, x->dot))
-            rc = dv_ranges_push(&rs, x->dot.rid, x->dot.ctr, x->dot.ctr);
+    for (uint32_t b = 0; b < DV_BUCKETS && rc == DV_OK; b++) {
+        if (!take[b])
+            continue;
+        size_t i, left = bucket_span(m, b, &i);
+        for (const dv_entry *e; rc == DV_OK && (e = bucket_next(m, b, &i, &left));)
+            for (const dv_elem *x = e->elems; x && rc == DV_OK; x = x->next)
+                if (dv_ctx_contains(peer_ctx, x->dot) &&
+                    !dots_sorted_has(sorted, pm->ndots, x->dot))
+                    rc = dv_ranges_push(&rs, x->dot.rid, x->dot.ctr, x->dot.ctr);
     }
     if (rc == DV_OK && rs.n) {
         dv_delta d = {.sender = 0, .ranges = rs.r, .nranges = rs.n};
@@ -1009,7 +1507,7 @@ int dv_map_foreach(const dv_map *m, dv_iter_fn fn, void *ud) {
             continue;
         dv_read r;
         to_read(winner(e), &r);
-        int rc = fn(ud, e->key, e->klen, &r);
+        int rc = fn(ud, entry_key(e), e->klen, &r);
         if (rc)
             return rc;
     }
@@ -1028,9 +1526,9 @@ bool dv_map_equal(const dv_map *a, const dv_map *b) {
         if (!x)
             continue;
         const dv_elem *y = dots_get(b, x->dot);
-        if (!y || y->ts != x->ts || y->vlen != x->vlen || memcmp(y->val, x->val, x->vlen) != 0 ||
-            y->entry->klen != x->entry->klen ||
-            memcmp(y->entry->key, x->entry->key, x->entry->klen) != 0)
+        if (!y || y->ts != x->ts || y->vlen != x->vlen ||
+            memcmp(elem_cval(y), elem_cval(x), x->vlen) != 0 || y->entry->klen != x->entry->klen ||
+            memcmp(entry_key(y->entry), entry_key(x->entry), x->entry->klen) != 0)
             return false;
     }
     return true;

@@ -81,6 +81,12 @@ int dv_map_remove_value_log(dv_map *m, const uint8_t *k, uint32_t klen, const ui
                             uint32_t vlen, dv_outbox *log, bool *changed);
 bool dv_map_get(const dv_map *m, const uint8_t *k, uint32_t klen, dv_read *out);
 
+/* Make room for n more keys and elements, so that joining them does not grow the tables
+ * (each growth rehashes, and touches a new table twice the size). A hint for a bulk load,
+ * e.g. a new replica that is told how many elements a catch-up will bring; over-reserving
+ * costs memory (up to 32 bytes per reserved, unused element). */
+int dv_map_reserve(dv_map *m, size_t n);
+
 /* Join a decoded delta. fn (optional) is told of every key whose read value changed. On
  * DV_ENOMEM the map may hold part of the join (still a valid state below the full join). */
 int dv_map_join(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud);
