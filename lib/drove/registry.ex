@@ -284,7 +284,12 @@ defmodule Drove.Registry do
 
   @doc "The number of registered keys this node knows of."
   @spec count(registry()) :: non_neg_integer()
-  def count(registry), do: :ets.info(keys_table(registry), :size) || raise_missing(registry)
+  def count(registry) do
+    case :ets.info(keys_table(registry), :size) do
+      :undefined -> raise_missing(registry)
+      n -> n
+    end
+  end
 
   @doc "The keys `pid` holds (local or remote pids)."
   @spec keys(registry(), pid()) :: [key()]

@@ -93,6 +93,7 @@ defmodule Drove.RegistryTest do
     stop_supervised!(R)
     assert :ets.whereis(:"keys_#{reg}") == :undefined
     assert_raise ArgumentError, fn -> R.lookup(reg, :x) end
+    assert_raise ArgumentError, fn -> R.count(reg) end
     assert_raise ArgumentError, fn -> GenServer.whereis({:via, R, {reg, :x}}) end
   end
 
