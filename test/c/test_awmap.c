@@ -16,74 +16,15 @@
 #include "awmap.h"
 #include "codec.h"
 #include "dots.h"
+#include "test_support.h"
 
-/* ---- counting allocator: every test ends with nothing allocated ---- */
-
-static long live_blocks;
-static long fail_after = -1; /* allocations left before they fail; -1: never */
-
-static bool should_fail(void) {
-    if (fail_after == 0)
-        return true;
-    if (fail_after > 0)
-        fail_after--;
-    return false;
-}
-
-static void *t_alloc(size_t n) {
-    if (should_fail())
-        return NULL;
-    void *p = malloc(n);
-    if (p)
-        live_blocks++;
-    return p;
-}
-
-static void *t_realloc(void *p, size_t n) {
-    if (should_fail())
-        return NULL;
-    void *q = realloc(p, n);
-    if (q && !p)
-        live_blocks++;
-    return q;
-}
-
-static void t_free(void *p) {
-    if (p)
-        live_blocks--;
-    free(p);
-}
-
-static const dv_allocator test_allocator = {t_alloc, t_realloc, t_free};
-
-static void install(void) {
-    live_blocks = 0;
-    fail_after = -1;
-    dv_set_allocator(&test_allocator);
-}
-
-static void uninstall(void) {
-    dv_set_allocator(NULL);
-}
+/* every test ends with nothing allocated (counting allocator of test_support.h) */
 
 TestSuite(awmap, .init = install, .fini = uninstall);
 
 #define ASSERT_NO_LEAK() cr_assert_eq(live_blocks, 0, "%ld blocks still allocated", live_blocks)
 
 /* ---- helpers ---- */
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void) { /* splitmix64 */
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rnd_below(uint64_t n) {
-    return rnd() % n;
-}
 
 #define K(s) (const uint8_t *)(s), (uint32_t)strlen(s)
 

@@ -14,78 +14,13 @@
 #include "alloc.h"
 #include "codec.h"
 #include "dots.h"
+#include "test_support.h"
 
-/* ---- counting allocator ---- */
-
-static long live_blocks;
-static size_t max_alloc;
-static long fail_after = -1; /* allocations left before failing; -1: never */
-
-static bool should_fail(void) {
-    if (fail_after == 0)
-        return true;
-    if (fail_after > 0)
-        fail_after--;
-    return false;
-}
-
-static void *t_alloc(size_t n) {
-    if (should_fail())
-        return NULL;
-    if (n > max_alloc)
-        max_alloc = n;
-    void *p = malloc(n);
-    if (p)
-        live_blocks++;
-    return p;
-}
-
-static void *t_realloc(void *p, size_t n) {
-    if (should_fail())
-        return NULL;
-    if (n > max_alloc)
-        max_alloc = n;
-    void *q = realloc(p, n);
-    if (q && !p)
-        live_blocks++;
-    return q;
-}
-
-static void t_free(void *p) {
-    if (p)
-        live_blocks--;
-    free(p);
-}
-
-static const dv_allocator test_allocator = {t_alloc, t_realloc, t_free};
-
-static void install(void) {
-    live_blocks = 0;
-    max_alloc = 0;
-    fail_after = -1;
-    dv_set_allocator(&test_allocator);
-}
-
-static void uninstall(void) {
-    dv_set_allocator(NULL);
-}
+/* counting allocator and generator: test_support.h */
 
 TestSuite(codec, .init = install, .fini = uninstall);
 
 /* ---- helpers ---- */
-
-static uint64_t rng_state;
-
-static uint64_t rnd(void) { /* splitmix64 */
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rnd_below(uint64_t n) {
-    return rnd() % n;
-}
 
 /* An interesting 64-bit value: small, near a varint boundary, or fully random. */
 static uint64_t rnd_u64(void) {
