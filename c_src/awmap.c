@@ -1145,15 +1145,7 @@ static unsigned bit_len(uint64_t v) {
 
 /* Index of rid in c (c->n if absent: such an element breaks the invariant, sorts last). */
 static uint32_t rid_index(const dv_ctx *c, uint64_t rid) {
-    uint32_t lo = 0, hi = c->n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (c->v[mid].rid < rid)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < c->n && c->v[lo].rid == rid ? lo : c->n;
+    return dv_ctx_index(c, rid);
 }
 
 /* The live elements of m that `seen` has not seen, sorted by dot, into *out (*nout). */

@@ -69,6 +69,12 @@ static uint32_t find_vv(const dv_ctx *c, uint64_t rid, bool *found) {
     return lo;
 }
 
+uint32_t dv_ctx_index(const dv_ctx *c, uint64_t rid) {
+    bool found;
+    uint32_t i = find_vv(c, rid, &found);
+    return found ? i : c->n;
+}
+
 static const dv_vv *get_vv(const dv_ctx *c, uint64_t rid) {
     bool found;
     uint32_t i = find_vv(c, rid, &found);

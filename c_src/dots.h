@@ -75,6 +75,8 @@ int dv_ctx_merge(dv_ctx *dst, const dv_ctx *src);
  * edit entries directly and for checks. Returns the number of cloud intervals left. */
 size_t dv_ctx_compact(dv_ctx *c);
 
+/* Position of rid's entry in c->v (entries are sorted by rid), or c->n if absent. */
+uint32_t dv_ctx_index(const dv_ctx *c, uint64_t rid);
 /* Smallest counter >= ctr of rid that c has seen, or 0 if there is none. */
 uint64_t dv_ctx_next_seen(const dv_ctx *c, uint64_t rid, uint64_t ctr);
 /* Highest counter of rid that was seen (0 if none). */

@@ -220,6 +220,18 @@ static void maybe_notify(ErlNifEnv *env, replica *r) {
     enif_send(env, &r->owner, NULL, A_FLUSH);
 }
 
+/* The tail of every single-key write, with the lock held: remember a changed key for
+ * on_diffs, wake the owner if the log just became non-empty, unlock, answer. */
+static ERL_NIF_TERM end_write(ErlNifEnv *env, replica *r, int rc, const ErlNifBinary *k,
+                              bool changed) {
+    if (rc == DV_OK && changed)
+        note_change(r, k->data, k->size);
+    if (rc == DV_OK)
+        maybe_notify(env, r);
+    enif_mutex_unlock(r->lock);
+    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+}
+
 DIRTY_FALLBACK(put)
 
 /* put(replica, key_bin, value_bin) -> :ok. Key and value are external term format. */
@@ -232,12 +244,7 @@ static ERL_NIF_TERM put_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     bool changed = false;
     int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
                             &r->log[r->cur], &changed);
-    if (rc == DV_OK && changed)
-        note_change(r, k.data, k.size);
-    if (rc == DV_OK)
-        maybe_notify(env, r);
-    enif_mutex_unlock(r->lock);
-    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+    return end_write(env, r, rc, &k, changed);
 }
 
 DIRTY_FALLBACK(delete)
@@ -251,12 +258,7 @@ static ERL_NIF_TERM delete_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     LOCK_REPLICA(delete, env, r, argc, argv, dirty);
     bool changed = false;
     int rc = dv_map_remove_log(r->map, k.data, (uint32_t)k.size, &r->log[r->cur], &changed);
-    if (rc == DV_OK && changed)
-        note_change(r, k.data, k.size);
-    if (rc == DV_OK)
-        maybe_notify(env, r);
-    enif_mutex_unlock(r->lock);
-    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+    return end_write(env, r, rc, &k, changed);
 }
 
 DIRTY_FALLBACK(get)
@@ -318,12 +320,7 @@ static ERL_NIF_TERM remove_value_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
     bool changed = false;
     int rc = dv_map_remove_value_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
                                      &r->log[r->cur], &changed);
-    if (rc == DV_OK && changed)
-        note_change(r, k.data, k.size);
-    if (rc == DV_OK)
-        maybe_notify(env, r);
-    enif_mutex_unlock(r->lock);
-    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+    return end_write(env, r, rc, &k, changed);
 }
 
 /* remove_values(replica, [{key_bin, value_bin}]) -> :ok
