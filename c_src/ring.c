@@ -113,10 +113,7 @@ uint64_t dv_rendezvous_key(const void *key, size_t len) {
 }
 
 uint64_t dv_rendezvous_score(uint64_t key_hash, uint64_t seed) {
-    uint8_t b[8];
-    for (int i = 0; i < 8; i++)
-        b[i] = (uint8_t)(key_hash >> (8 * i)); /* little-endian on every platform */
-    return dv_hash64_seed(b, sizeof(b), seed);
+    return dv_mix64(key_hash ^ seed);
 }
 
 uint32_t dv_rendezvous_owner(const uint64_t *seeds, uint32_t n, uint64_t key_hash) {

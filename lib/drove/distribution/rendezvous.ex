@@ -5,7 +5,8 @@ defmodule Drove.Distribution.Rendezvous do
   A spec's key is the canonical bytes of the spec without its `:id`
   (`Drove.Native.key(Map.drop(child_spec, [:id]))`, equal on every node). Each member's seed
   is XXH3 of `Drove.Native.key(name)`; the member with the highest
-  `XXH3_64bits_withSeed(XXH3(key), seed)` wins (ties, about n²/2⁶⁴, go to the smaller seed).
+  `mix64(XXH3(key) bxor seed)` wins, `mix64` being the splitmix64 finaliser (ties, about
+  n²/2⁶⁴, go to the smaller seed). See `c_src/ring.h`.
 
   Compared with `Drove.Distribution.Uniform`: the load is even without virtual nodes (a
   member's share is binomial, not a sum of arc lengths), the choice does not depend on the
