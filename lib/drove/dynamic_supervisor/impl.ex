@@ -307,6 +307,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
     <<rid::64>> = :crypto.strong_rand_bytes(8)
     handle = Native.replica_new(rid, self(), false)
+    Drove.Handles.register(name, self(), handle)
     :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
 
     repl =
@@ -563,6 +564,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
     {repl, _} = Replicator.terminate(s.repl)
     Replicator.confirm(repl, @confirm_timeout)
+    Drove.Handles.unregister(s.name, self())
     :ok
   end
 

@@ -1,0 +1,300 @@
+defmodule Drove.ChaosTest do
+  # 5 real nodes. For a fixed time, load runs through every node (registrations of new
+  # names, contested registrations of a few shared names, lookups, start_child of permanent
+  # and transient children) while a seeded driver kills a node and restarts it, stops one
+  # gracefully and restarts it, or splits the cluster and heals it; between faults it ends a
+  # few transient children normally. At the end, after convergence:
+  #   * every live registered process is found by its name on every node;
+  #   * no name has two owners (at most one live holder, the one every node finds);
+  #   * every permanent child whose start_child answered {:ok, _} runs exactly once, and no
+  #     child runs twice;
+  #   * no transient child that exited normally runs again;
+  #   * the replicas of both instances have equal digests on every node.
+  # The seed is printed; DROVE_CHAOS_SEED=<seed> replays the same fault schedule.
+  # `make test` runs a short form; `make chaos SECONDS=600` a long one (tag :chaos_long).
+  use ExUnit.Case, async: false
+
+  alias Drove.TestCluster, as: C
+  alias Drove.Test.ChaosPeer, as: P
+
+  @moduletag :cluster
+  @moduletag :capture_log
+
+  @nodes 5
+  @converge 60_000
+
+  @tag timeout: 300_000
+  test "short chaos run (5 nodes)" do
+    run(String.to_integer(System.get_env("DROVE_CHAOS_SHORT_SECONDS", "20")))
+  end
+
+  @tag :chaos_long
+  @tag timeout: :infinity
+  test "long chaos run (DROVE_CHAOS_SECONDS, default 600)" do
+    run(String.to_integer(System.get_env("DROVE_CHAOS_SECONDS", "600")))
+  end
+
+  defp run(seconds) do
+    seed =
+      case System.get_env("DROVE_CHAOS_SEED") do
+        nil -> :erlang.unique_integer([:positive]) |> rem(1_000_000)
+        s -> String.to_integer(s)
+      end
+
+    IO.puts("\nchaos: seed #{seed}, #{seconds} s (replay with DROVE_CHAOS_SEED=#{seed})")
+    :rand.seed(:exsss, {seed, 1, 2})
+
+    nodes = C.start_nodes(@nodes, prefix: "chaos", env: [logger: [level: :error]])
+    Enum.each(nodes, &C.rpc(&1, P, :start, [nodes]))
+    await_settled(nodes, nodes)
+
+    {:ok, log} =
+      Agent.start_link(fn -> %{regs: [], contested: [], perm: [], trans: [], ops: 0} end)
+
+    deadline = System.monotonic_time(:millisecond) + seconds * 1000
+
+    loads =
+      for {n, i} <- Enum.with_index(nodes) do
+        Task.async(fn -> load(n, i, seed, deadline, log) end)
+      end
+
+    {faults, ended} = drive(nodes, deadline, [], [])
+    Enum.each(loads, &Task.await(&1, 60_000))
+
+    # recovery: every node back and connected
+    live = C.nodes() |> Enum.filter(&(&1 in nodes))
+
+    for n <- nodes -- live do
+      C.restart(n, connect: live)
+      C.rpc(n, P, :start, [nodes])
+    end
+
+    C.heal(nodes)
+    await_settled(nodes, nodes)
+
+    state = Agent.get(log, & &1)
+    result = converge(fn -> violations(nodes, state, ended) end, now() + @converge)
+
+    IO.puts(
+      "chaos: #{state.ops} operations, #{length(faults)} faults (#{inspect(Enum.frequencies(faults))}), " <>
+        "#{length(state.regs)} registrations, #{length(state.perm)} permanent and " <>
+        "#{length(state.trans)} transient children started, #{length(ended)} ended normally; " <>
+        "violations: #{length(elem(result, 1))}"
+    )
+
+    case result do
+      {:ok, []} ->
+        :ok
+
+      {:timeout, v} ->
+        flunk(
+          "seed #{seed}: #{length(v)} violations:\n" <>
+            Enum.map_join(Enum.take(v, 20), "\n", &inspect/1)
+        )
+    end
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
+
+  # the violations once there are none, or the last ones seen at the deadline
+  defp converge(fun, deadline) do
+    case fun.() do
+      [] ->
+        {:ok, []}
+
+      v ->
+        if now() >= deadline do
+          {:timeout, v}
+        else
+          Process.sleep(250)
+          converge(fun, deadline)
+        end
+    end
+  end
+
+  # ------------------------------------------------------------------ load
+
+  defp load(node, i, seed, deadline, log) do
+    :rand.seed(:exsss, {seed, i, 3})
+    load_loop(node, i, 0, deadline, log)
+  end
+
+  defp load_loop(node, i, k, deadline, log) do
+    if System.monotonic_time(:millisecond) < deadline do
+      op(node, i, k, log)
+      Agent.update(log, &%{&1 | ops: &1.ops + 1})
+      Process.sleep(5)
+      load_loop(node, i, k + 1, deadline, log)
+    end
+  end
+
+  defp op(node, i, k, log) do
+    case :rand.uniform(10) do
+      n when n <= 3 ->
+        key = {:name, i, k}
+        call(node, :register, [key], fn {{:ok, _}, pid} -> record(log, :regs, {key, pid}) end)
+
+      4 ->
+        key = {:contested, :rand.uniform(10)}
+
+        call(node, :register, [key], fn {{:ok, _}, pid} -> record(log, :contested, {key, pid}) end)
+
+      n when n <= 6 ->
+        call(node, :lookup, [{:name, :rand.uniform(@nodes) - 1, :rand.uniform(k + 1)}], fn _ ->
+          :ok
+        end)
+
+      n when n <= 9 ->
+        tag = :"perm_#{i}_#{k}"
+        call(node, :start_child, [tag, :permanent], fn {:ok, _} -> record(log, :perm, tag) end)
+
+      10 ->
+        tag = :"trans_#{i}_#{k}"
+        call(node, :start_child, [tag, :transient], fn {:ok, _} -> record(log, :trans, tag) end)
+    end
+  end
+
+  defp call(node, fun, args, on_result) do
+    result = :erpc.call(node, P, fun, args, 15_000)
+
+    try do
+      on_result.(result)
+    rescue
+      # an error result (the chosen node went away, no alive node during a split...)
+      FunctionClauseError -> :ok
+    end
+  catch
+    # the node is down, stopping or unreachable right now
+    _, _ -> :ok
+  end
+
+  defp record(log, kind, item),
+    do: Agent.update(log, &Map.update!(&1, kind, fn l -> [item | l] end))
+
+  # ------------------------------------------------------------------ faults
+
+  defp drive(nodes, deadline, faults, ended) do
+    if System.monotonic_time(:millisecond) >= deadline do
+      {Enum.reverse(faults), ended}
+    else
+      Process.sleep(300 + :rand.uniform(700))
+      fault = Enum.random([:kill, :stop, :split])
+      victim = Enum.random(nodes)
+
+      case fault do
+        :kill ->
+          C.kill(victim)
+          Process.sleep(300 + :rand.uniform(1200))
+          C.restart(victim, connect: nodes -- [victim])
+          C.rpc(victim, P, :start, [nodes])
+
+        :stop ->
+          C.stop(victim)
+          Process.sleep(300 + :rand.uniform(1200))
+          C.restart(victim, connect: nodes -- [victim])
+          C.rpc(victim, P, :start, [nodes])
+
+        :split ->
+          {left, right} = Enum.split(Enum.shuffle(nodes), 1 + :rand.uniform(2) - 1)
+          C.partition([left, right])
+          Process.sleep(300 + :rand.uniform(1700))
+          C.heal(nodes)
+      end
+
+      await_settled(nodes, nodes)
+      ended = end_some_transients(nodes, ended)
+      drive(nodes, deadline, [fault | faults], ended)
+    end
+  end
+
+  # In a calm moment (all connected, all alive), ends a few transient children normally and
+  # waits until every node has dropped their entries.
+  defp end_some_transients(nodes, ended) do
+    candidates =
+      for n <- nodes,
+          t <- C.rpc(n, P, :child_tags, []),
+          String.starts_with?(Atom.to_string(t), "trans_"),
+          uniq: true,
+          do: t
+
+    picked = candidates |> Enum.reject(&(&1 in ended)) |> Enum.take_random(2)
+
+    stopped = for t <- picked, Enum.any?(nodes, &C.rpc(&1, P, :stop_normal, [t])), do: t
+
+    C.wait_until(
+      fn ->
+        Enum.all?(nodes, fn n -> Enum.all?(stopped, &(&1 not in C.rpc(n, P, :child_tags, []))) end)
+      end,
+      10_000
+    )
+
+    stopped ++ ended
+  end
+
+  defp await_settled(nodes, expected) do
+    C.wait_until(fn -> Enum.all?(nodes, &C.rpc(&1, P, :settled?, [expected])) end, 30_000)
+  end
+
+  # ------------------------------------------------------------------ invariants
+
+  defp violations(nodes, state, ended) do
+    registration_violations(nodes, state) ++
+      child_violations(nodes, state, ended) ++ digest_violations(nodes)
+  end
+
+  defp alive?(pid), do: node(pid) in C.nodes() and C.rpc(node(pid), Process, :alive?, [pid])
+
+  defp registration_violations(nodes, state) do
+    live = for {key, pid} <- state.regs, alive?(pid), do: {key, pid}
+
+    found =
+      for n <- nodes, {key, pid} <- live, C.rpc(n, P, :lookup, [key]) != [{pid, nil}] do
+        {:not_found, n, key, pid}
+      end
+
+    contested =
+      state.contested
+      |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+      |> Enum.flat_map(fn {key, pids} ->
+        holders = Enum.filter(pids, &alive?/1)
+        seen = for n <- nodes, uniq: true, do: C.rpc(n, P, :lookup, [key])
+
+        cond do
+          length(holders) > 1 ->
+            [{:two_owners, key, holders}]
+
+          length(seen) > 1 ->
+            [{:nodes_disagree, key, seen}]
+
+          holders != [] and seen != [[{hd(holders), nil}]] ->
+            [{:holder_not_found, key, holders, seen}]
+
+          true ->
+            []
+        end
+      end)
+
+    found ++ contested
+  end
+
+  defp child_violations(nodes, state, ended) do
+    all = Enum.uniq(state.perm ++ state.trans)
+
+    running =
+      nodes
+      |> Enum.flat_map(fn n -> for t <- C.rpc(n, P, :running, [all]), do: {t, n} end)
+      |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+
+    twice = for {t, ns} <- running, length(ns) > 1, do: {:runs_twice, t, ns}
+    lost = for t <- state.perm, not Map.has_key?(running, t), do: {:permanent_lost, t}
+    back = for t <- ended, Map.has_key?(running, t), do: {:ended_came_back, t, running[t]}
+    twice ++ lost ++ back
+  end
+
+  defp digest_violations(nodes) do
+    case nodes |> Enum.map(&C.rpc(&1, P, :digests, [])) |> Enum.uniq() do
+      [_] -> []
+      many -> [{:digests_differ, length(many)}]
+    end
+  end
+end

@@ -1,0 +1,110 @@
+defmodule Drove.Test.ChaosPeer do
+  @moduledoc false
+  # Runs ON peer nodes for the chaos test: one Drove.Registry and one Drove.DynamicSupervisor
+  # under the :drove application's supervisor, and the operations the test's load runs.
+
+  @reg ChaosReg
+  @sup ChaosSup
+
+  @spec start([node()]) :: :ok
+  def start(nodes) do
+    for {mod, name, opts} <- [
+          {Drove.Registry, @reg, [keys: :unique]},
+          {Drove.DynamicSupervisor, @sup, [strategy: :one_for_one]}
+        ] do
+      members = for n <- nodes, do: {name, n}
+
+      spec =
+        Supervisor.child_spec({mod, [name: name, members: members] ++ opts},
+          id: {:chaos, name},
+          restart: :temporary
+        )
+
+      {:ok, _} = Supervisor.start_child(Drove.Supervisor, spec)
+    end
+
+    :ok
+  end
+
+  @doc """
+  Registers `key` from a new long-lived process of this node; returns `{result, pid}`. The
+  process stays alive while it holds the key (and dies if it loses it in a conflict).
+  """
+  @spec register(term()) :: {term(), pid()}
+  def register(key) do
+    parent = self()
+    ref = make_ref()
+
+    pid =
+      spawn(fn ->
+        result = Drove.Registry.register(@reg, key, nil)
+        send(parent, {ref, result})
+        if match?({:ok, _}, result), do: Process.sleep(:infinity)
+      end)
+
+    receive do
+      {^ref, result} -> {result, pid}
+    after
+      10_000 -> {:timeout, pid}
+    end
+  end
+
+  @spec lookup(term()) :: [{pid(), term()}]
+  def lookup(key), do: Drove.Registry.lookup(@reg, key)
+
+  @spec start_child(atom(), atom()) :: term()
+  def start_child(tag, restart) do
+    Drove.DynamicSupervisor.start_child(@sup, {Drove.Test.Worker, {tag, restart}})
+  end
+
+  @doc "Which of `tags` run here."
+  @spec running([atom()]) :: [atom()]
+  def running(tags), do: Enum.filter(tags, &(Process.whereis(&1) != nil))
+
+  @doc "Stops the local child `tag` with reason :normal; returns whether it ran here."
+  @spec stop_normal(atom()) :: boolean()
+  def stop_normal(tag) do
+    case Process.whereis(tag) do
+      nil ->
+        false
+
+      pid ->
+        ref = Process.monitor(pid)
+        GenServer.cast(pid, :stop_normal)
+
+        receive do
+          {:DOWN, ^ref, :process, ^pid, _} -> true
+        after
+          5000 -> false
+        end
+    end
+  end
+
+  @doc "Tags of the child entries this node's replica holds."
+  @spec child_tags() :: MapSet.t()
+  def child_tags do
+    for {_, _, spec, _} <- GenServer.call(@sup, :children), into: MapSet.new() do
+      {_, _, [tag]} = spec.start
+      tag
+    end
+  end
+
+  @doc "The digests of both replicas here."
+  @spec digests() :: {binary(), binary()}
+  def digests do
+    {_, reg} = Drove.Handles.lookup(@reg)
+    {_, sup} = Drove.Handles.lookup(@sup)
+    {Drove.Native.digest(reg), Drove.Native.digest(sup)}
+  end
+
+  @doc "Whether every member of both instances is :alive here."
+  @spec settled?([node()]) :: boolean()
+  def settled?(nodes) do
+    statuses =
+      for {_, m} <- :sys.get_state(@sup).members_info,
+          m.name in Enum.map(nodes, &{@sup, &1}),
+          do: m.status
+
+    length(statuses) == length(nodes) and Enum.all?(statuses, &(&1 == :alive))
+  end
+end
