@@ -21,6 +21,7 @@
 #include "awmap.h"
 #include "codec.h"
 #include "members_nif.h"
+#include "ring_nif.h"
 
 /* Messages at or above this size are joined on a dirty scheduler. */
 #define DIRTY_JOIN_BYTES (64 * 1024)
@@ -752,7 +753,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
     dv_set_allocator(&a);
     REPLICA =
         enif_open_resource_type(env, NULL, "drove_replica", replica_dtor, ERL_NIF_RT_CREATE, NULL);
-    if (!REPLICA)
+    if (!REPLICA || dv_ring_nif_load(env) != 0)
         return -1;
     A_OK = mk_atom(env, "ok");
     A_ERROR = mk_atom(env, "error");
@@ -805,6 +806,19 @@ static ErlNifFunc funcs[] = {
      * DV_MEMBERS_NIF_DIRTY_LEN members */
     {"members_set", 2, dv_members_set_nif, 0},
     {"members_diff", 2, dv_members_diff_nif, 0},
+    /* placement (ring_nif.c; sizes and timings in ring_nif.h) */
+    /* normal: O(log points), about 0.2 us */
+    {"ring_owner", 2, dv_ring_owner_nif, 0},
+    /* normal: O(1) */
+    {"ring_info", 1, dv_ring_info_nif, 0},
+    /* normal, rescheduled dirty above DV_RING_NIF_DIRTY_POINTS points: O(points) */
+    {"ring_new", 1, dv_ring_new_nif, 0},
+    /* normal, rescheduled dirty above DV_RING_NIF_DIRTY_BATCH hashes: O(hashes log points) */
+    {"ring_owners", 2, dv_ring_owners_nif, 0},
+    /* normal, rescheduled dirty above DV_RING_NIF_DIRTY_WORK members (x keys) or
+     * DV_RING_NIF_DIRTY_BYTES bytes: O(members x keys + bytes) */
+    {"rendezvous_owner", 2, dv_rendezvous_owner_nif, 0},
+    {"rendezvous_owners", 2, dv_rendezvous_owners_nif, 0},
 };
 
 ERL_NIF_INIT(Elixir.Drove.Native, funcs, load, NULL, NULL, NULL)

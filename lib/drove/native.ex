@@ -66,4 +66,18 @@ defmodule Drove.Native do
   def members_set(_candidates, _self), do: nif()
   @doc false
   def members_diff(_old, _new), do: nif()
+
+  # Placement (c_src/nif/ring_nif.h). Points and hashes are u32; indices are 0-based.
+  @doc false
+  def ring_new(_points_per_member), do: nif()
+  @doc false
+  def ring_owner(_ring, _hash), do: nif()
+  @doc false
+  def ring_owners(_ring, _hashes), do: nif()
+  @doc false
+  def ring_info(_ring), do: nif()
+  @doc false
+  def rendezvous_owner(_member_bins, _key_bin), do: nif()
+  @doc false
+  def rendezvous_owners(_member_bins, _key_bins), do: nif()
 end
