@@ -12,6 +12,14 @@ defmodule Horde.StrategyAdapter do
     end
   end
 
+  @spec choose_nodes(module(), [term()], [map()]) :: {:ok, [map()]} | {:error, term()}
+  def choose_nodes(drove_strategy, child_specs, members) when is_list(members) do
+    case drove_strategy.choose_nodes(child_specs, to_drove(members)) do
+      {:ok, chosen} -> {:ok, Enum.map(chosen, &original(members, &1.name, &1.status))}
+      {:error, _reason} = error -> error
+    end
+  end
+
   @spec has_quorum?(module(), [map()]) :: boolean()
   def has_quorum?(drove_strategy, members) when is_list(members),
     do: drove_strategy.has_quorum?(to_drove(members))

@@ -15,6 +15,15 @@ defmodule Horde.UniformDistribution do
   def choose_node(child_spec, members),
     do: Horde.StrategyAdapter.choose_node(Drove.Distribution.Uniform, child_spec, members)
 
+  @doc """
+  `choose_node/2` for many specs at once, in spec order (the optional batch callback of
+  `Drove.DistributionStrategy`, which `Drove.DynamicSupervisor` uses on failover).
+  """
+  @spec choose_nodes([Supervisor.child_spec() | map()], [Horde.DynamicSupervisor.Member.t()]) ::
+          {:ok, [Horde.DynamicSupervisor.Member.t()]} | {:error, term()}
+  def choose_nodes(child_specs, members),
+    do: Horde.StrategyAdapter.choose_nodes(Drove.Distribution.Uniform, child_specs, members)
+
   @doc "Whether `members` have quorum for this strategy."
   @impl true
   @spec has_quorum?([Horde.DynamicSupervisor.Member.t()]) :: boolean()

@@ -45,6 +45,12 @@ defmodule Horde.DistributionTest do
       end
     end
 
+    ms = members([:a@h, :b@h, :c@h])
+    specs = for i <- 1..50, do: spec(i)
+
+    assert Horde.UniformDistribution.choose_nodes(specs, ms) ==
+             {:ok, for(s <- specs, do: elem(horde_choice(s, ms), 1))}
+
     assert Horde.UniformDistribution.has_quorum?(members([:a@h], :dead))
   end
 
