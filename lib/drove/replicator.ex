@@ -149,6 +149,15 @@ defmodule Drove.Replicator do
     finish_round(r, from, ctx, manifest)
   end
 
+  # Sent after a final flush: answered once the deltas sent before it are joined (messages
+  # between two processes keep their order).
+  defp do_handle_info({:drove_ping, from, ref}, r) when is_pid(from) and is_reference(ref) do
+    send_to(from, {:drove_pong, ref, self()})
+    {:ok, r, []}
+  end
+
+  defp do_handle_info({:drove_pong, _ref, _from}, r), do: {:ok, r, []}
+
   defp do_handle_info({:drove_bye, from}, r) when is_pid(from) do
     case Map.pop(r.passive, from) do
       {nil, _} ->
@@ -174,7 +183,7 @@ defmodule Drove.Replicator do
   end
 
   defp do_handle_info(msg, r) when is_tuple(msg) and tuple_size(msg) > 0 do
-    if elem(msg, 0) in [:drove_delta, :drove_sync_req, :drove_sync_reply, :drove_bye] do
+    if elem(msg, 0) in [:drove_delta, :drove_sync_req, :drove_sync_reply, :drove_bye, :drove_ping] do
       {:ok, bad_message(r, msg), []}
     else
       :unknown
@@ -228,6 +237,32 @@ defmodule Drove.Replicator do
     {r, diffs} = flush_all(r, [], 10)
     Enum.each(r.passive, fn {pid, _} -> send_to(pid, {:drove_bye, self()}) end)
     {r, diffs}
+  end
+
+  @doc """
+  Waits (at most `timeout` ms) until every peer the last writes were pushed to has joined
+  them: for an owner that is about to exit and must not lose its last writes.
+  Returns the number of peers that did not confirm in time.
+  """
+  @spec confirm(t(), timeout()) :: non_neg_integer()
+  def confirm(r, timeout) do
+    ref = make_ref()
+    targets = push_targets(r)
+    Enum.each(targets, &send_to(&1, {:drove_ping, self(), ref}))
+    deadline = System.monotonic_time(:millisecond) + timeout
+    await_pongs(ref, length(targets), deadline)
+  end
+
+  defp await_pongs(_ref, 0, _deadline), do: 0
+
+  defp await_pongs(ref, n, deadline) do
+    left = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {:drove_pong, ^ref, _} -> await_pongs(ref, n - 1, deadline)
+    after
+      left -> n
+    end
   end
 
   @spec info(t()) :: map()

@@ -1,0 +1,1009 @@
+defmodule Drove.DynamicSupervisor.Impl do
+  @moduledoc false
+  # The instance process of a Drove.DynamicSupervisor, registered under its name.
+  #
+  # Replica keys:
+  #   {:member, m}      => 1                  the member list (add-wins, any node may write)
+  #   {:member_info, m} => {status, pid}      written only by m itself: :alive / :shutting_down
+  #                                           and the pid of its instance process
+  #   {:child, id}      => {owner, spec, pid} owner is {name, node}, or nil once relinquished
+  #
+  # Liveness is observed, never replicated: a member is :dead for this node when its node is
+  # not connected or its instance process (the pid in its info) went down. Everything that
+  # depends on liveness (placement of orphaned children) is recomputed here from the
+  # replicated entries, so every node reaches the same decisions once they see the same
+  # members.
+  #
+  # Children: this node's DynamicSupervisor runs them through Drove.DynamicSupervisor.Starter,
+  # which reports every (re)start here; this process monitors each child and, when one goes
+  # down, decides from its restart type and exit reason whether the DynamicSupervisor restarts
+  # it (nothing to do), it is gone for good (entry deleted), or it is being handed over
+  # (entry relinquished). A child is taken over by the node the strategy picks among the
+  # :alive members when its owner is gone or it was relinquished; the entry keeps its id.
+  # Duplicates (a netsplit, or two nodes that briefly disagreed on the members) end when the
+  # entry's single owner, after last-writer-wins, is another node: the copy here is stopped
+  # without touching the entry.
+  use GenServer
+  import Bitwise
+  require Logger
+
+  alias Drove.{Native, Replicator}
+  alias Drove.DynamicSupervisor.{Starter, Tree}
+
+  @call_timeout 5_000
+  @confirm_timeout 5_000
+  @start_attempts 4
+
+  @known [
+    :strategy,
+    :members,
+    :distribution_strategy,
+    :max_restarts,
+    :max_seconds,
+    :max_children,
+    :extra_arguments,
+    :process_redistribution,
+    :sync_interval,
+    :max_message_bytes,
+    :member_struct,
+    :delta_crdt_options,
+    :proxy_message_ttl,
+    :shutdown,
+    :name,
+    :id
+  ]
+
+  # ------------------------------------------------------------------ flags
+
+  @doc false
+  @spec flags!(keyword() | map()) :: map()
+  def flags!(%{__drove_flags__: true} = flags), do: flags
+  def flags!(flags) when is_map(flags), do: flags |> Map.to_list() |> flags!()
+
+  def flags!(opts) when is_list(opts) do
+    Drove.Options.known!(opts, @known, "Drove.DynamicSupervisor")
+
+    case Keyword.fetch(opts, :strategy) do
+      {:ok, :one_for_one} ->
+        :ok
+
+      {:ok, other} ->
+        raise ArgumentError,
+              "Drove.DynamicSupervisor only supports strategy: :one_for_one, got: #{inspect(other)}"
+
+      :error ->
+        raise ArgumentError, "Drove.DynamicSupervisor needs the option strategy: :one_for_one"
+    end
+
+    members =
+      case Keyword.get(opts, :members, []) do
+        :auto ->
+          :auto
+
+        l when is_list(l) ->
+          l
+
+        o ->
+          raise ArgumentError, ":members must be :auto or a list of members, got: #{inspect(o)}"
+      end
+
+    strategy = Keyword.get(opts, :distribution_strategy, Drove.Distribution.Uniform)
+
+    unless is_atom(strategy) and strategy != nil do
+      raise ArgumentError,
+            ":distribution_strategy must be a module implementing Drove.DistributionStrategy," <>
+              " got: #{inspect(strategy)}"
+    end
+
+    member_struct = Keyword.get(opts, :member_struct, Drove.DynamicSupervisor.Member)
+
+    unless is_atom(member_struct) do
+      raise ArgumentError,
+            ":member_struct must be a struct module, got: #{inspect(member_struct)}"
+    end
+
+    crdt_opts = Keyword.get(opts, :delta_crdt_options, [])
+
+    crdt_opts = if Keyword.keyword?(crdt_opts), do: crdt_opts, else: []
+
+    %{
+      __drove_flags__: true,
+      strategy: :one_for_one,
+      members: members,
+      distribution_strategy: strategy,
+      member_struct: member_struct,
+      max_restarts: check_int!(opts, :max_restarts, 3, 0),
+      max_seconds: check_int!(opts, :max_seconds, 5, 1),
+      max_children: max_children!(Keyword.get(opts, :max_children, :infinity)),
+      extra_arguments: list!(opts, :extra_arguments),
+      process_redistribution: redistribution!(Keyword.get(opts, :process_redistribution)),
+      sync_interval:
+        Keyword.get(opts, :sync_interval, Keyword.get(crdt_opts, :sync_interval, 500))
+        |> pos_int!(:sync_interval),
+      max_message_bytes:
+        Keyword.get(opts, :max_message_bytes, 1_048_576) |> pos_int!(:max_message_bytes)
+    }
+  end
+
+  defp check_int!(opts, key, default, min) do
+    case Keyword.get(opts, key, default) do
+      n when is_integer(n) and n >= min -> n
+      o -> raise ArgumentError, "#{inspect(key)} must be an integer >= #{min}, got: #{inspect(o)}"
+    end
+  end
+
+  defp pos_int!(n, _key) when is_integer(n) and n > 0, do: n
+
+  defp pos_int!(o, key),
+    do: raise(ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(o)}")
+
+  defp max_children!(:infinity), do: :infinity
+  defp max_children!(n) when is_integer(n) and n >= 0, do: n
+
+  defp max_children!(o),
+    do: raise(ArgumentError, ":max_children must be :infinity or >= 0, got: #{inspect(o)}")
+
+  defp list!(opts, key) do
+    case Keyword.get(opts, key, []) do
+      l when is_list(l) -> l
+      o -> raise ArgumentError, "#{inspect(key)} must be a list, got: #{inspect(o)}"
+    end
+  end
+
+  defp redistribution!(nil), do: :passive
+  defp redistribution!(r) when r in [:passive, :active], do: r
+
+  defp redistribution!(o),
+    do: raise(ArgumentError, ":process_redistribution is :passive or :active, got: #{inspect(o)}")
+
+  # ------------------------------------------------------------------ caller side
+
+  @doc false
+  # The table callers read: config, own status and the member list.
+  @spec table(atom()) :: atom()
+  def table(sup), do: :"drove_sup_#{sup}"
+
+  defp lookup!(sup, key) do
+    case :ets.lookup(table(sup), key) do
+      [{_, v}] -> v
+      [] -> raise ArgumentError, "#{inspect(sup)} is not a running Drove.DynamicSupervisor"
+    end
+  rescue
+    ArgumentError ->
+      reraise ArgumentError,
+              "#{inspect(sup)} is not a running Drove.DynamicSupervisor",
+              __STACKTRACE__
+  end
+
+  @doc false
+  @spec start_child(atom(), map()) :: DynamicSupervisor.on_start_child() | {:error, term()}
+  def start_child(sup, spec) do
+    config = lookup!(sup, :config)
+
+    case lookup!(sup, :status) do
+      :shutting_down ->
+        {:error, {:shutting_down, "this node is shutting down."}}
+
+      _ ->
+        id = :rand.uniform(1 <<< 128) - 1
+        place_and_start(sup, config, spec, id, [], @start_attempts)
+    end
+  end
+
+  defp place_and_start(sup, config, spec, id, excluded, attempts) do
+    members =
+      for m <- lookup!(sup, :members) do
+        if m.name in excluded, do: %{m | status: :dead}, else: m
+      end
+
+    case config.strategy.choose_node(spec, members) do
+      {:ok, %{name: {_, node} = chosen}} ->
+        ds_spec = %{
+          id: id,
+          start: {Starter, :start, [sup, id, spec, config.extra_arguments]},
+          restart: Map.get(spec, :restart, :permanent),
+          shutdown: Map.get(spec, :shutdown, default_shutdown(spec)),
+          type: Map.get(spec, :type, :worker),
+          modules: Map.get(spec, :modules, default_modules(spec))
+        }
+
+        try do
+          DynamicSupervisor.start_child({Tree.procsup(sup), node}, ds_spec)
+        catch
+          :exit, reason ->
+            if attempts > 1 and node != node() do
+              Logger.debug(
+                "Drove.DynamicSupervisor #{inspect(sup)}: #{node} went away during " <>
+                  "start_child (#{inspect(reason, limit: 5)}), placing again"
+              )
+
+              place_and_start(sup, config, spec, id, [chosen | excluded], attempts - 1)
+            else
+              {:error,
+               {:node_dead_or_shutting_down,
+                "the chosen node #{node} did not start the child: #{inspect(reason, limit: 5)}"}}
+            end
+        end
+
+      {:error, _} = error ->
+        error
+
+      other ->
+        {:error, {:bad_distribution_strategy_result, other}}
+    end
+  end
+
+  defp default_shutdown(spec),
+    do: if(Map.get(spec, :type) == :supervisor, do: :infinity, else: 5000)
+
+  defp default_modules(%{start: {m, _, _}}), do: [m]
+
+  @doc false
+  @spec terminate_child(atom(), pid()) :: :ok | {:error, :not_found}
+  def terminate_child(sup, pid) do
+    GenServer.call({sup, node(pid)}, {:terminate_child, pid}, :infinity)
+  catch
+    # the child's node (or its instance) is gone, and the child with it
+    :exit, _ -> {:error, :not_found}
+  end
+
+  @doc false
+  @spec which_children(atom()) :: list()
+  def which_children(sup) do
+    sup |> fan_out(:which_children) |> Enum.flat_map(& &1)
+  end
+
+  @doc false
+  @spec count_children(atom()) :: map()
+  def count_children(sup) do
+    zero = %{specs: 0, active: 0, supervisors: 0, workers: 0}
+
+    sup
+    |> fan_out(:count_children)
+    |> Enum.reduce(zero, fn counts, acc ->
+      Map.merge(acc, Map.take(counts, Map.keys(zero)), fn _, a, b -> a + b end)
+    end)
+  end
+
+  # Calls the DynamicSupervisor of every reachable member at once; a member that does not
+  # answer in time, or whose node is not connected, is skipped.
+  defp fan_out(sup, fun) do
+    connected = MapSet.new([node() | Node.list()])
+
+    nodes =
+      for %{name: {_, n}, status: st} <- lookup!(sup, :members),
+          st in [:alive, :shutting_down],
+          MapSet.member?(connected, n),
+          uniq: true,
+          do: n
+
+    nodes = Enum.uniq([node() | nodes])
+
+    nodes
+    |> :erpc.multicall(DynamicSupervisor, fun, [Tree.procsup(sup)], @call_timeout)
+    |> Enum.flat_map(fn
+      {:ok, result} -> [result]
+      _ -> []
+    end)
+  end
+
+  # ------------------------------------------------------------------ process
+
+  @spec start_link(atom(), map()) :: GenServer.on_start()
+  def start_link(name, flags) do
+    GenServer.start_link(__MODULE__, {name, flags}, name: name)
+  end
+
+  @impl true
+  def init({name, flags}) do
+    Process.flag(:trap_exit, true)
+    me = {name, node()}
+    table = :ets.new(table(name), [:named_table, :protected, :set, read_concurrency: true])
+
+    # children: {id, owner, spec, pid}; owners: {{owner, id}} to find a member's children
+    children = :ets.new(:children, [:set, :protected])
+    owners = :ets.new(:owners, [:ordered_set, :protected])
+
+    <<rid::64>> = :crypto.strong_rand_bytes(8)
+    handle = Native.replica_new(rid, self(), false)
+    :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
+
+    repl =
+      Replicator.new(handle,
+        label: name,
+        interval: flags.sync_interval,
+        max_bytes: flags.max_message_bytes,
+        want_diffs: true
+      )
+
+    s = %{
+      name: name,
+      me: me,
+      flags: flags,
+      procsup: Tree.procsup(name),
+      strategy: flags.distribution_strategy,
+      member_struct: flags.member_struct,
+      handle: handle,
+      repl: repl,
+      table: table,
+      children: children,
+      owners: owners,
+      auto: flags.members == :auto,
+      # the member list (Horde's shape) and what each member says of itself
+      members: %{},
+      infos: %{},
+      # pids of member instances seen going down, and our monitors of live ones
+      dead: MapSet.new(),
+      watched: %{},
+      members_info: %{},
+      # local children: id => {pid | :starting | :restarting, spec}; pid => id
+      local: %{},
+      by_pid: %{},
+      stopping: %{},
+      ready: false,
+      shutting_down: false,
+      quorum_waiters: [],
+      parent: parent_pid(),
+      # the member view :active redistribution last acted on
+      layout: nil
+    }
+
+    :ets.insert(table, [
+      {:config,
+       %{
+         strategy: s.strategy,
+         extra_arguments: flags.extra_arguments,
+         member_struct: s.member_struct
+       }},
+      {:status, :uninitialized}
+    ])
+
+    members =
+      case flags.members do
+        :auto -> for n <- [node() | Node.list()], do: {name, n}
+        list -> Enum.map(list, &normalize_member!(&1, name))
+      end
+
+    s = s |> apply_members(members) |> refresh()
+    Process.send_after(self(), :sync_tick, repl.interval)
+    {:ok, s}
+  end
+
+  defp normalize_member!(name, _own) when is_atom(name), do: {name, node()}
+  defp normalize_member!({name, node} = m, _own) when is_atom(name) and is_atom(node), do: m
+
+  defp normalize_member!(other, _own) do
+    raise ArgumentError, "a member is a name or {name, node}, got: #{inspect(other)}"
+  end
+
+  # ------------------------------------------------------------------ calls
+
+  @impl true
+  def handle_call(:ready, _from, s) do
+    s = %{s | ready: true}
+    put_info(s, :alive)
+    {:reply, :ok, s |> refresh() |> orphans_of_mine() |> rebalance()}
+  end
+
+  def handle_call(:shutting_down, _from, s) do
+    s = %{s | shutting_down: true}
+    put_info(s, :shutting_down)
+    {r, _} = Replicator.flush(s.repl)
+    {:reply, :ok, refresh(%{s | repl: r})}
+  end
+
+  def handle_call({:set_members, members}, _from, s) do
+    members = Enum.map(members, &normalize_member!(&1, s.name))
+    {:reply, :ok, s |> apply_members(members) |> refresh() |> rebalance()}
+  end
+
+  def handle_call(:members, _from, s), do: {:reply, Map.keys(s.members) |> Enum.sort(), s}
+
+  def handle_call({:terminate_child, pid}, from, s) do
+    case Map.fetch(s.by_pid, pid) do
+      {:ok, id} ->
+        delete_child(s, id)
+        stop_local(s.procsup, pid, from)
+        {:noreply, %{s | stopping: Map.put(s.stopping, id, :terminate)}}
+
+      :error ->
+        {:reply, {:error, :not_found}, s}
+    end
+  end
+
+  def handle_call(:wait_for_quorum, from, s) do
+    if quorum?(s) do
+      {:reply, :ok, s}
+    else
+      {:noreply, %{s | quorum_waiters: [from | s.quorum_waiters]}}
+    end
+  end
+
+  # for tests and diagnostics: the replicated child entries as this node sees them
+  def handle_call(:children, _from, s), do: {:reply, :ets.tab2list(s.children), s}
+
+  def handle_call(:info, _from, s) do
+    info =
+      s.handle
+      |> Native.info()
+      |> Map.merge(Replicator.info(s.repl))
+      |> Map.merge(%{
+        members: Map.keys(s.members),
+        local_children: map_size(s.local),
+        children: :ets.info(s.children, :size)
+      })
+
+    {:reply, info, s}
+  end
+
+  @impl true
+  def handle_cast({:set_neighbours, list}, s) do
+    {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
+  end
+
+  # ------------------------------------------------------------------ info
+
+  @impl true
+  def handle_info({:drove_child_started, id, pid, spec}, s) do
+    {:noreply, child_started(s, id, pid, spec)}
+  end
+
+  def handle_info({:drove_start_failed, id, result}, s) do
+    case Map.get(s.local, id) do
+      {:starting, _spec} ->
+        Logger.warning(
+          "Drove.DynamicSupervisor #{inspect(s.name)}: taking over a child failed: " <>
+            inspect(result, limit: 8)
+        )
+
+        # a child that will not start here is dropped, as a failed start_child would be
+        delete_child(s, id)
+        {:noreply, %{s | local: Map.delete(s.local, id)}}
+
+      _ ->
+        {:noreply, s}
+    end
+  end
+
+  def handle_info({:DOWN, mref, :process, pid, reason}, s) do
+    cond do
+      Map.has_key?(s.by_pid, pid) ->
+        {:noreply, child_down(s, pid, reason)}
+
+      match?({_, ^mref}, Map.get(s.watched, pid)) ->
+        s = %{s | watched: Map.delete(s.watched, pid), dead: MapSet.put(s.dead, pid)}
+        {:noreply, s |> refresh() |> rebalance()}
+
+      true ->
+        forward(s, {:DOWN, mref, :process, pid, reason})
+    end
+  end
+
+  def handle_info({:EXIT, pid, reason}, s) do
+    if pid == s.parent, do: {:stop, reason, s}, else: {:noreply, s}
+  end
+
+  def handle_info({:nodedown, _node, _}, s) do
+    {:noreply, s |> auto_members() |> refresh() |> rebalance()}
+  end
+
+  def handle_info({:nodeup, node, _}, s) do
+    # Proof of life for the members on that node: their instance answers our hello.
+    :erlang.send({s.name, node}, {:drove_sup_hello, self()}, [:noconnect])
+    {:noreply, s |> auto_members() |> refresh()}
+  end
+
+  def handle_info({:drove_sup_hello, pid}, s) when is_pid(pid) do
+    if node(pid) in Node.list() do
+      if MapSet.member?(s.dead, pid) or not Map.has_key?(s.watched, pid) do
+        :erlang.send(pid, {:drove_sup_hello_ack, self()}, [:noconnect])
+      end
+
+      {:noreply, s |> revive(pid) |> refresh() |> rebalance()}
+    else
+      {:noreply, s}
+    end
+  end
+
+  def handle_info({:drove_sup_hello_ack, pid}, s) when is_pid(pid) do
+    {:noreply, s |> revive(pid) |> refresh() |> rebalance()}
+  end
+
+  def handle_info(:sync_tick, s) do
+    Process.send_after(self(), :sync_tick, s.repl.interval)
+    s = %{s | repl: Replicator.tick(s.repl)}
+    # a safety net for decisions that depended on messages that raced: cheap when nothing
+    # is orphaned (one ordered-set walk over the owners that are gone)
+    {:noreply, rebalance(s)}
+  end
+
+  def handle_info(msg, s), do: forward(s, msg)
+
+  defp forward(s, msg) do
+    case Replicator.handle_info(msg, s.repl) do
+      {:ok, repl, []} ->
+        {:noreply, %{s | repl: repl}}
+
+      {:ok, repl, diffs} ->
+        s = Enum.reduce(diffs, %{s | repl: repl}, &apply_diff/2)
+        {:noreply, s |> refresh() |> rebalance()}
+
+      :unknown ->
+        {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
+    end
+  end
+
+  @impl true
+  def terminate(_reason, s) do
+    if s.shutting_down do
+      # the DynamicSupervisor has stopped every child by now: hand each one over
+      Enum.each(s.local, fn {id, {_, spec}} -> relinquish(s, id, spec) end)
+    end
+
+    {repl, _} = Replicator.terminate(s.repl)
+    Replicator.confirm(repl, @confirm_timeout)
+    :ok
+  end
+
+  # ------------------------------------------------------------------ children
+
+  defp child_started(s, id, pid, spec) do
+    s =
+      case Map.get(s.local, id) do
+        {old, _} when is_pid(old) and old != pid -> %{s | by_pid: Map.delete(s.by_pid, old)}
+        _ -> s
+      end
+
+    Process.monitor(pid)
+    s = %{s | local: Map.put(s.local, id, {pid, spec}), by_pid: Map.put(s.by_pid, pid, id)}
+
+    case :ets.lookup(s.children, id) do
+      [{_, owner, _, _}] when owner != nil and owner != s.me ->
+        if gone?(s, owner) do
+          put_child(s, id, s.me, spec, pid)
+          s
+        else
+          # another live member owns this id (it took the child over first): stop ours
+          evict(s, id, pid)
+        end
+
+      _ ->
+        put_child(s, id, s.me, spec, pid)
+        s
+    end
+  end
+
+  defp child_down(s, pid, reason) do
+    {id, by_pid} = Map.pop(s.by_pid, pid)
+    s = %{s | by_pid: by_pid}
+
+    case Map.get(s.local, id) do
+      {^pid, spec} ->
+        {how, stopping} = Map.pop(s.stopping, id)
+        s = %{s | stopping: stopping}
+
+        cond do
+          how in [:terminate, :evict] ->
+            %{s | local: Map.delete(s.local, id)}
+
+          how == :redistribute or s.shutting_down ->
+            relinquish(s, id, spec)
+            %{s | local: Map.delete(s.local, id)}
+
+          restarts?(Map.get(spec, :restart, :permanent), reason) ->
+            # the DynamicSupervisor restarts it here; Starter reports the new pid
+            %{s | local: Map.put(s.local, id, {:restarting, spec})}
+
+          true ->
+            delete_child(s, id)
+            %{s | local: Map.delete(s.local, id)}
+        end
+
+      _ ->
+        s
+    end
+  end
+
+  defp restarts?(:permanent, _), do: true
+  defp restarts?(:temporary, _), do: false
+  defp restarts?(:transient, :normal), do: false
+  defp restarts?(:transient, :shutdown), do: false
+  defp restarts?(:transient, {:shutdown, _}), do: false
+  defp restarts?(:transient, _), do: true
+
+  defp evict(s, id, pid) do
+    stop_local(s.procsup, pid, nil)
+    %{s | stopping: Map.put(s.stopping, id, :evict)}
+  end
+
+  # DynamicSupervisor.terminate_child blocks for the child's shutdown time: not here.
+  defp stop_local(procsup, pid, from) do
+    spawn(fn ->
+      result =
+        try do
+          DynamicSupervisor.terminate_child(procsup, pid)
+        catch
+          :exit, _ -> {:error, :not_found}
+        end
+
+      if from, do: GenServer.reply(from, result)
+    end)
+  end
+
+  defp start_takeover(s, id, spec) do
+    sup = s.name
+    procsup = s.procsup
+    extra = s.flags.extra_arguments
+
+    ds_spec = %{
+      id: id,
+      start: {Starter, :start, [sup, id, spec, extra]},
+      restart: Map.get(spec, :restart, :permanent),
+      shutdown: Map.get(spec, :shutdown, default_shutdown(spec)),
+      type: Map.get(spec, :type, :worker),
+      modules: Map.get(spec, :modules, default_modules(spec))
+    }
+
+    spawn(fn ->
+      result =
+        try do
+          DynamicSupervisor.start_child(procsup, ds_spec)
+        catch
+          :exit, reason -> {:error, reason}
+        end
+
+      case result do
+        {:ok, _} -> :ok
+        {:ok, _, _} -> :ok
+        other -> send(sup, {:drove_start_failed, id, other})
+      end
+    end)
+
+    %{s | local: Map.put(s.local, id, {:starting, spec})}
+  end
+
+  # ------------------------------------------------------------------ replica
+
+  defp put_child(s, id, owner, spec, pid) do
+    :ok = Native.put(s.handle, Native.key({:child, id}), Native.value({owner, spec, pid}))
+    mirror(s, id, owner, spec, pid)
+  end
+
+  defp relinquish(s, id, spec), do: put_child(s, id, nil, spec, nil)
+
+  defp delete_child(s, id) do
+    :ok = Native.delete(s.handle, Native.key({:child, id}))
+    unmirror(s, id)
+  end
+
+  defp mirror(s, id, owner, spec, pid) do
+    case :ets.lookup(s.children, id) do
+      [{_, old, _, _}] -> :ets.delete(s.owners, {old, id})
+      [] -> :ok
+    end
+
+    :ets.insert(s.children, {id, owner, spec, pid})
+    :ets.insert(s.owners, {{owner, id}})
+  end
+
+  defp unmirror(s, id) do
+    case :ets.lookup(s.children, id) do
+      [{_, old, _, _}] ->
+        :ets.delete(s.owners, {old, id})
+        :ets.delete(s.children, id)
+
+      [] ->
+        :ok
+    end
+  end
+
+  defp put_info(s, status) do
+    :ok = Native.put(s.handle, Native.key({:member_info, s.me}), Native.value({status, self()}))
+  end
+
+  defp apply_diff({:add, {:child, id}, {owner, spec, pid}}, s) do
+    mirror(s, id, owner, spec, pid)
+
+    case Map.get(s.local, id) do
+      {local_pid, lspec} when is_pid(local_pid) ->
+        cond do
+          owner == s.me and pid != local_pid ->
+            # a stale write of ours won (a restart raced a sync): state the current pid
+            put_child(s, id, s.me, lspec, local_pid)
+            s
+
+          owner == s.me ->
+            s
+
+          owner == nil ->
+            # relinquished elsewhere while it runs here: this node keeps it
+            put_child(s, id, s.me, lspec, local_pid)
+            s
+
+          true ->
+            # the entry's owner is another member: the copy here is a duplicate
+            if Map.get(s.stopping, id) in [nil, :redistribute],
+              do: evict(s, id, local_pid),
+              else: s
+        end
+
+      _ ->
+        if owner == s.me and Map.has_key?(s.local, id) == false and s.ready do
+          # ours, but not running here (an earlier life of this instance): hand it over
+          relinquish(s, id, spec)
+        end
+
+        s
+    end
+  end
+
+  defp apply_diff({:remove, {:child, id}}, s) do
+    case Map.get(s.local, id) do
+      {pid, spec} when is_pid(pid) ->
+        if Map.has_key?(s.stopping, id) do
+          unmirror(s, id)
+        else
+          # removed elsewhere while it runs here: it still runs, so it stays listed
+          put_child(s, id, s.me, spec, pid)
+        end
+
+      _ ->
+        unmirror(s, id)
+    end
+
+    s
+  end
+
+  defp apply_diff({:add, {:member, m}, _}, s),
+    do: sync_neighbours(%{s | members: Map.put(s.members, m, 1)})
+
+  defp apply_diff({:remove, {:member, m}}, s),
+    do: sync_neighbours(%{s | members: Map.delete(s.members, m)})
+
+  defp apply_diff({:add, {:member_info, m}, {status, pid}}, s) when is_pid(pid) do
+    s =
+      case Map.get(s.infos, m) do
+        {_, ^pid} -> s
+        {_, old} -> unwatch(s, old)
+        nil -> s
+      end
+
+    s = %{s | infos: Map.put(s.infos, m, {status, pid})}
+
+    if m == s.me and pid != self() and s.ready do
+      # an earlier life of this instance: say who we are now
+      put_info(s, if(s.shutting_down, do: :shutting_down, else: :alive))
+      %{s | infos: Map.put(s.infos, m, {current_status(s), self()})}
+    else
+      watch(s, pid)
+    end
+  end
+
+  defp apply_diff({:remove, {:member_info, m}}, s), do: %{s | infos: Map.delete(s.infos, m)}
+
+  defp apply_diff(other, s) do
+    %{s | repl: Replicator.bad_message(s.repl, {:unexpected_entry, other})}
+  end
+
+  # ------------------------------------------------------------------ liveness
+
+  defp watch(s, pid) when pid == self(), do: s
+
+  defp watch(s, pid) do
+    cond do
+      Map.has_key?(s.watched, pid) or MapSet.member?(s.dead, pid) -> s
+      node(pid) not in Node.list() -> s
+      true -> %{s | watched: Map.put(s.watched, pid, {nil, Process.monitor(pid)})}
+    end
+  end
+
+  defp unwatch(s, pid) do
+    case Map.pop(s.watched, pid) do
+      {{_, mref}, watched} ->
+        Process.demonitor(mref, [:flush])
+        %{s | watched: watched}
+
+      {nil, _} ->
+        s
+    end
+  end
+
+  defp revive(s, pid) do
+    s = %{s | dead: MapSet.delete(s.dead, pid)}
+
+    if Enum.any?(s.infos, fn {_, {_, p}} -> p == pid end) do
+      watch(s, pid)
+    else
+      s
+    end
+  end
+
+  defp current_status(s) do
+    cond do
+      s.shutting_down -> :shutting_down
+      s.ready -> :alive
+      true -> :uninitialized
+    end
+  end
+
+  defp status(s, m) when m == s.me, do: current_status(s)
+
+  defp status(s, m) do
+    case Map.get(s.infos, m) do
+      nil ->
+        :uninitialized
+
+      {st, pid} ->
+        cond do
+          MapSet.member?(s.dead, pid) -> :dead
+          node(pid) not in Node.list() -> :dead
+          true -> st
+        end
+    end
+  end
+
+  # A child's owner is gone when its instance is not running anywhere this node can see.
+  defp gone?(_s, nil), do: true
+  defp gone?(s, owner) when owner == s.me, do: false
+
+  defp gone?(s, {_, node} = owner) do
+    case Map.get(s.infos, owner) do
+      nil -> node not in Node.list()
+      {_, pid} -> MapSet.member?(s.dead, pid) or node(pid) not in Node.list()
+    end
+  end
+
+  # ------------------------------------------------------------------ placement
+
+  # Recomputes the member view and publishes it to callers.
+  defp refresh(s) do
+    info =
+      Map.new(Map.keys(s.members), fn m ->
+        {m, struct(s.member_struct, name: m, status: status(s, m))}
+      end)
+
+    :ets.insert(s.table, [
+      {:members, info |> Map.values() |> Enum.sort_by(& &1.name)},
+      {:status, current_status(s)}
+    ])
+
+    s = %{s | members_info: info}
+
+    if s.quorum_waiters != [] and quorum?(s) do
+      Enum.each(s.quorum_waiters, &GenServer.reply(&1, :ok))
+      %{s | quorum_waiters: []}
+    else
+      s
+    end
+  end
+
+  defp quorum?(s) do
+    s.strategy.has_quorum?(s.members_info |> Map.values() |> Enum.sort_by(& &1.name))
+  end
+
+  # Children whose owner is gone (or that were relinquished) go to the member the strategy
+  # picks; this node starts those it is picked for. Under :active, children running here
+  # that now belong elsewhere are handed over.
+  defp rebalance(%{ready: false} = s), do: s
+  defp rebalance(%{shutting_down: true} = s), do: s
+
+  defp rebalance(s) do
+    members = s.members_info |> Map.values() |> Enum.sort_by(& &1.name)
+
+    s =
+      s
+      |> owners_gone()
+      |> Enum.reduce(s, fn owner, s -> take_over(s, owner, members) end)
+
+    if s.flags.process_redistribution == :active and s.layout != members do
+      redistribute(%{s | layout: members}, members)
+    else
+      s
+    end
+  end
+
+  defp owners_gone(s), do: owners_gone(s, :ets.first(s.owners), [])
+
+  defp owners_gone(_s, :"$end_of_table", acc), do: acc
+
+  defp owners_gone(s, {owner, _}, acc) do
+    acc = if gone?(s, owner), do: [owner | acc], else: acc
+    # skip the rest of this owner's rows: the next key after {owner, <any id>}
+    owners_gone(s, :ets.next(s.owners, {owner, :__max__}), acc)
+  end
+
+  defp take_over(s, owner, members) do
+    ids = :ets.select(s.owners, [{{{owner, :"$1"}}, [], [:"$1"]}])
+
+    Enum.reduce(ids, s, fn id, s ->
+      with false <- Map.has_key?(s.local, id),
+           [{_, ^owner, spec, _}] <- :ets.lookup(s.children, id),
+           {:ok, %{name: chosen}} <- choose(s, id, spec, members) do
+        if chosen == s.me, do: start_takeover(s, id, spec), else: s
+      else
+        _ -> s
+      end
+    end)
+  end
+
+  defp redistribute(s, members) do
+    Enum.reduce(s.local, s, fn
+      {id, {pid, spec}}, s when is_pid(pid) ->
+        case {Map.has_key?(s.stopping, id), choose(s, id, spec, members)} do
+          {false, {:ok, %{name: chosen}}} when chosen != s.me ->
+            stop_local(s.procsup, pid, nil)
+            %{s | stopping: Map.put(s.stopping, id, :redistribute)}
+
+          _ ->
+            s
+        end
+
+      _, s ->
+        s
+    end)
+  end
+
+  # Deterministic on every node for the same members, including for strategies that draw
+  # random numbers: the draw is seeded by the child id.
+  defp choose(s, id, spec, members) do
+    old = :rand.export_seed()
+    <<a::32, b::32, c::32>> = <<:erlang.phash2(id)::32, :erlang.phash2({id, 1})::32, 1::32>>
+    :rand.seed(:exsss, {a, b, c})
+
+    try do
+      s.strategy.choose_node(spec, members)
+    after
+      if old == :undefined, do: Process.delete(:rand_seed), else: :rand.seed(old)
+    end
+  end
+
+  # Entries this node owns but does not run: an earlier life of this instance wrote them.
+  defp orphans_of_mine(s) do
+    ids = :ets.select(s.owners, [{{{s.me, :"$1"}}, [], [:"$1"]}])
+
+    for id <- ids,
+        not Map.has_key?(s.local, id),
+        [{_, _, spec, _}] <- [:ets.lookup(s.children, id)] do
+      relinquish(s, id, spec)
+    end
+
+    s
+  end
+
+  # ------------------------------------------------------------------ members
+
+  defp auto_members(%{auto: true} = s) do
+    apply_members(s, for(n <- [node() | Node.list()], do: {s.name, n}))
+  end
+
+  defp auto_members(s), do: s
+
+  # Adds and removes {:member, m} keys; never touches children or infos.
+  defp apply_members(s, members) do
+    wanted = MapSet.new([s.me | members])
+    current = MapSet.new(Map.keys(s.members))
+
+    for m <- MapSet.difference(wanted, current) do
+      :ok = Native.put(s.handle, Native.key({:member, m}), Native.value(1))
+    end
+
+    for m <- MapSet.difference(current, wanted) do
+      :ok = Native.delete(s.handle, Native.key({:member, m}))
+    end
+
+    sync_neighbours(%{s | members: Map.new(wanted, &{&1, 1})})
+  end
+
+  defp sync_neighbours(s) do
+    neighbours = for {m, _} <- s.members, m != s.me, do: m
+    %{s | repl: Replicator.set_neighbours(s.repl, neighbours, s.name)}
+  end
+
+  defp parent_pid do
+    case Process.get(:"$ancestors") do
+      [parent | _] when is_pid(parent) -> parent
+      [name | _] when is_atom(name) -> Process.whereis(name)
+      _ -> nil
+    end
+  end
+end

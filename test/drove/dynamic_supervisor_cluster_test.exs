@@ -1,0 +1,198 @@
+defmodule Drove.DynamicSupervisorClusterTest do
+  # Real peers: placement, failover on node loss, graceful handoff, restart rules across the
+  # cluster, netsplit and heal, and bounded fan-out calls.
+  use ExUnit.Case, async: false
+
+  alias Drove.TestCluster, as: C
+  alias Drove.Test.SupPeer, as: P
+
+  @moduletag :cluster
+  @moduletag timeout: 180_000
+  @moduletag :capture_log
+
+  @sup DroveClusterSup
+  @deadline 20_000
+
+  defp start_cluster(n, prefix, opts \\ []) do
+    nodes = C.start_nodes(n, prefix: prefix, env: [logger: [level: :error]])
+    members = for n <- nodes, do: {@sup, n}
+    for n <- nodes, do: C.rpc(n, P, :start, [@sup, [members: members] ++ opts])
+
+    C.wait_until(
+      fn ->
+        Enum.all?(
+          nodes,
+          &(Map.values(C.rpc(&1, P, :statuses, [@sup])) == List.duplicate(:alive, n))
+        )
+      end,
+      @deadline
+    )
+
+    nodes
+  end
+
+  # tag => [nodes running it]
+  defp placement(nodes, tags) do
+    nodes
+    |> Enum.flat_map(fn n -> for t <- C.rpc(n, P, :running, [tags]), do: {t, n} end)
+    |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+  end
+
+  defp exactly_once?(nodes, tags) do
+    p = placement(nodes, tags)
+    map_size(p) == length(tags) and Enum.all?(p, fn {_, ns} -> length(ns) == 1 end)
+  end
+
+  defp entries(node), do: C.rpc(node, P, :entries, [@sup])
+
+  defp ids(node), do: Map.new(entries(node), fn {tag, {id, _}} -> {tag, id} end)
+
+  defp start_workers(node, prefix, range, restart \\ :permanent),
+    do: C.rpc(node, P, :start_workers, [@sup, prefix, range, restart], 60_000)
+
+  defp await_entries(nodes, count) do
+    C.wait_until(fn -> Enum.all?(nodes, &(map_size(entries(&1)) == count)) end, @deadline)
+  end
+
+  test "1,000 children spread near-uniformly; a killed node's children run again once, same ids" do
+    [a, b, c] = nodes = start_cluster(3, "dsk")
+
+    # started through every node
+    tags =
+      Enum.flat_map(Enum.zip(nodes, [1..333, 1..333, 1..334]), fn {n, range} ->
+        start_workers(n, "k_#{n}", range)
+      end)
+
+    await_entries(nodes, 1000)
+    assert exactly_once?(nodes, tags)
+
+    counts = placement(nodes, tags) |> Enum.frequencies_by(fn {_, [n]} -> n end)
+    # the ring is uneven by about +-13% (horde-semantics.md section 5.1): a third is 333
+    for n <- nodes, do: assert(counts[n] in 250..420, "#{n}: #{counts[n]} of 1000")
+
+    before = ids(a)
+    assert map_size(before) == 1000
+    on_c = for {t, [^c]} <- placement(nodes, tags), do: t
+
+    C.kill(c)
+
+    C.wait_until(fn -> exactly_once?([a, b], tags) end, @deadline)
+    C.consistently(fn -> exactly_once?([a, b], tags) end, 500)
+
+    # every child of c runs on a survivor under its old id
+    for n <- [a, b] do
+      C.wait_until(fn -> ids(n) == before end, @deadline)
+      assert Enum.all?(entries(n), fn {_, {_, owner}} -> owner in [a, b] end)
+    end
+
+    assert length(on_c) > 0
+    assert C.rpc(a, Drove.DynamicSupervisor, :count_children, [@sup]).active == 1000
+  end
+
+  test "a graceful stop hands every child of the node to the survivors" do
+    [a, b, c] = nodes = start_cluster(3, "dsg")
+    tags = start_workers(a, "g", 1..300)
+    await_entries(nodes, 300)
+    before = ids(a)
+    on_c = for {t, [^c]} <- placement(nodes, tags), do: t
+    assert on_c != []
+
+    C.stop(c)
+
+    C.wait_until(fn -> exactly_once?([a, b], tags) end, @deadline)
+    for n <- [a, b], do: C.wait_until(fn -> ids(n) == before end, @deadline)
+    C.consistently(fn -> exactly_once?([a, b], tags) end, 300)
+  end
+
+  test "a stopping member is :shutting_down, then :dead, and is never chosen meanwhile" do
+    [a, b] = start_cluster(2, "dss")
+    C.rpc(b, P, :stop, [@sup])
+    C.wait_until(fn -> C.rpc(a, P, :statuses, [@sup])[b] == :dead end, @deadline)
+
+    tags = start_workers(a, "s", 1..50)
+    assert C.rpc(a, P, :running, [tags]) == tags
+  end
+
+  test "a transient child that exits normally is not restarted anywhere; a crash restarts it in place" do
+    [a, b, c] = nodes = start_cluster(3, "dst")
+    tags = start_workers(a, "t", 1..30, :transient)
+    await_entries(nodes, 30)
+
+    [{t1, [n1]}, {t2, [n2]} | _] =
+      placement(nodes, tags) |> Enum.sort() |> Enum.map(fn {t, ns} -> {t, ns} end)
+
+    pid1 = C.rpc(n1, Process, :whereis, [t1])
+    C.rpc(n1, GenServer, :cast, [pid1, :crash])
+    C.wait_until(fn -> C.rpc(n1, Process, :whereis, [t1]) not in [nil, pid1] end, @deadline)
+
+    pid2 = C.rpc(n2, Process, :whereis, [t2])
+    C.rpc(n2, GenServer, :cast, [pid2, :stop_normal])
+    for n <- nodes, do: C.wait_until(fn -> not Map.has_key?(entries(n), t2) end, @deadline)
+
+    # not even when its node then goes away
+    if n2 != a, do: C.kill(n2)
+    survivors = Enum.filter([a, b, c], &(&1 in C.nodes()))
+    C.wait_until(fn -> exactly_once?(survivors, tags -- [t2]) end, @deadline)
+    C.consistently(fn -> placement(survivors, [t2]) == %{} end, 1000)
+  end
+
+  test "after a netsplit heals, each child id runs exactly once and none is lost" do
+    [a, b, c] = nodes = start_cluster(3, "dsn")
+    tags = start_workers(a, "n", 1..200)
+    await_entries(nodes, 200)
+    before = ids(a)
+
+    C.partition([[a, b], [c]])
+    # each side takes over the other side's children
+    C.wait_until(fn -> map_size(placement([a, b], tags)) == 200 end, @deadline)
+    C.wait_until(fn -> map_size(placement([c], tags)) == 200 end, @deadline)
+
+    # new children on each side during the split
+    more_ab = start_workers(a, "nab", 1..20)
+    more_c = start_workers(c, "nc", 1..20)
+
+    C.heal(nodes)
+    all = tags ++ more_ab ++ more_c
+    C.wait_until(fn -> exactly_once?(nodes, all) end, @deadline)
+    C.consistently(fn -> exactly_once?(nodes, all) end, 500)
+
+    for n <- nodes do
+      C.wait_until(
+        fn -> Map.take(ids(n), tags) == before and map_size(ids(n)) == 240 end,
+        @deadline
+      )
+    end
+  end
+
+  test "which_children answers within its bound while one member does not" do
+    [a, b, c] = nodes = start_cluster(3, "dsw")
+    tags = start_workers(a, "w", 1..60)
+    await_entries(nodes, 60)
+    on_c = length(for {_, [^c]} <- placement(nodes, tags), do: 1)
+
+    procsup = :"#{@sup}.ProcessesSupervisor"
+    C.rpc(c, :sys, :suspend, [procsup])
+
+    {micros, children} =
+      :timer.tc(fn -> C.rpc(a, Drove.DynamicSupervisor, :which_children, [@sup], 30_000) end)
+
+    assert length(children) == 60 - on_c
+    assert micros < 15_000_000
+
+    C.rpc(c, :sys, :resume, [procsup])
+    assert length(C.rpc(b, Drove.DynamicSupervisor, :which_children, [@sup])) == 60
+  end
+
+  test "start_child from any node; terminate_child of a child on another node" do
+    [a, b, _c] = nodes = start_cluster(3, "dsx")
+    tags = start_workers(b, "x", 1..30)
+    await_entries(nodes, 30)
+
+    {t, [owner]} = placement(nodes, tags) |> Enum.find(fn {_, [n]} -> n != a end)
+    pid = C.rpc(owner, Process, :whereis, [t])
+    assert :ok = C.rpc(a, Drove.DynamicSupervisor, :terminate_child, [@sup, pid])
+    assert {:error, :not_found} = C.rpc(a, Drove.DynamicSupervisor, :terminate_child, [@sup, pid])
+    for n <- nodes, do: C.wait_until(fn -> map_size(entries(n)) == 29 end, @deadline)
+    C.consistently(fn -> placement(nodes, [t]) == %{} end, 300)
+  end
+end

@@ -1,0 +1,216 @@
+defmodule Drove.DynamicSupervisorTest do
+  # One node: the API, its return shapes, restart rules and validation.
+  use ExUnit.Case, async: false
+
+  alias Drove.DynamicSupervisor, as: DS
+  alias Drove.Test.Worker
+  alias Drove.TestCluster, as: C
+
+  @moduletag :capture_log
+
+  defmodule ModSup do
+    use Drove.DynamicSupervisor
+
+    def start_link(arg), do: Drove.DynamicSupervisor.start_link(__MODULE__, arg, name: __MODULE__)
+
+    @impl true
+    def init(arg) do
+      Drove.DynamicSupervisor.init(strategy: :one_for_one, extra_arguments: [arg])
+    end
+  end
+
+  defmodule OtherMember do
+    defstruct [:name, :status]
+  end
+
+  defmodule Nowhere do
+    def choose_node(_, _), do: {:error, :no_alive_nodes}
+    def has_quorum?(_), do: false
+  end
+
+  setup context do
+    name = :"ds_#{context.line}"
+    {:ok, name: name}
+  end
+
+  defp start_sup(name, opts \\ []) do
+    start_supervised!({DS, [name: name, strategy: :one_for_one] ++ opts})
+  end
+
+  defp tag(ctx, i), do: :"w_#{ctx.line}_#{i}"
+
+  defp entries(name), do: GenServer.call(name, :children)
+
+  test "start_child, which_children, count_children and terminate_child", ctx do
+    start_sup(ctx.name)
+    t1 = tag(ctx, 1)
+    t2 = tag(ctx, 2)
+
+    assert {:ok, p1} = DS.start_child(ctx.name, {Worker, {t1, :permanent}})
+    assert {:ok, p2} = DS.start_child(ctx.name, %{id: :x, start: {Worker, :start_link, [t2]}})
+    assert Process.whereis(t1) == p1 and Process.whereis(t2) == p2
+
+    children = DS.which_children(ctx.name)
+
+    assert Enum.sort(children) ==
+             Enum.sort([{:undefined, p1, :worker, [Worker]}, {:undefined, p2, :worker, [Worker]}])
+
+    assert DS.count_children(ctx.name) == %{specs: 2, active: 2, supervisors: 0, workers: 2}
+
+    assert :ok = DS.terminate_child(ctx.name, p1)
+    refute Process.alive?(p1)
+    assert {:error, :not_found} = DS.terminate_child(ctx.name, p1)
+    assert {:error, :not_found} = DS.terminate_child(ctx.name, self())
+    assert DS.count_children(ctx.name).active == 1
+    C.wait_until(fn -> length(entries(ctx.name)) == 1 end)
+  end
+
+  test "start errors and :ignore pass through", ctx do
+    start_sup(ctx.name)
+    t = tag(ctx, 1)
+    {:ok, pid} = DS.start_child(ctx.name, {Worker, {t, :permanent}})
+    # the worker's own name clash comes back as the child's start result
+    assert {:error, {:already_started, ^pid}} =
+             DS.start_child(ctx.name, {Worker, {t, :permanent}})
+
+    assert :ignore =
+             DS.start_child(ctx.name, %{id: :i, start: {:erlang, :apply, [fn -> :ignore end, []]}})
+
+    assert DS.count_children(ctx.name).specs == 1
+  end
+
+  test "a crashed permanent child restarts with a new pid and keeps its entry id", ctx do
+    start_sup(ctx.name)
+    t = tag(ctx, 1)
+    {:ok, pid} = DS.start_child(ctx.name, {Worker, {t, :permanent}})
+    C.wait_until(fn -> match?([{_, _, _, ^pid}], entries(ctx.name)) end)
+    [{id, _, _, _}] = entries(ctx.name)
+
+    GenServer.cast(pid, :crash)
+    C.wait_until(fn -> Process.whereis(t) not in [nil, pid] end)
+    new = Process.whereis(t)
+    C.wait_until(fn -> match?([{^id, _, _, ^new}], entries(ctx.name)) end)
+  end
+
+  test "transient: an abnormal exit restarts, a normal one removes it for good", ctx do
+    start_sup(ctx.name)
+    t = tag(ctx, 1)
+    {:ok, pid} = DS.start_child(ctx.name, {Worker, {t, :transient}})
+
+    GenServer.cast(pid, :crash)
+    C.wait_until(fn -> Process.whereis(t) not in [nil, pid] end)
+
+    GenServer.cast(Process.whereis(t), :stop_normal)
+    C.wait_until(fn -> entries(ctx.name) == [] end)
+    C.consistently(fn -> Process.whereis(t) == nil end)
+    assert DS.count_children(ctx.name).specs == 0
+
+    for reason <- [:shutdown, {:shutdown, :done}] do
+      {:ok, pid} = DS.start_child(ctx.name, {Worker, {t, :transient}})
+      GenServer.cast(pid, {:stop, reason})
+      C.wait_until(fn -> entries(ctx.name) == [] end)
+      assert Process.whereis(t) == nil
+    end
+  end
+
+  test "a temporary child is removed whatever its exit", ctx do
+    start_sup(ctx.name)
+    t = tag(ctx, 1)
+    {:ok, pid} = DS.start_child(ctx.name, {Worker, {t, :temporary}})
+    GenServer.cast(pid, :crash)
+    C.wait_until(fn -> entries(ctx.name) == [] end)
+    C.consistently(fn -> Process.whereis(t) == nil end)
+  end
+
+  test "restart intensity exceeded takes the local instance down", ctx do
+    Process.flag(:trap_exit, true)
+
+    {:ok, top} =
+      DS.start_link(name: ctx.name, strategy: :one_for_one, max_restarts: 1, max_seconds: 5)
+
+    t = tag(ctx, 1)
+    {:ok, pid} = DS.start_child(ctx.name, {Worker, {t, :permanent}})
+    GenServer.cast(pid, :crash)
+    C.wait_until(fn -> Process.whereis(t) not in [nil, pid] end)
+    GenServer.cast(Process.whereis(t), :crash)
+    assert_receive {:EXIT, ^top, :shutdown}, 5000
+    assert Process.whereis(ctx.name) == nil
+  end
+
+  test "max_children and extra_arguments", ctx do
+    start_sup(ctx.name, max_children: 1, extra_arguments: [:hello])
+    {:ok, pid} = DS.start_child(ctx.name, %{id: 1, start: {Worker, :start_link, [tag(ctx, 1)]}})
+    assert GenServer.call(pid, :extra) == :hello
+
+    assert {:error, :max_children} =
+             DS.start_child(ctx.name, %{id: 2, start: {Worker, :start_link, [tag(ctx, 2)]}})
+  end
+
+  test "a module-based supervisor with use Drove.DynamicSupervisor" do
+    start_supervised!({ModSup, :from_init})
+    assert ModSup.child_spec(:a).type == :supervisor
+    {:ok, pid} = DS.start_child(ModSup, %{id: 1, start: {Worker, :start_link, [:ds_mod_w]}})
+    assert GenServer.call(pid, :extra) == :from_init
+    assert is_pid(Process.whereis(ModSup))
+  end
+
+  test "the instance is registered under its name and exposes members_info", ctx do
+    start_sup(ctx.name)
+    state = :sys.get_state(ctx.name)
+    me = {ctx.name, node()}
+    assert state.members == %{me => 1}
+
+    assert %{^me => %Drove.DynamicSupervisor.Member{name: ^me, status: :alive}} =
+             state.members_info
+
+    assert Drove.Cluster.members(ctx.name) == [me]
+    assert DS.wait_for_quorum(ctx.name, 1000) == :ok
+  end
+
+  test "member_struct sets the struct members are given as", ctx do
+    start_sup(ctx.name, member_struct: OtherMember)
+    me = {ctx.name, node()}
+    assert %{^me => %OtherMember{status: :alive}} = :sys.get_state(ctx.name).members_info
+    assert {:ok, _} = DS.start_child(ctx.name, {Worker, {tag(ctx, 1), :permanent}})
+  end
+
+  test "a strategy's error is returned", ctx do
+    start_sup(ctx.name, distribution_strategy: Nowhere)
+
+    assert {:error, :no_alive_nodes} =
+             DS.start_child(ctx.name, {Worker, {tag(ctx, 1), :permanent}})
+
+    assert catch_exit(DS.wait_for_quorum(ctx.name, 100))
+  end
+
+  test "stop/1 stops the instance; calls after it raise or exit", ctx do
+    {:ok, _} = DS.start_link(name: ctx.name, strategy: :one_for_one)
+    {:ok, pid} = DS.start_child(ctx.name, {Worker, {tag(ctx, 1), :permanent}})
+    assert :ok = DS.stop(ctx.name)
+    refute Process.alive?(pid)
+
+    assert_raise ArgumentError, fn ->
+      DS.start_child(ctx.name, {Worker, {tag(ctx, 2), :permanent}})
+    end
+  end
+
+  test "invalid options raise ArgumentError with a sentence" do
+    for {opts, msg} <- [
+          {[name: :x], "strategy: :one_for_one"},
+          {[name: :x, strategy: :one_for_all], "only supports strategy"},
+          {[name: :x, strategy: :one_for_one, members: 3], ":members must be"},
+          {[name: :x, strategy: :one_for_one, max_restarts: -1], ":max_restarts"},
+          {[name: :x, strategy: :one_for_one, process_redistribution: :sometimes],
+           ":process_redistribution"},
+          {[name: :x, strategy: :one_for_one, bogus: 1],
+           "unknown Drove.DynamicSupervisor option"},
+          {[strategy: :one_for_one], "needs a :name"}
+        ] do
+      assert_raise ArgumentError, ~r/#{Regex.escape(msg)}/, fn -> DS.start_link(opts) end
+    end
+
+    assert_raise ArgumentError, fn ->
+      DS.start_child(:not_running_ds, {Worker, {:x, :permanent}})
+    end
+  end
+end

@@ -1,0 +1,84 @@
+defmodule Drove.Test.Worker do
+  @moduledoc false
+  # A child for supervisor tests. It registers itself locally under its tag (an atom), so a
+  # test can see on which nodes a given child runs, and it obeys :crash / :stop_normal.
+  use GenServer
+
+  @spec child_spec({atom(), atom()}) :: Supervisor.child_spec()
+  def child_spec({tag, restart}) do
+    %{id: tag, start: {__MODULE__, :start_link, [tag]}, restart: restart}
+  end
+
+  @spec start_link(atom()) :: GenServer.on_start()
+  def start_link(tag), do: GenServer.start_link(__MODULE__, tag, name: tag)
+
+  @spec start_link(term(), atom()) :: GenServer.on_start()
+  def start_link(extra, tag), do: GenServer.start_link(__MODULE__, {extra, tag}, name: tag)
+
+  @impl true
+  def init({extra, tag}), do: {:ok, %{tag: tag, extra: extra}}
+  def init(tag), do: {:ok, %{tag: tag, extra: nil}}
+
+  @impl true
+  def handle_call(:extra, _from, s), do: {:reply, s.extra, s}
+
+  @impl true
+  def handle_cast(:crash, s), do: {:stop, :crashed, s}
+  def handle_cast(:stop_normal, s), do: {:stop, :normal, s}
+  def handle_cast({:stop, reason}, s), do: {:stop, reason, s}
+end
+
+defmodule Drove.Test.SupPeer do
+  @moduledoc false
+  # Runs ON peer nodes: starts a Drove.DynamicSupervisor under the :drove application's
+  # supervisor (so it outlives the RPC that started it, and :init.stop/0 stops it gracefully,
+  # as a host application's tree would be), and reports what runs here.
+
+  @spec start(atom(), keyword()) :: pid()
+  def start(name, opts) do
+    spec =
+      Supervisor.child_spec(
+        {Drove.DynamicSupervisor, [name: name, strategy: :one_for_one] ++ opts},
+        id: {:sup, name},
+        restart: :temporary
+      )
+
+    {:ok, pid} = Supervisor.start_child(Drove.Supervisor, spec)
+    pid
+  end
+
+  @spec stop(atom()) :: :ok
+  def stop(name) do
+    :ok = Supervisor.terminate_child(Drove.Supervisor, {:sup, name})
+    _ = Supervisor.delete_child(Drove.Supervisor, {:sup, name})
+    :ok
+  end
+
+  @doc "Starts `count` workers tagged `prefix_i` through this node; returns their tags."
+  @spec start_workers(atom(), String.t(), Range.t(), atom()) :: [atom()]
+  def start_workers(name, prefix, range, restart) do
+    for i <- range do
+      tag = :"#{prefix}_#{i}"
+      {:ok, _} = Drove.DynamicSupervisor.start_child(name, {Drove.Test.Worker, {tag, restart}})
+      tag
+    end
+  end
+
+  @doc "Which of `tags` run on this node."
+  @spec running([atom()]) :: [atom()]
+  def running(tags), do: Enum.filter(tags, &(Process.whereis(&1) != nil))
+
+  @doc "The replicated child entries as seen here: `%{tag => {child_id, owner_node}}`."
+  @spec entries(atom()) :: %{atom() => {term(), node() | nil}}
+  def entries(name) do
+    for {id, owner, spec, _pid} <- GenServer.call(name, :children), into: %{} do
+      {_, _, [tag]} = spec.start
+      {tag, {id, owner && elem(owner, 1)}}
+    end
+  end
+
+  @spec statuses(atom()) :: %{node() => atom()}
+  def statuses(name) do
+    for {{_, n}, m} <- :sys.get_state(name).members_info, into: %{}, do: {n, m.status}
+  end
+end
