@@ -28,10 +28,6 @@ defmodule Horde.DynamicSupervisor do
   places them. Where Drove deliberately differs is listed in `docs/migrating-from-horde.md`.
   """
 
-  # Drove.DynamicSupervisor is being built on main in parallel with this package; until it
-  # lands the calls below are left unchecked at compile time (harmless once it exists).
-  @compile {:no_warn_undefined, Drove.DynamicSupervisor}
-
   @type options :: [option()]
   @type option ::
           {:name, atom()}
