@@ -246,11 +246,22 @@ defmodule Drove.Replicator do
   """
   @spec confirm(t(), timeout()) :: non_neg_integer()
   def confirm(r, timeout) do
+    {ref, n} = ping(r)
+    deadline = System.monotonic_time(:millisecond) + timeout
+    await_pongs(ref, n, deadline)
+  end
+
+  @doc """
+  Sends a ping after everything pushed so far to every push target; each answers
+  `{:drove_pong, ref, pid}` once it has joined what came before. Returns the ref and the
+  number of pings sent.
+  """
+  @spec ping(t()) :: {reference(), non_neg_integer()}
+  def ping(r) do
     ref = make_ref()
     targets = push_targets(r)
     Enum.each(targets, &send_to(&1, {:drove_ping, self(), ref}))
-    deadline = System.monotonic_time(:millisecond) + timeout
-    await_pongs(ref, length(targets), deadline)
+    {ref, length(targets)}
   end
 
   defp await_pongs(_ref, 0, _deadline), do: 0

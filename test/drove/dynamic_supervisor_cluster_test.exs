@@ -195,4 +195,65 @@ defmodule Drove.DynamicSupervisorClusterTest do
     for n <- nodes, do: C.wait_until(fn -> map_size(entries(n)) == 29 end, @deadline)
     C.consistently(fn -> placement(nodes, [t]) == %{} end, 300)
   end
+
+  test "start_child to a node that dies during the child's init places the child again" do
+    [a, b, c] = nodes = start_cluster(3, "dsd")
+    members = for n <- nodes, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
+
+    spec =
+      Enum.find_value(1..1000, fn i ->
+        tag = :"slow_#{i}"
+        spec = %{id: tag, start: {Drove.Test.Worker, :start_link, [{:sleep_on, c, 60_000}, tag]}}
+
+        case Drove.Distribution.Uniform.choose_node(spec, members) do
+          {:ok, %{name: {_, ^c}}} -> spec
+          _ -> nil
+        end
+      end)
+
+    [_, tag] = elem(spec.start, 2)
+
+    task =
+      Task.async(fn -> C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec], 60_000) end)
+
+    C.wait_until(fn -> is_pid(C.rpc(c, Process, :whereis, [tag])) end, @deadline)
+
+    C.kill(c)
+    assert {:ok, pid} = Task.await(task, 30_000)
+    assert node(pid) in [a, b]
+    C.consistently(fn -> Map.keys(placement([a, b], [tag])) == [tag] end, 300)
+  end
+
+  test "process_redistribution: :active moves children to a member that joins; :passive does not" do
+    for {mode, prefix} <- [active: "dra", passive: "drp"] do
+      [a, b] = nodes = C.start_nodes(2, prefix: prefix, env: [logger: [level: :error]])
+      members = for n <- nodes, do: {@sup, n}
+      opts = [members: members, process_redistribution: mode]
+      C.rpc(a, P, :start, [@sup, opts])
+      C.wait_until(fn -> C.rpc(a, P, :statuses, [@sup])[a] == :alive end, @deadline)
+      tags = start_workers(a, "r", 1..100)
+      assert C.rpc(a, P, :running, [tags]) == tags
+
+      C.rpc(b, P, :start, [@sup, opts])
+      C.wait_until(fn -> C.rpc(a, P, :statuses, [@sup])[b] == :alive end, @deadline)
+
+      case mode do
+        :active ->
+          # the ring sends about half of them to b; each runs once, under its id
+          C.wait_until(
+            fn -> exactly_once?(nodes, tags) and C.rpc(b, P, :running, [tags]) != [] end,
+            @deadline
+          )
+
+          C.wait_until(fn -> ids(a) == ids(b) and map_size(ids(b)) == 100 end, @deadline)
+          on_b = length(C.rpc(b, P, :running, [tags]))
+          assert on_b in 25..75
+
+        :passive ->
+          C.consistently(fn -> C.rpc(a, P, :running, [tags]) == tags end, 1000)
+      end
+
+      Enum.each(nodes, &C.kill/1)
+    end
+  end
 end

@@ -2,7 +2,7 @@ defmodule Drove.SagentsMembershipTest do
   # Sagents' membership behaviours (sagents-contract.md sections 7, 10, 11 and 12.1) with
   # REAL Drove instances on real peers: each participating node runs a stand-in for
   # Sagents.Supervisor under :participation (test/support/sagents_peer.ex): three instances
-  # named like Sagents' (all three Drove.Registry for now, see there), each seeded
+  # named like Sagents' (a Drove.Registry and two Drove.DynamicSupervisors), each seeded
   # self-only, plus a Drove.Membership in mode :participation over all three.
   use ExUnit.Case, async: false
 

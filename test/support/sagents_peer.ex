@@ -9,9 +9,8 @@ defmodule Drove.Test.SagentsPeer do
   # (`members: [{name, node()}]`), as `Sagents.Horde.ClusterConfig.resolve_members/1` does
   # under :participation; `Drove.Membership` then sets the participants on all three.
   #
-  # All three instances are `Drove.Registry` instances for now: `Drove.DynamicSupervisor`
-  # does not exist yet (issue 4). Swap the last two for it when it does; the membership
-  # behaviour tested here is the same for both (the `Drove.Cluster` contract).
+  # The registry is a `Drove.Registry`, the two supervisors `Drove.DynamicSupervisor`s, as
+  # in Sagents (agents shut down within 30 s, file systems within 15 s).
   #
   # The tree runs under the :drove application's supervisor rather than under the RPC's
   # process (which exits when the call returns and would take a linked tree with it). It is
@@ -42,13 +41,21 @@ defmodule Drove.Test.SagentsPeer do
   """
   @spec start(keyword()) :: pid()
   def start(opts \\ []) do
-    registries =
-      for name <- @instances do
-        Supervisor.child_spec(
-          {Drove.Registry, name: name, keys: :unique, members: [{name, node()}]},
-          id: name
-        )
-      end
+    [registry | supervisors] = @instances
+
+    registries = [
+      Supervisor.child_spec(
+        {Drove.Registry, name: registry, keys: :unique, members: [{registry, node()}]},
+        id: registry
+      )
+      | for name <- supervisors do
+          Supervisor.child_spec(
+            {Drove.DynamicSupervisor,
+             name: name, strategy: :one_for_one, members: [{name, node()}]},
+            id: name
+          )
+        end
+    ]
 
     membership =
       {Drove.Membership,

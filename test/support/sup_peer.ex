@@ -16,6 +16,11 @@ defmodule Drove.Test.Worker do
   def start_link(extra, tag), do: GenServer.start_link(__MODULE__, {extra, tag}, name: tag)
 
   @impl true
+  def init({{:sleep_on, node, ms} = extra, tag}) do
+    if node() == node, do: Process.sleep(ms)
+    {:ok, %{tag: tag, extra: extra}}
+  end
+
   def init({extra, tag}), do: {:ok, %{tag: tag, extra: extra}}
   def init(tag), do: {:ok, %{tag: tag, extra: nil}}
 

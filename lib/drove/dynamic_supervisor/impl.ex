@@ -32,6 +32,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   @call_timeout 5_000
   @confirm_timeout 5_000
+  @start_confirm_timeout 1_000
   @start_attempts 4
 
   @known [
@@ -345,7 +346,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       quorum_waiters: [],
       parent: parent_pid(),
       # the member view :active redistribution last acted on
-      layout: nil
+      layout: nil,
+      # starts waiting until a peer has their entry: ref => from
+      confirming: %{}
     }
 
     :ets.insert(table, [
@@ -436,6 +439,13 @@ defmodule Drove.DynamicSupervisor.Impl do
     {:reply, info, s}
   end
 
+  def handle_call({:drove_child_started, id, pid, spec}, from, s) do
+    case child_started(s, id, pid, spec) do
+      {:claimed, s} -> {:noreply, confirm_later(s, from)}
+      {:evicted, s} -> {:reply, :ok, s}
+    end
+  end
+
   @impl true
   def handle_cast({:set_neighbours, list}, s) do
     {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
@@ -444,8 +454,19 @@ defmodule Drove.DynamicSupervisor.Impl do
   # ------------------------------------------------------------------ info
 
   @impl true
-  def handle_info({:drove_child_started, id, pid, spec}, s) do
-    {:noreply, child_started(s, id, pid, spec)}
+  def handle_info({:drove_pong, ref, _from}, s) do
+    case Map.pop(s.confirming, ref) do
+      {nil, _} ->
+        {:noreply, s}
+
+      {from, confirming} ->
+        GenServer.reply(from, :ok)
+        {:noreply, %{s | confirming: confirming}}
+    end
+  end
+
+  def handle_info({:drove_confirm_timeout, ref}, s) do
+    handle_info({:drove_pong, ref, nil}, s)
   end
 
   def handle_info({:drove_start_failed, id, result}, s) do
@@ -561,15 +582,31 @@ defmodule Drove.DynamicSupervisor.Impl do
       [{_, owner, _, _}] when owner != nil and owner != s.me ->
         if gone?(s, owner) do
           put_child(s, id, s.me, spec, pid)
-          s
+          {:claimed, s}
         else
           # another live member owns this id (it took the child over first): stop ours
-          evict(s, id, pid)
+          {:evicted, evict(s, id, pid)}
         end
 
       _ ->
         put_child(s, id, s.me, spec, pid)
-        s
+        {:claimed, s}
+    end
+  end
+
+  # Replies to `from` once a peer has joined the writes made so far (or after a second, or
+  # at once without peers): the entry of a started child then outlives this node.
+  defp confirm_later(s, from) do
+    {repl, _} = Replicator.flush(s.repl)
+
+    case Replicator.ping(repl) do
+      {_ref, 0} ->
+        GenServer.reply(from, :ok)
+        %{s | repl: repl}
+
+      {ref, _n} ->
+        Process.send_after(self(), {:drove_confirm_timeout, ref}, @start_confirm_timeout)
+        %{s | repl: repl, confirming: Map.put(s.confirming, ref, from)}
     end
   end
 

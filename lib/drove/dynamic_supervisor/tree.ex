@@ -85,7 +85,9 @@ end
 defmodule Drove.DynamicSupervisor.Starter do
   @moduledoc false
   # The start function of every child, run by the node's DynamicSupervisor on each start and
-  # restart: starts the user's child and tells the instance its pid.
+  # restart: starts the user's child, then tells the instance its pid and waits until the
+  # child's entry is written and another member has it (at most a second), so a start_child
+  # that returned {:ok, pid} survives the loss of this node right after.
 
   @spec start(atom(), term(), map(), list()) :: DynamicSupervisor.on_start_child()
   def start(sup, id, spec, extra) do
@@ -93,15 +95,22 @@ defmodule Drove.DynamicSupervisor.Starter do
 
     case apply(m, f, extra ++ a) do
       {:ok, pid} = ok when is_pid(pid) ->
-        send(sup, {:drove_child_started, id, pid, spec})
+        started(sup, id, pid, spec)
         ok
 
       {:ok, pid, _info} = ok when is_pid(pid) ->
-        send(sup, {:drove_child_started, id, pid, spec})
+        started(sup, id, pid, spec)
         ok
 
       other ->
         other
     end
+  end
+
+  defp started(sup, id, pid, spec) do
+    GenServer.call(sup, {:drove_child_started, id, pid, spec}, :infinity)
+  catch
+    # the instance is gone: this whole local tree is going down with it
+    :exit, _ -> :ok
   end
 end
