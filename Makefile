@@ -15,7 +15,8 @@
 #   test-c-valgrind  The plain suites under valgrind (-j1); fails when a log in _build/c/vg.*.log
 #                    has errors or definite/indirect leaks (Criterion itself exits 0 then).
 #   test-elixir      Start epmd (loopback) and run `mix test` (MIX_ENV=test), then
-#                    `mix test` in compat/horde when compat/horde/mix.exs exists.
+#                    `mix compile --warnings-as-errors` and `mix test` in compat/horde when
+#                    compat/horde/mix.exs exists (the Horde drop-in package and its suite).
 #   test-nif-asan    Build the NIF with ASan+UBSan into MIX_BUILD_PATH=_build/asan and run the
 #                    ExUnit suite (plus the :sanitizer tag) in a stock BEAM with the ASan runtime
 #                    preloaded and ERL_FLAGS="+Mea min".
@@ -351,8 +352,9 @@ start-epmd:
 test-elixir: start-epmd
 	MIX_ENV=test $(MIX) test
 	@if [ -f compat/horde/mix.exs ]; then \
-	  echo "==> compat/horde: mix test"; \
-	  cd compat/horde && MIX_ENV=test $(MIX) test; \
+	  echo "==> compat/horde: mix compile --warnings-as-errors, mix test"; \
+	  cd compat/horde && MIX_ENV=test $(MIX) compile --warnings-as-errors && \
+	    MIX_ENV=test $(MIX) test; \
 	fi
 
 test-nif-asan: start-epmd
