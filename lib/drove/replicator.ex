@@ -259,7 +259,9 @@ defmodule Drove.Replicator do
   @spec ping(t()) :: {reference(), non_neg_integer()}
   def ping(r) do
     ref = make_ref()
-    targets = push_targets(r)
+    # only peers that can answer: a node on the other side of a split never will
+    connected = [node() | Node.list()]
+    targets = Enum.filter(push_targets(r), &(dest_node(&1) in connected))
     Enum.each(targets, &send_to(&1, {:drove_ping, self(), ref}))
     {ref, length(targets)}
   end
@@ -389,6 +391,10 @@ defmodule Drove.Replicator do
   end
 
   # Never block on connection set-up: an unconnected peer is repaired by anti-entropy later.
+  defp dest_node(pid) when is_pid(pid), do: node(pid)
+  defp dest_node({_name, node}), do: node
+  defp dest_node(name) when is_atom(name), do: node()
+
   defp send_to(dest, msg), do: :erlang.send(dest, msg, [:noconnect])
 
   defp bump(r, key, n), do: %{r | stats: Map.update!(r.stats, key, &(&1 + n))}

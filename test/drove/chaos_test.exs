@@ -58,7 +58,14 @@ defmodule Drove.ChaosTest do
         Task.async(fn -> load(n, i, seed, deadline, log) end)
       end
 
-    {faults, ended} = drive(nodes, deadline, [], [])
+    # the fault schedule is drawn up front, so a seed replays the same faults in order
+    schedule =
+      for _ <- 1..10_000 do
+        {Enum.random([:kill, :stop, :split]), :rand.uniform(@nodes) - 1, 300 + :rand.uniform(700),
+         300 + :rand.uniform(1500), :rand.uniform(2), :rand.uniform(1_000_000)}
+      end
+
+    {faults, ended} = drive(nodes, schedule, deadline, [], [])
     Enum.each(loads, &Task.await(&1, 60_000))
 
     # recovery: every node back and connected
@@ -95,6 +102,10 @@ defmodule Drove.ChaosTest do
   end
 
   defp now, do: System.monotonic_time(:millisecond)
+
+  defp wait(fun, timeout) do
+    match?({:ok, []}, converge(fn -> if fun.(), do: [], else: [:no] end, now() + timeout))
+  end
 
   # the violations once there are none, or the last ones seen at the deadline
   defp converge(fun, deadline) do
@@ -173,37 +184,39 @@ defmodule Drove.ChaosTest do
 
   # ------------------------------------------------------------------ faults
 
-  defp drive(nodes, deadline, faults, ended) do
+  defp drive(nodes, [step | schedule], deadline, faults, ended) do
     if System.monotonic_time(:millisecond) >= deadline do
       {Enum.reverse(faults), ended}
     else
-      Process.sleep(300 + :rand.uniform(700))
-      fault = Enum.random([:kill, :stop, :split])
-      victim = Enum.random(nodes)
+      {fault, v, pause, outage, split_k, split_seed} = step
+      Process.sleep(pause)
+      victim = Enum.at(nodes, v)
 
       case fault do
         :kill ->
           C.kill(victim)
-          Process.sleep(300 + :rand.uniform(1200))
+          Process.sleep(outage)
           C.restart(victim, connect: nodes -- [victim])
           C.rpc(victim, P, :start, [nodes])
 
         :stop ->
           C.stop(victim)
-          Process.sleep(300 + :rand.uniform(1200))
+          Process.sleep(outage)
           C.restart(victim, connect: nodes -- [victim])
           C.rpc(victim, P, :start, [nodes])
 
         :split ->
-          {left, right} = Enum.split(Enum.shuffle(nodes), 1 + :rand.uniform(2) - 1)
+          {left, right} =
+            nodes |> Enum.sort_by(&:erlang.phash2({&1, split_seed})) |> Enum.split(split_k)
+
           C.partition([left, right])
-          Process.sleep(300 + :rand.uniform(1700))
+          Process.sleep(outage)
           C.heal(nodes)
       end
 
       await_settled(nodes, nodes)
       ended = end_some_transients(nodes, ended)
-      drive(nodes, deadline, [fault | faults], ended)
+      drive(nodes, schedule, deadline, [fault | faults], ended)
     end
   end
 
@@ -217,16 +230,39 @@ defmodule Drove.ChaosTest do
           uniq: true,
           do: t
 
-    picked = candidates |> Enum.reject(&(&1 in ended)) |> Enum.take_random(2)
+    # a child that runs exactly once, where every node's entry says it does (a duplicate
+    # left by a fault may still be on its way out: stopping that copy would prove nothing)
+    runs = Map.new(nodes, &{&1, MapSet.new(C.rpc(&1, P, :running, [candidates]))})
+    owners = Enum.map(nodes, &C.rpc(&1, P, :owners, []))
 
-    stopped = for t <- picked, Enum.any?(nodes, &C.rpc(&1, P, :stop_normal, [t])), do: t
+    picked =
+      candidates
+      |> Enum.reject(&(&1 in ended))
+      |> Enum.shuffle()
+      |> Enum.flat_map(fn t ->
+        case for({n, set} <- runs, MapSet.member?(set, t), do: n) do
+          [n] -> if Enum.all?(owners, &(&1[t] == n)), do: [{t, n}], else: []
+          _ -> []
+        end
+      end)
+      |> Enum.take(2)
 
-    C.wait_until(
-      fn ->
-        Enum.all?(nodes, fn n -> Enum.all?(stopped, &(&1 not in C.rpc(n, P, :child_tags, []))) end)
-      end,
-      10_000
-    )
+    stopped = for {t, n} <- picked, C.rpc(n, P, :stop_normal, [t]), do: t
+
+    gone? = fn ->
+      Enum.all?(nodes, fn n -> Enum.all?(stopped, &(&1 not in C.rpc(n, P, :child_tags, []))) end)
+    end
+
+    unless wait(gone?, 10_000) do
+      details =
+        for n <- nodes, t <- stopped do
+          {n, t, C.rpc(n, P, :entry, [t]), C.rpc(n, P, :running, [[t]])}
+        end
+
+      flunk(
+        "transient children ended normally are still listed: #{inspect(details, pretty: true)}"
+      )
+    end
 
     stopped ++ ended
   end

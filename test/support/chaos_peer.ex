@@ -89,6 +89,24 @@ defmodule Drove.Test.ChaosPeer do
     end
   end
 
+  @doc "`%{tag => owner node}` of the child entries here."
+  @spec owners() :: %{atom() => node() | nil}
+  def owners do
+    for {_, owner, spec, _} <- GenServer.call(@sup, :children), into: %{} do
+      {_, _, [tag]} = spec.start
+      {tag, owner && elem(owner, 1)}
+    end
+  end
+
+  @doc "The entry of child `tag` here (for diagnostics)."
+  @spec entry(atom()) :: term()
+  def entry(tag) do
+    for {id, owner, spec, pid} <- GenServer.call(@sup, :children),
+        spec.start == {Drove.Test.Worker, :start_link, [tag]} do
+      {id, owner, pid, pid && node(pid) == node() && Process.alive?(pid)}
+    end
+  end
+
   @doc "The digests of both replicas here."
   @spec digests() :: {binary(), binary()}
   def digests do

@@ -571,8 +571,10 @@ defmodule Drove.DynamicSupervisor.Impl do
   # ------------------------------------------------------------------ children
 
   defp child_started(s, id, pid, spec) do
+    previous = Map.get(s.local, id)
+
     s =
-      case Map.get(s.local, id) do
+      case previous do
         {old, _} when is_pid(old) and old != pid -> %{s | by_pid: Map.delete(s.by_pid, old)}
         _ -> s
       end
@@ -580,15 +582,23 @@ defmodule Drove.DynamicSupervisor.Impl do
     Process.monitor(pid)
     s = %{s | local: Map.put(s.local, id, {pid, spec}), by_pid: Map.put(s.by_pid, pid, id)}
 
+    takeover? = match?({:starting, _}, previous)
+
     case :ets.lookup(s.children, id) do
       [{_, owner, _, _}] when owner != nil and owner != s.me ->
         if gone?(s, owner) do
           put_child(s, id, s.me, spec, pid)
           {:claimed, s}
         else
-          # another live member owns this id (it took the child over first): stop ours
+          # another live member owns this id (it took the child over first, or its owner
+          # came back while this node started it): stop ours
           {:evicted, evict(s, id, pid)}
         end
+
+      [] when takeover? ->
+        # removed while this node was taking it over (it ended normally on its owner, or
+        # was terminated): it must not come back
+        {:evicted, evict(s, id, pid)}
 
       _ ->
         put_child(s, id, s.me, spec, pid)

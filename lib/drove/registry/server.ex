@@ -305,26 +305,22 @@ defmodule Drove.Registry.Server do
 
       node(pid) != node() and Map.get(s.creations, node(pid)) != creation(pid) ->
         # its node is not connected, or its incarnation is not known yet (shown on
-        # :node_creation), or it is from an earlier incarnation (dropped there)
-        s
-
-      true ->
-        previous = current_row(s, key)
-        show(s, key, pid, value)
-
-        case previous do
+        # :node_creation), or it is from an earlier incarnation (dropped there). It is not
+        # shown, but the replica chose it: whoever the table held for the key lost.
+        case current_row(s, key) do
           {^pid, _} ->
             s
 
           {old, old_value} ->
-            s = evict(s, key, old, old_value, pid)
-            notify(s, {:register, s.name, key, pid, value})
-            if node(pid) == node(), do: link(s, pid), else: s
+            :ets.delete(Reg.keys_table(s.name), key)
+            evict(s, key, old, old_value, pid)
 
           nil ->
-            notify(s, {:register, s.name, key, pid, value})
-            if node(pid) == node(), do: link(s, pid), else: s
+            s
         end
+
+      true ->
+        adopt(s, key, pid, value)
     end
   end
 
@@ -362,6 +358,26 @@ defmodule Drove.Registry.Server do
 
   defp apply_diff(other, s) do
     %{s | repl: Replicator.bad_message(s.repl, {:unexpected_entry, other})}
+  end
+
+  # The replica's winner for `key` is `pid`: show it, and evict whoever the table held.
+  defp adopt(s, key, pid, value) do
+    previous = current_row(s, key)
+    show(s, key, pid, value)
+
+    case previous do
+      {^pid, _} ->
+        s
+
+      {old, old_value} ->
+        s = evict(s, key, old, old_value, pid)
+        notify(s, {:register, s.name, key, pid, value})
+        if node(pid) == node(), do: link(s, pid), else: s
+
+      nil ->
+        notify(s, {:register, s.name, key, pid, value})
+        if node(pid) == node(), do: link(s, pid), else: s
+    end
   end
 
   defp current_row(s, key) do
@@ -497,17 +513,9 @@ defmodule Drove.Registry.Server do
 
     :ok = Native.remove_values(s.handle, pairs)
 
-    Enum.reduce(live, s, fn {key, pid, value}, s ->
-      case current_row(s, key) do
-        nil ->
-          show(s, key, pid, value)
-          notify(s, {:register, s.name, key, pid, value})
-          s
-
-        _ ->
-          s
-      end
-    end)
+    # the replica's winners: a conflict with a registration made here while the node was
+    # away is resolved now (its diff was held back until the node's incarnation was known)
+    Enum.reduce(live, s, fn {key, pid, value}, s -> adopt(s, key, pid, value) end)
   end
 
   # The creation of the node's current incarnation, learned from a process that lives as
