@@ -238,9 +238,7 @@ defmodule Drove.CRDT do
     opts
   end
 
-  @doc false
-  @spec pos_int!(keyword(), atom(), pos_integer(), pos_integer()) :: pos_integer()
-  def pos_int!(opts, key, default, max) do
+  defp pos_int!(opts, key, default, max) do
     case Keyword.get(opts, key, default) do
       n when is_integer(n) and n > 0 and n <= max ->
         n

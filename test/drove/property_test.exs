@@ -17,6 +17,7 @@ defmodule Drove.PropertyTest do
   alias Drove.{CRDT, Handles, Native}
   alias Drove.Registry, as: R
   alias Drove.Test.Gen
+  alias Drove.TestCluster, as: C
 
   @moduletag timeout: 180_000
 
@@ -144,14 +145,19 @@ defmodule Drove.PropertyTest do
       CRDT.put(c.crdt, :anchor, "value")
       calls = crdt_calls(c)
 
-      counts =
-        Enum.reduce(1..@wrong_calls, {Gen.seed(seed()), %{}}, fn i, {st, counts} ->
-          {{name, f}, st} = Gen.one_of(calls, st)
-          {arg, st} = f.(st)
-          res = outcome("seed #{seed()} case #{i} #{name}", arg)
-          {st, Map.update(counts, res, 1, &(&1 + 1))}
+      {counts, log} =
+        with_log(fn ->
+          Enum.reduce(1..@wrong_calls, {Gen.seed(seed()), %{}}, fn i, {st, counts} ->
+            {{name, f}, st} = Gen.one_of(calls, st)
+            {arg, st} = f.(st)
+            res = outcome("seed #{seed()} case #{i} #{name}", arg)
+            {st, Map.update(counts, res, 1, &(&1 + 1))}
+          end)
+          |> elem(1)
         end)
-        |> elem(1)
+
+      # garbage calls and casts were counted and logged
+      assert log =~ "ignored a bad message"
 
       # the instance is the same process, and serves
       assert Process.whereis(c.crdt) == c.pid
@@ -235,6 +241,251 @@ defmodule Drove.PropertyTest do
                ]
       end
     end
+  end
+
+  # ------------------------------------------------------------------ Drove.Registry
+
+  describe "Drove.Registry" do
+    setup do
+      name = unique(:prop_reg)
+      start_supervised!({R, name: name, keys: :unique, meta: [m: 1]})
+      %{reg: name, server: Process.whereis(name)}
+    end
+
+    test "round trip: register, lookup, match, keys, meta, update_value, unregister", c do
+      {pairs, _} = Gen.list_of(@round_trips, &kv/1, Gen.seed(seed()))
+
+      {model, skipped} =
+        Enum.reduce(pairs, {%{}, 0}, fn {k, v}, {model, skipped} ->
+          cond do
+            same_term_other_bytes?(model, k) ->
+              {model, skipped + 1}
+
+            Map.has_key?(model, Native.key(k)) ->
+              me = self()
+              assert R.register(c.reg, k, v) == {:error, {:already_registered, me}}
+              {model, skipped}
+
+            true ->
+              assert R.register(c.reg, k, v) == {:ok, c.server}
+              assert R.lookup(c.reg, k) === [{self(), v}]
+              {Map.put(model, Native.key(k), {k, v}), skipped}
+          end
+        end)
+
+      # rarely more than one or two (0.0 and -0.0 in the same place)
+      assert skipped < 10
+
+      assert R.count(c.reg) == map_size(model)
+      assert Enum.sort(R.keys(c.reg, self())) == Enum.sort(for {_, {k, _}} <- model, do: k)
+
+      for {_, {k, v}} <- model do
+        assert R.lookup(c.reg, k) === [{self(), v}]
+        assert R.whereis_name({c.reg, k}) == self()
+        assert R.match(c.reg, k, :_) === [{self(), v}]
+        assert R.count_match(c.reg, k, :_) == 1
+      end
+
+      selected = R.select(c.reg, [{{:"$1", :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}])
+      assert length(selected) == map_size(model)
+
+      # update_value and dispatch on some, unregister the others
+      {updated, dropped} = model |> Map.values() |> Enum.split(div(map_size(model), 2))
+
+      for {k, v} <- updated do
+        assert R.update_value(c.reg, k, fn old -> {old, :new} end) === {{v, :new}, v}
+        me = self()
+        assert :ok = R.dispatch(c.reg, k, fn entries -> send(me, {:dispatched, entries}) end)
+        assert_received {:dispatched, [{^me, {^v, :new}}]}
+      end
+
+      for {k, _} <- dropped do
+        assert R.unregister(c.reg, k) == :ok
+        assert R.lookup(c.reg, k) == []
+      end
+
+      assert R.count(c.reg) == length(updated)
+
+      # the replica agrees with the tables
+      {_, h} = Handles.lookup(c.reg)
+      stored = for {{:key, k}, {pid, v}} <- Native.to_list(h), do: {Native.key(k), {pid, v}}
+
+      assert Map.new(stored) ==
+               Map.new(updated, fn {k, v} -> {Native.key(k), {self(), {v, :new}}} end)
+
+      # meta: random keys and values
+      {metas, _} = Gen.list_of(50, &kv/1, Gen.seed(seed() + 2))
+
+      for {k, v} <- metas do
+        assert R.put_meta(c.reg, k, v) == :ok
+        assert {:ok, got} = R.meta(c.reg, k)
+        assert got == v
+      end
+    end
+
+    test "via callbacks with random names", c do
+      {keys, _} = Gen.list_of(60, &Gen.term/1, Gen.seed(seed()))
+
+      for k <- Enum.uniq_by(keys, &Native.key/1),
+          not Enum.any?(keys, &(&1 == k and Native.key(&1) != Native.key(k))) do
+        {:ok, pid} = Drove.Test.Named.start(c.reg, k)
+        assert R.whereis_name({c.reg, k}) == pid
+        assert GenServer.call({:via, R, {c.reg, k}}, :ping) == {:pong, node()}
+        assert {:error, {:already_started, ^pid}} = Drove.Test.Named.start(c.reg, k)
+        GenServer.stop(pid)
+        C.wait_until(fn -> R.whereis_name({c.reg, k}) == :undefined end, 10_000)
+      end
+    end
+
+    test "wrong-typed arguments raise or return errors; the registry keeps serving", c do
+      {:ok, _} = R.register(c.reg, :anchor, :value)
+      calls = registry_calls(c)
+
+      log =
+        capture_log(fn ->
+          Enum.reduce(1..@wrong_calls, Gen.seed(seed()), fn i, st ->
+            {{name, f}, st} = Gen.one_of(calls, st)
+            {thunk, st} = f.(st)
+            outcome("seed #{seed()} case #{i} #{name}", thunk)
+            st
+          end)
+        end)
+
+      _ = log
+      assert Process.whereis(c.reg) == c.server
+      # (a generated fun/1 may have updated its value: any term is a value)
+      me = self()
+      assert [{^me, _}] = R.lookup(c.reg, :anchor)
+      assert {:ok, _} = R.register(c.reg, :after, 1)
+      assert R.lookup(c.reg, :after) == [{self(), 1}]
+      assert R.meta(c.reg, :m) == {:ok, 1}
+      assert %{linked: 1} = R.info(c.reg)
+    end
+
+    test "regressions: exact keys in match, non-atom registries, bad dispatch, unknown calls",
+         c do
+      {:ok, _} = R.register(c.reg, %{a: 1}, :map_key)
+      {:ok, _} = R.register(c.reg, {:x, 1}, :tuple_key)
+      # the key used to be put in a match spec head: %{} and {:_, :_} matched other keys
+      assert R.match(c.reg, %{}, :_) == []
+      assert R.match(c.reg, {:_, :_}, :_) == []
+      assert R.count_match(c.reg, %{}, :_) == 0
+      assert R.match(c.reg, %{a: 1}, :map_key) == [{self(), :map_key}]
+      assert R.count_match(c.reg, {:x, 1}, :"$1", [{:is_atom, :"$1"}]) == 1
+      assert_raise ArgumentError, fn -> R.match(c.reg, {:x, 1}, :_, [{:no_such_bif, 1}]) end
+
+      # a registry named by something else than an atom: ArgumentError, not
+      # Protocol.UndefinedError or SystemLimitError (nor a new atom)
+      for bad <- [%{}, {:a, :b}, self(), String.duplicate("x", 300)] do
+        assert_raise ArgumentError, fn -> R.count(bad) end
+        assert_raise ArgumentError, fn -> R.unregister(bad, :k) end
+        assert_raise ArgumentError, fn -> R.match(bad, :k, :_) end
+        assert_raise ArgumentError, fn -> R.put_meta(bad, :k, 1) end
+      end
+
+      # dispatch with something that is not a fun/1 or an mfa (used to be CaseClauseError)
+      assert_raise ArgumentError, fn -> R.dispatch(c.reg, %{a: 1}, :not_a_fun) end
+
+      log =
+        capture_log(fn ->
+          assert GenServer.call(c.reg, :no_such_call) == {:error, :unknown_call}
+          GenServer.cast(c.reg, :no_such_cast)
+          GenServer.cast(c.reg, {:set_neighbours, ["not a process"]})
+          assert R.info(c.reg).bad_messages == 3
+        end)
+
+      assert log =~ "ignored a bad message"
+      assert Process.whereis(c.reg) == c.server
+      assert R.lookup(c.reg, %{a: 1}) == [{self(), :map_key}]
+
+      for opts <- [[sync_interval: 0], [sync_interval: 1 <<< 40], [meta: :nope], [meta: [:a]]] do
+        opts = [name: unique(:prop_reg_bad), keys: :unique] ++ opts
+
+        assert isolated("start_link(#{inspect(opts)})", fn -> R.start_link(opts) end) ==
+                 {:raised, ArgumentError}
+      end
+    end
+
+    test "start_link/1 with wrong options raises or errors, never kills its caller" do
+      keys = [:name, :keys, :members, :listeners, :meta, :sync_interval, :max_message_bytes]
+
+      Enum.reduce(1..120, Gen.seed(seed()), fn i, st ->
+        {key, st} = Gen.one_of(keys, st)
+        {bad, st} = Gen.wrong(opt_type(key), st)
+        name = unique(:prop_reg_start)
+        opts = Keyword.merge([name: name, keys: :unique], [{key, bad}])
+
+        res =
+          isolated("seed #{seed()} case #{i} start_link(#{inspect(opts, limit: 5)})", fn ->
+            case R.start_link(opts) do
+              {:ok, sup} ->
+                {:ok, _} = R.register(opts[:name], :k, i)
+                [{_, ^i}] = R.lookup(opts[:name], :k)
+                # registrants are linked to the registry: leave before stopping it
+                :ok = R.unregister(opts[:name], :k)
+                Supervisor.stop(sup)
+                {:ok, sup}
+
+              other ->
+                other
+            end
+          end)
+
+        assert res in [
+                 :ok,
+                 :error_tuple,
+                 {:raised, ArgumentError},
+                 {:raised, FunctionClauseError}
+               ]
+
+        st
+      end)
+    end
+  end
+
+  defp registry_calls(c) do
+    reg = c.reg
+    bad_reg = &Gen.wrong(:atom, &1)
+    term = &Gen.term/1
+
+    [
+      {"register(reg)", with1(bad_reg, &R.register(&1, :k, :v))},
+      {"register(key)", with1(term, &R.register(reg, &1, :v))},
+      {"unregister(reg)", with1(bad_reg, &R.unregister(&1, :k))},
+      {"unregister(key)", with1(term, &R.unregister(reg, &1))},
+      {"lookup(reg)", with1(bad_reg, &R.lookup(&1, :k))},
+      {"lookup(key)", with1(term, &R.lookup(reg, &1))},
+      {"lookup(via)", with1(term, &R.lookup/1)},
+      {"select(reg)", with1(bad_reg, &R.select(&1, []))},
+      {"select(spec)", with1(term, &R.select(reg, &1))},
+      {"select([spec])", with1(term, &R.select(reg, [&1]))},
+      {"select(head)", with1(term, &R.select(reg, [{{:_, :_, :_}, [&1], [true]}]))},
+      {"match(reg)", with1(bad_reg, &R.match(&1, :k, :_))},
+      {"match(pattern)", with1(term, &R.match(reg, :anchor, &1))},
+      {"match(guards)", with1(term, &R.match(reg, :anchor, :_, &1))},
+      {"count(reg)", with1(bad_reg, &R.count/1)},
+      {"count_match(reg)", with1(bad_reg, &R.count_match(&1, :k, :_))},
+      {"count_match(guards)", with1(term, &R.count_match(reg, :anchor, :_, &1))},
+      {"keys(reg)", with1(bad_reg, &R.keys(&1, self()))},
+      {"keys(pid)", with1(&Gen.wrong(:pid, &1), &R.keys(reg, &1))},
+      {"meta(reg)", with1(bad_reg, &R.meta(&1, :m))},
+      {"meta(key)", with1(term, &R.meta(reg, &1))},
+      {"put_meta(reg)", with1(bad_reg, &R.put_meta(&1, :m2, 1))},
+      {"delete_meta(reg)", with1(bad_reg, &R.delete_meta(&1, :m2))},
+      {"dispatch(reg)", with1(bad_reg, &R.dispatch(&1, :anchor, fn _ -> :ok end))},
+      {"dispatch(fun)", with1(term, &R.dispatch(reg, :anchor, &1))},
+      {"update_value(reg)", with1(bad_reg, &R.update_value(&1, :anchor, fn v -> v end))},
+      {"update_value(fun)", with1(term, &R.update_value(reg, :anchor, &1))},
+      {"register_name(name)", with1(term, &R.register_name(&1, self()))},
+      {"register_name(pid)", with1(&Gen.wrong(:pid, &1), &R.register_name({reg, :z}, &1))},
+      {"unregister_name", with1(term, &R.unregister_name/1)},
+      {"whereis_name", with1(term, &R.whereis_name/1)},
+      {"send(name)", with1(term, &R.send(&1, :hello))},
+      {"info(reg)", with1(bad_reg, &R.info/1)},
+      {"call garbage", with1(term, &GenServer.call(reg, &1, 1000))},
+      {"cast garbage", with1(term, &GenServer.cast(reg, &1))},
+      {"send garbage", with1(term, &send(reg, &1))}
+    ]
   end
 
   defp kv(st) do

@@ -57,7 +57,31 @@ defmodule Drove.Registry.Server do
       raise ArgumentError, ":listeners must be a list of local names (atoms)"
     end
 
+    case Keyword.get(opts, :meta, []) do
+      l when is_list(l) -> Enum.each(l, &meta_pair!/1)
+      o -> raise ArgumentError, ":meta must be a list of {key, value}, got: #{inspect(o)}"
+    end
+
+    # Process.send_after/3's largest time; the largest message a peer's decoder accepts
+    # (DV_MAX_MESSAGE in c_src/codec.h)
+    pos_int!(opts, :sync_interval, 4_294_967_295)
+    pos_int!(opts, :max_message_bytes, 268_435_456)
     opts
+  end
+
+  defp meta_pair!({_, _}), do: :ok
+
+  defp meta_pair!(o),
+    do: raise(ArgumentError, ":meta must be a list of {key, value}, got: #{inspect(o)}")
+
+  defp pos_int!(opts, key, max) do
+    case Keyword.get(opts, key, 1) do
+      n when is_integer(n) and n > 0 and n <= max ->
+        n
+
+      o ->
+        raise ArgumentError, "#{inspect(key)} must be an integer in 1..#{max}, got: #{inspect(o)}"
+    end
   end
 
   @doc false
@@ -172,9 +196,20 @@ defmodule Drove.Registry.Server do
     {:reply, info, s}
   end
 
+  def handle_call(other, _from, s) do
+    {:reply, {:error, :unknown_call}, %{s | repl: Replicator.bad_message(s.repl, {:call, other})}}
+  end
+
   @impl true
-  def handle_cast({:set_neighbours, list}, s) do
+  def handle_cast({:set_neighbours, list} = msg, s) when is_list(list) do
     {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
+  rescue
+    _ in [ArgumentError, FunctionClauseError] ->
+      {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, msg})}}
+  end
+
+  def handle_cast(other, s) do
+    {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, other})}}
   end
 
   # ------------------------------------------------------------------ info
