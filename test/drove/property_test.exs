@@ -488,6 +488,141 @@ defmodule Drove.PropertyTest do
     ]
   end
 
+  # ------------------------------------------------------------------ Drove.Native
+
+  describe "Drove.Native called directly" do
+    test "garbage arguments to every NIF: ArgumentError or {:error, _}; state unchanged" do
+      {a, ha} = native_replica(1)
+      {_b, hb} = native_replica(2)
+
+      for i <- 1..200 do
+        :ok = Native.put(ha, Native.key({:a, i}), Native.value(i))
+        :ok = Native.put(hb, Native.key({:b, i}), Native.value(i))
+      end
+
+      {chunks, _} = Native.take_outbox(hb, 1 <<< 20)
+      calls = native_calls(ha, hb, chunks)
+      # a garbage argument may happen to be a valid one (true for false, 10 for 4096): apply
+      # the valid peer messages once first, so that applying them again changes nothing
+      for {name, _, args} <- calls,
+          name in [:join, :sync_finish],
+          do: {:ok, _, _} = apply_ok(name, args)
+
+      before = snapshot(ha)
+
+      counts =
+        Enum.reduce(1..(@wrong_calls * 2), {Gen.seed(seed()), %{}}, fn i, {st, counts} ->
+          {{name, arity, valid}, st} = Gen.one_of(calls, st)
+          {pos, st} = Gen.int_in(0, arity - 1, st)
+          {bad, st} = Gen.nif_garbage(st)
+          args = List.replace_at(valid, pos, bad)
+
+          res =
+            outcome("seed #{seed()} case #{i} Native.#{name}/#{arity}", fn ->
+              apply(Native, name, args)
+            end)
+
+          {st, Map.update(counts, res, 1, &(&1 + 1))}
+        end)
+        |> elem(1)
+
+      assert Map.get(counts, {:raised, ArgumentError}, 0) > @wrong_calls
+      # read-only calls and peer messages never changed the replica
+      assert snapshot(ha) == before
+      assert Native.get(ha, Native.key({:a, 7})) == {:ok, 7}
+      assert :ok = Native.put(ha, Native.key(:after), Native.value(:garbage))
+      assert Native.get(ha, Native.key(:after)) == {:ok, :garbage}
+      assert Process.alive?(a)
+
+      # a real delta of b still joins
+      :ok = Native.put(hb, Native.key(:late), Native.value(:b))
+      {[late], _} = Native.take_outbox(hb, 1 <<< 20)
+      assert {:ok, _, 1} = Native.join(ha, late, false)
+      assert Native.get(ha, Native.key(:late)) == {:ok, :b}
+      assert Native.get(ha, Native.key({:b, 200})) == {:ok, 200}
+    end
+
+    test "garbage arguments to the mutating NIFs and replica_new" do
+      {_, h} = native_replica(3)
+
+      calls = [
+        {:replica_new, [7, self(), false]},
+        {:put, [h, Native.key(:k), Native.value(:v)]},
+        {:delete, [h, Native.key(:k)]},
+        {:put_new, [h, Native.key(:k2), Native.value(:v)]},
+        {:remove_value, [h, Native.key(:k), Native.value(:v)]},
+        {:remove_values, [h, [{Native.key(:k), Native.value(:v)}]]},
+        {:set_owner, [h, self()]}
+      ]
+
+      Enum.reduce(1..@wrong_calls, Gen.seed(seed()), fn i, st ->
+        {{name, valid}, st} = Gen.one_of(calls, st)
+        {pos, st} = Gen.int_in(0, length(valid) - 1, st)
+        {bad, st} = Gen.nif_garbage(st)
+        args = List.replace_at(valid, pos, bad)
+        outcome("seed #{seed()} case #{i} Native.#{name}", fn -> apply(Native, name, args) end)
+        st
+      end)
+
+      # huge and negative integers where sizes and ids go
+      for bad <- [-1, 0, 1 <<< 64, 1 <<< 200, 1.0, [1 | 2]] do
+        assert_raise ArgumentError, fn -> Native.take_outbox(h, bad) end
+
+        if bad != 0 do
+          assert_raise ArgumentError, fn ->
+            Native.sync_reply(h, Native.ctx(h), Native.digest(h), 9, bad)
+          end
+
+          assert_raise ArgumentError, fn -> Native.replica_new(bad, self(), false) end
+        end
+
+        assert_raise ArgumentError, fn ->
+          Native.sync_reply(h, Native.ctx(h), Native.digest(h), bad, 10)
+        end
+      end
+
+      :ok = Native.set_owner(h, self())
+      :ok = Native.put(h, Native.key(:k), Native.value(:final))
+      assert Native.get(h, Native.key(:k)) == {:ok, :final}
+      assert %{size: _} = Native.info(h)
+    end
+  end
+
+  defp native_replica(rid) do
+    # the owner gets :drove_flush messages: a process of its own that ignores them
+    owner = spawn_link(fn -> Process.sleep(:infinity) end)
+    {owner, Native.replica_new(rid, owner, false)}
+  end
+
+  defp apply_ok(:join, args), do: apply(Native, :join, args)
+
+  defp apply_ok(:sync_finish, args) do
+    {:ok, chunks, diffs, _removed} = apply(Native, :sync_finish, args)
+    {:ok, chunks, diffs}
+  end
+
+  defp snapshot(h), do: {Native.digest(h), Native.ctx(h), Enum.sort(Native.to_list(h))}
+
+  defp native_calls(ha, hb, chunks) do
+    ctx = Native.ctx(hb)
+    digest = Native.digest(hb)
+    {:ok, _, _ctx, manifest} = Native.sync_reply(hb, Native.ctx(ha), Native.digest(ha), 4096, 64)
+
+    [
+      {:get, 2, [ha, Native.key({:a, 1})]},
+      {:ctx, 1, [ha]},
+      {:digest, 1, [ha]},
+      {:info, 1, [ha]},
+      {:to_list, 1, [ha]},
+      {:join, 3, [ha, hd(chunks), false]},
+      # a reply the other way round (a's request): answers, changes nothing
+      {:sync_reply, 5, [ha, ctx, digest, 4096, 64]},
+      {:sync_finish, 5, [ha, ctx, manifest, 4096, true]},
+      {:members_set, 2, [["a", "b"], "c"]},
+      {:members_diff, 2, [["a"], ["b"]]}
+    ]
+  end
+
   defp kv(st) do
     {k, st} = Gen.term(st)
     {v, st} = Gen.term(st)
