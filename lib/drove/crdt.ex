@@ -326,7 +326,16 @@ defmodule Drove.CRDT do
     {:noreply, s}
   end
 
-  def handle_info({:EXIT, _pid, reason}, s), do: {:stop, reason, s}
+  # Exit signals from processes linked to the replica are local; an {:EXIT, pid, reason}
+  # naming a process of another node is a message a peer made up: it must not stop us.
+  # (The parent's exit is handled by GenServer itself, before handle_info.)
+  def handle_info({:EXIT, pid, reason} = msg, s) when is_pid(pid) do
+    if node(pid) == node() do
+      {:stop, reason, s}
+    else
+      {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
+    end
+  end
 
   def handle_info(msg, s) do
     case Replicator.handle_info(msg, s.repl) do

@@ -253,7 +253,19 @@ defmodule Drove.Registry.Server do
     # Exits come in bursts (a node's agents stopping): take every one already queued and
     # drop their registrations with one native call.
     exits = drain_exits([{pid, reason}], 10_000)
-    s = processes_gone(s, for({p, _} <- exits, MapSet.member?(s.linked, p), do: p))
+    linked = for {p, _} <- exits, MapSet.member?(s.linked, p), do: p
+    # an exit signal comes from a process that is exiting; an {:EXIT, pid, _} naming a live
+    # registrant is a message anyone could send (a peer knows every registered pid): its
+    # registrations stay (relinked: the link went if it was a real signal)
+    {gone, alive} = Enum.split_with(linked, &(not Process.alive?(&1)))
+    Enum.each(alive, &Process.link/1)
+    # registrants are local: an exit naming a process of another node is made up too
+    forged = alive ++ for({p, _} <- exits, node(p) != node(), do: p)
+
+    s =
+      Enum.reduce(forged, s, &%{&2 | repl: Replicator.bad_message(&2.repl, {:exit_of_live, &1})})
+
+    s = processes_gone(s, gone)
 
     # the parent (supervisor) or the flusher going away stops this process; a late exit of a
     # process that unregistered everything (and so was unlinked) is ignored
