@@ -141,14 +141,14 @@ defmodule Drove.FaultTest do
     assert Drove.CRDT.get(name, :k) == 1
   end
 
-  # Bounds for the suspended-neighbour test, measured with 20k writes of small terms
-  # (docs/reliability.md): the writer's replica process stays small and its queue short,
-  # since it ships coalesced batches and sends with :noconnect, never waiting on the
-  # neighbour; the stuck neighbour's mailbox holds those batches (bounded by the data
-  # written, not by time: one sync request per round timeout of 5 s).
+  # Bounds for the suspended-neighbour test. Measured with 20k writes of small terms on a
+  # loaded 2-core machine: writer queue 0, writer memory 0.6-1.3 MB, stuck mailbox 8-31
+  # messages (docs/reliability.md). The writer ships coalesced batches with :noconnect
+  # sends and never waits on the neighbour; the stuck neighbour's mailbox holds those
+  # batches (bounded by the data written, not by time: one sync request per round timeout).
   @writer_queue_max 1_000
   @writer_memory_max 16 * 1024 * 1024
-  @stuck_queue_max 20_000
+  @stuck_queue_max 2_000
 
   test "a suspended neighbour: the others keep serving in bounded memory; it catches up" do
     [a, b, c] = nodes = C.start_nodes(3)
