@@ -200,14 +200,13 @@ defmodule Drove.Test.Gen do
     {<<b::binary, x::size(bits)>>, st}
   end
 
-  @doc "A pid, local (self, a new dead process) or remote-looking (decoded from a made-up node)."
+  @doc "A pid: self, a dead local process, or one of a made-up node (not connected)."
   @spec pid(state()) :: {pid(), state()}
   def pid(st) do
     one_of(
       [
         self(),
         dead_pid(),
-        :c.pid(0, 0, 0),
         foreign_pid(:"ghost@127.0.0.1", 7, 1)
       ],
       st
