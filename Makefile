@@ -8,7 +8,8 @@
 #   setup            Idempotent. Checks the Debian packages in SETUP_PACKAGES with dpkg and installs
 #                    the missing ones with apt-get (as root); otherwise prints the command and fails.
 #   test             setup, lint, test-c, test-c-asan, test-c-valgrind, fuzz-short (when
-#                    fuzz/fuzz_*.c exist), test-elixir, in that order; stops at the first failure.
+#                    fuzz/fuzz_*.c exist), test-elixir, test-nif-asan-short, in that order;
+#                    stops at the first failure.
 #   test-c           Build each Criterion suite test/c/test_<name>.c with the core c_src/*.c (not
 #                    c_src/nif) into _build/c/test_<name> and run it; fails on a non-zero exit.
 #   test-c-asan      The same under ASan+UBSan: _build/c/test_<name>_asan.
@@ -19,7 +20,9 @@
 #                    compat/horde/mix.exs exists (the Horde drop-in package and its suite).
 #   test-nif-asan    Build the NIF with ASan+UBSan into MIX_BUILD_PATH=_build/asan and run the
 #                    ExUnit suite (plus the :sanitizer tag) in a stock BEAM with the ASan runtime
-#                    preloaded and ERL_FLAGS="+Mea min".
+#                    preloaded and ERL_FLAGS="+Mea min" (about 4 min; see docs/reliability.md).
+#   test-nif-asan-short  The same build and BEAM on NIF_ASAN_SHORT_TESTS only, the files that
+#                    drive the NIF with hostile input (part of `make test`).
 #   fuzz             Build each libFuzzer target fuzz/fuzz_<name>.c into _build/fuzz/fuzz_<name>
 #                    and run it FUZZ_SECONDS (60) over fuzz/corpus/<name>/; fails on a crash.
 #                    New inputs go to the scratch dir _build/fuzz/corpus/<name>/, never the repo.
@@ -51,6 +54,7 @@
 #   FUZZ_CC           Compiler for fuzz targets (default clang). FUZZ_SECONDS, FUZZ_FLAGS.
 #   ASAN_RUNTIME      Runtime preloaded by test-nif-asan (default: $(CC) -print-file-name=libasan.so).
 #   ASAN_BUILD_PATH   MIX_BUILD_PATH of test-nif-asan (default _build/asan).
+#   NIF_ASAN_SHORT_TESTS  Test files run by test-nif-asan-short.
 #   VALGRIND, VALGRIND_FLAGS
 #   SETUP_PACKAGES    Debian packages checked by setup.
 #   SECONDS           Duration of `make chaos`.
@@ -167,7 +171,7 @@ SETUP_PACKAGES ?= make gcc libc6-dev erlang-dev erlang-nox elixir libxxhash-dev 
 
 
 .PHONY: calling_from_make all check-erts setup test test-c test-c-asan test-c-valgrind \
-	test-elixir test-nif-asan fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c demo chaos \
+	test-elixir test-nif-asan test-nif-asan-short nif-asan-build fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c demo chaos \
 	clean distclean help start-epmd FORCE
 
 calling_from_make:
@@ -246,6 +250,7 @@ ifneq ($(FUZZ_SRC),)
 	@$(MAKE) --no-print-directory fuzz-short
 endif
 	@$(MAKE) --no-print-directory test-elixir
+	@$(MAKE) --no-print-directory test-nif-asan-short
 
 # ---------------------------------------------------------------------------------------------
 # Criterion suites
@@ -357,14 +362,22 @@ test-elixir: start-epmd
 	    MIX_ENV=test $(MIX) test; \
 	fi
 
-test-nif-asan: start-epmd
+NIF_ASAN_SHORT_TESTS ?= test/drove/property_test.exs test/drove/bad_peer_test.exs \
+	test/drove/fault_test.exs test/drove/crdt_test.exs test/drove/registry_test.exs
+NIF_ASAN_ENV = MIX_ENV=test MIX_BUILD_PATH=$(ASAN_BUILD_PATH) LD_PRELOAD=$(ASAN_RUNTIME) \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ERL_FLAGS="+Mea min"
+
+nif-asan-build:
 	MIX_ENV=test MIX_BUILD_PATH=$(ASAN_BUILD_PATH) CFLAGS="$(NIF_ASAN_CFLAGS)" \
 	  LDFLAGS="$(NIF_ASAN_LDFLAGS)" $(MIX) compile
 	@test -f "$(ASAN_RUNTIME)" || { echo "ASan runtime '$(ASAN_RUNTIME)' not found" >&2; exit 1; }
-	MIX_ENV=test MIX_BUILD_PATH=$(ASAN_BUILD_PATH) LD_PRELOAD=$(ASAN_RUNTIME) \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ERL_FLAGS="+Mea min" \
-	  $(MIX) test --no-compile --include sanitizer
+
+test-nif-asan: start-epmd nif-asan-build
+	$(NIF_ASAN_ENV) $(MIX) test --no-compile --include sanitizer
+
+test-nif-asan-short: start-epmd nif-asan-build
+	$(NIF_ASAN_ENV) $(MIX) test --no-compile --include sanitizer $(NIF_ASAN_SHORT_TESTS)
 
 bench: start-epmd
 	@if [ -z "$(strip $(BENCH))" ]; then echo "no bench/*.exs"; exit 0; fi; \

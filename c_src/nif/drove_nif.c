@@ -518,6 +518,22 @@ static bool delta_terms_valid(const dv_delta *d) {
     return ok;
 }
 
+/* Does the delta name a dot of this replica that it never issued? Only this replica makes
+ * dots with its rid, and its counter only grows, so no honest peer can have seen one: the
+ * message is corrupt (a flipped bit in a counter) or forged, and joining it would advance
+ * this replica's context past dots it never made. With the lock held. */
+static bool claims_unissued_dots(const dv_map *m, const dv_delta *d) {
+    uint64_t rid = dv_map_rid(m);
+    uint64_t max = dv_ctx_max(dv_map_ctx(m), rid);
+    for (size_t i = 0; i < d->nranges; i++)
+        if (d->ranges[i].rid == rid && d->ranges[i].hi > max)
+            return true;
+    for (size_t i = 0; i < d->nelems; i++)
+        if (d->elems[i].dot.rid == rid && d->elems[i].dot.ctr > max)
+            return true;
+    return false;
+}
+
 DIRTY_FALLBACK(join)
 
 static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
@@ -542,6 +558,11 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     } else if (!spin_trylock(r->lock)) {
         dv_delta_free(&d);
         return enif_schedule_nif(env, "join", ERL_NIF_DIRTY_JOB_CPU_BOUND, join_dirty, argc, argv);
+    }
+    if (claims_unissued_dots(r->map, &d)) {
+        enif_mutex_unlock(r->lock);
+        dv_delta_free(&d);
+        return error_tuple(env, DV_ECORRUPT);
     }
     diff_ctx c = {env, enif_make_list(env, 0)};
     rc = dv_map_join(r->map, &d, want ? diff_to_list : NULL, &c);

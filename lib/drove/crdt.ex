@@ -49,7 +49,7 @@ defmodule Drove.CRDT do
   use GenServer
   require Logger
 
-  alias Drove.{Handles, Native}
+  alias Drove.{Handles, Native, Replicator}
 
   @type crdt :: GenServer.server()
   @type key :: term()
@@ -60,6 +60,11 @@ defmodule Drove.CRDT do
 
   @default_sync_interval 500
   @default_max_message_bytes 1_048_576
+
+  # Process.send_after/3's largest time; the largest message a peer's decoder accepts
+  # (DV_MAX_MESSAGE in c_src/codec.h)
+  @max_sync_interval 4_294_967_295
+  @max_message_bytes 268_435_456
 
   @doc """
   Starts a replica.
@@ -172,6 +177,8 @@ defmodule Drove.CRDT do
   """
   @spec set_neighbours(crdt(), [neighbour()]) :: :ok
   def set_neighbours(crdt, neighbours) when is_list(neighbours) do
+    # checked here, so a bad designation raises in the caller, not in the replica process
+    Enum.each(neighbours, &Replicator.normalize_dest/1)
     GenServer.cast(crdt, {:set_neighbours, neighbours})
   end
 
@@ -220,26 +227,29 @@ defmodule Drove.CRDT do
       o -> raise ArgumentError, ":on_diffs must be a fun/1 or {m, f, a}, got: #{inspect(o)}"
     end
 
-    pos_int!(opts, :sync_interval, @default_sync_interval)
-    pos_int!(opts, :max_message_bytes, @default_max_message_bytes)
+    pos_int!(opts, :sync_interval, @default_sync_interval, @max_sync_interval)
+    pos_int!(opts, :max_message_bytes, @default_max_message_bytes, @max_message_bytes)
 
-    unless is_list(Keyword.get(opts, :neighbours, [])) do
-      raise ArgumentError, ":neighbours must be a list"
+    case Keyword.get(opts, :neighbours, []) do
+      l when is_list(l) -> Enum.each(l, &Replicator.normalize_dest/1)
+      _ -> raise ArgumentError, ":neighbours must be a list"
     end
 
     opts
   end
 
-  defp pos_int!(opts, key, default) do
+  defp pos_int!(opts, key, default, max) do
     case Keyword.get(opts, key, default) do
-      n when is_integer(n) and n > 0 -> n
-      o -> raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(o)}"
+      n when is_integer(n) and n > 0 and n <= max ->
+        n
+
+      o ->
+        raise ArgumentError,
+              "#{inspect(key)} must be an integer in 1..#{max}, got: #{inspect(o)}"
     end
   end
 
   # ------------------------------------------------------------------ server
-
-  alias Drove.Replicator
 
   @impl true
   def init(opts) do
@@ -285,9 +295,17 @@ defmodule Drove.CRDT do
     {:reply, s.handle |> Native.info() |> Map.merge(Replicator.info(s.repl)), s}
   end
 
+  def handle_call(other, _from, s) do
+    {:reply, {:error, :unknown_call}, %{s | repl: Replicator.bad_message(s.repl, {:call, other})}}
+  end
+
   @impl true
-  def handle_cast({:set_neighbours, list}, s) do
+  def handle_cast({:set_neighbours, list} = msg, s) when is_list(list) do
     {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
+  rescue
+    # a cast that did not come through set_neighbours/2 (which checks the list)
+    _ in [ArgumentError, FunctionClauseError] ->
+      {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, msg})}}
   end
 
   def handle_cast(:sync_now, s), do: {:noreply, %{s | repl: Replicator.sync_now(s.repl)}}
@@ -308,7 +326,16 @@ defmodule Drove.CRDT do
     {:noreply, s}
   end
 
-  def handle_info({:EXIT, _pid, reason}, s), do: {:stop, reason, s}
+  # Exit signals from processes linked to the replica are local; an {:EXIT, pid, reason}
+  # naming a process of another node is a message a peer made up: it must not stop us.
+  # (The parent's exit is handled by GenServer itself, before handle_info.)
+  def handle_info({:EXIT, pid, reason} = msg, s) when is_pid(pid) do
+    if node(pid) == node() do
+      {:stop, reason, s}
+    else
+      {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
+    end
+  end
 
   def handle_info(msg, s) do
     case Replicator.handle_info(msg, s.repl) do

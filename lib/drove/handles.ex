@@ -10,11 +10,12 @@ defmodule Drove.Handles do
   def start_link(_), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
 
   @doc false
+  # Through this process, so that it is ordered with the erasing of a previous owner of the
+  # same name: a restarted owner registering while the DOWN of the one it replaces is being
+  # handled used to lose its fresh entry (read-then-erase in between).
   @spec register(atom() | nil, pid(), reference()) :: :ok
   def register(name, pid, handle) do
-    if name, do: :persistent_term.put({__MODULE__, name}, {pid, handle})
-    :persistent_term.put({__MODULE__, pid}, {pid, handle})
-    GenServer.cast(__MODULE__, {:watch, pid, name})
+    GenServer.call(__MODULE__, {:register, name, pid, handle}, :infinity)
   end
 
   @doc false
@@ -36,9 +37,11 @@ defmodule Drove.Handles do
   def init(nil), do: {:ok, %{}}
 
   @impl true
-  def handle_cast({:watch, pid, name}, watched) do
+  def handle_call({:register, name, pid, handle}, _from, watched) do
+    if name, do: :persistent_term.put({__MODULE__, name}, {pid, handle})
+    :persistent_term.put({__MODULE__, pid}, {pid, handle})
     ref = Process.monitor(pid)
-    {:noreply, Map.put(watched, ref, {pid, name})}
+    {:reply, :ok, Map.put(watched, ref, {pid, name})}
   end
 
   @impl true

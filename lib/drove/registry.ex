@@ -267,19 +267,28 @@ defmodule Drove.Registry do
   @doc "`[{pid, value}]` of `key` when the value matches `pattern` and `guards`."
   @spec match(registry(), key(), term(), list()) :: [{pid(), value()}]
   def match(registry, key, pattern, guards \\ []) when is_list(guards) do
-    spec = [{{key, :_, {:_, pattern}}, guards, [:"$_"]}]
+    ms = value_spec(pattern, guards)
 
-    registry
-    |> keys_table()
-    |> :ets.select(spec)
-    |> Enum.map(fn {_k, _m, {pid, value}} -> {pid, value} end)
+    for {_k, _m, {pid, value}} <- :ets.lookup(keys_table(registry), key),
+        :ets.match_spec_run([value], ms) == [true],
+        do: {pid, value}
   end
 
   @doc "The number of entries of `key` whose value matches `pattern` and `guards`."
   @spec count_match(registry(), key(), term(), list()) :: non_neg_integer()
   def count_match(registry, key, pattern, guards \\ []) when is_list(guards) do
-    spec = [{{key, :_, {:_, pattern}}, guards, [true]}]
-    :ets.select_count(keys_table(registry), spec)
+    registry |> match(key, pattern, guards) |> length()
+  end
+
+  # The key is looked up exactly (as in Elixir's Registry): put in a match spec head, a key
+  # holding :_, :"$1" or a map would be a pattern and match other keys.
+  defp value_spec(pattern, guards) do
+    :ets.match_spec_compile([{pattern, guards, [true]}])
+  rescue
+    ArgumentError ->
+      reraise ArgumentError,
+              "invalid pattern or guards: #{inspect({pattern, guards})}",
+              __STACKTRACE__
   end
 
   @doc "The number of registered keys this node knows of."
@@ -306,6 +315,13 @@ defmodule Drove.Registry do
         ) ::
           :ok
   def dispatch(registry, key, mfa_or_fun, _opts \\ []) do
+    unless is_function(mfa_or_fun, 1) or
+             match?({m, f, a} when is_atom(m) and is_atom(f) and is_list(a), mfa_or_fun) do
+      raise ArgumentError,
+            "dispatch/3 expects a fun/1 or {module, function, args}, got: " <>
+              inspect(mfa_or_fun)
+    end
+
     case lookup(registry, key) do
       [] ->
         :ok
@@ -331,15 +347,20 @@ defmodule Drove.Registry do
 
   @doc "Stores a registry meta value, replicated to every member."
   @spec put_meta(registry(), term(), term()) :: :ok
-  def put_meta(registry, key, value), do: GenServer.call(registry, {:put_meta, key, value})
+  def put_meta(registry, key, value),
+    do: GenServer.call(server!(registry), {:put_meta, key, value})
 
   @doc "Deletes a registry meta value, on every member."
   @spec delete_meta(registry(), term()) :: :ok
-  def delete_meta(registry, key), do: GenServer.call(registry, {:delete_meta, key})
+  def delete_meta(registry, key), do: GenServer.call(server!(registry), {:delete_meta, key})
 
   @doc "Replica counters and membership of this node's instance (diagnostics)."
   @spec info(registry()) :: map()
-  def info(registry), do: GenServer.call(registry, :info)
+  def info(registry), do: GenServer.call(server!(registry), :info)
+
+  # A registry is named by an atom; anything else (a pid, {name, node}) is not one.
+  defp server!(registry) when is_atom(registry), do: registry
+  defp server!(registry), do: raise_missing(registry)
 
   # ------------------------------------------------------------------ internals
 
@@ -348,19 +369,24 @@ defmodule Drove.Registry do
   # that never ran here, so reads raise ArgumentError as Horde's do.
   @doc false
   @spec keys_table(registry()) :: atom()
-  def keys_table(registry) do
+  def keys_table(registry) when is_atom(registry) do
     :persistent_term.get({__MODULE__, :keys, registry}, nil) || :"keys_#{registry}"
   end
 
+  def keys_table(registry), do: raise_missing(registry)
+
   @doc false
   @spec pids_table(registry()) :: atom()
-  def pids_table(registry) do
+  def pids_table(registry) when is_atom(registry) do
     :persistent_term.get({__MODULE__, :pids, registry}, nil) || :"pids_#{registry}"
   end
 
+  def pids_table(registry), do: raise_missing(registry)
+
   @doc false
   @spec members_table(registry()) :: atom()
-  def members_table(registry), do: :"members_#{registry}"
+  def members_table(registry) when is_atom(registry), do: :"members_#{registry}"
+  def members_table(registry), do: raise_missing(registry)
 
   defp member(registry), do: {registry, node()}
 

@@ -18,6 +18,8 @@ defmodule Drove.Replicator do
   alias Drove.Native
 
   @max_manifest_dots 65_536
+  # DV_MAX_MESSAGE in c_src/codec.h: the largest binary the decoders accept
+  @max_message 268_435_456
 
   defmodule Neighbour do
     @moduledoc false
@@ -118,16 +120,32 @@ defmodule Drove.Replicator do
     {:ok, r, diffs}
   end
 
+  # The NIFs refuse (badarg) binaries longer than any peer may send: counted here instead.
+  defp do_handle_info({tag, _from, bin} = msg, r)
+       when tag == :drove_delta and is_binary(bin) and byte_size(bin) > @max_message do
+    {:ok, bad_message(r, {:too_big, elem(msg, 0), byte_size(bin)}), []}
+  end
+
+  defp do_handle_info({tag, _from, _ref, ctx, bin}, r)
+       when tag in [:drove_sync_req, :drove_sync_reply] and is_binary(ctx) and is_binary(bin) and
+              (byte_size(ctx) > @max_message or byte_size(bin) > @max_message) do
+    {:ok, bad_message(r, {:too_big, tag, byte_size(ctx) + byte_size(bin)}), []}
+  end
+
+  # A sender becomes a (passive) peer only once one of its messages was valid: garbage from
+  # any process changes nothing here.
   defp do_handle_info({:drove_delta, from, bin}, r) when is_pid(from) and is_binary(bin) do
-    r |> note_peer(from) |> join(bin)
+    case Native.join(r.handle, bin, r.want_diffs) do
+      {:ok, diffs, _n} -> {:ok, r |> note_peer(from) |> bump(:deltas_in, 1), diffs}
+      {:error, reason} -> {:ok, bad_message(r, {:delta, reason}), []}
+    end
   end
 
   defp do_handle_info({:drove_sync_req, from, ref, ctx, digest}, r)
        when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(digest) do
-    r = note_peer(r, from)
-
     case Native.sync_reply(r.handle, ctx, digest, r.max_bytes, @max_manifest_dots) do
       {:ok, chunks, my_ctx, manifest} ->
+        r = note_peer(r, from)
         Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
         send_to(from, {:drove_sync_reply, self(), ref, my_ctx, manifest})
         {:ok, bump(r, :deltas_out, length(chunks)), []}
@@ -325,13 +343,6 @@ defmodule Drove.Replicator do
     active = for {_, %Neighbour{up: true} = n} <- r.neighbours, do: n.pid || n.dest
     active_pids = for {_, %Neighbour{pid: p}} <- r.neighbours, is_pid(p), do: p
     active ++ (Map.keys(r.passive) -- active_pids)
-  end
-
-  defp join(r, bin) do
-    case Native.join(r.handle, bin, r.want_diffs) do
-      {:ok, diffs, _n} -> {:ok, bump(r, :deltas_in, 1), diffs}
-      {:error, reason} -> {:ok, bad_message(r, {:delta, reason}), []}
-    end
   end
 
   defp finish_round(r, from, ctx, manifest) do

@@ -16,6 +16,45 @@ defmodule Drove.Test.CRDTPeer do
 
   defp validate(opts), do: opts
 
+  @doc """
+  Starts a named replica under a supervisor (restarted when killed), held by a long-lived
+  process (not the RPC's). Returns the supervisor's pid.
+  """
+  @spec start_supervised(atom(), list(), keyword()) :: pid()
+  def start_supervised(name, neighbours, opts \\ []) do
+    table = diffs_table(name)
+    opts = [name: name, neighbours: neighbours, on_diffs: {__MODULE__, :record, [table]}] ++ opts
+    parent = self()
+
+    spawn(fn ->
+      {:ok, sup} = Supervisor.start_link([{Drove.CRDT, opts}], strategy: :one_for_one)
+      send(parent, {:supervisor, sup})
+      Process.sleep(:infinity)
+    end)
+
+    receive do
+      {:supervisor, sup} -> sup
+    after
+      10_000 -> raise "replica #{inspect(name)} did not start"
+    end
+  end
+
+  @doc "The size of the replica read through its handle (works while the process is suspended)."
+  @spec native_size(atom()) :: non_neg_integer()
+  def native_size(name) do
+    {_, h} = Drove.Handles.lookup(name)
+    Drove.Native.info(h).size
+  end
+
+  @doc "Message queue length and memory (bytes) of a local process, by name."
+  @spec load(atom()) :: %{queue: non_neg_integer(), memory: non_neg_integer()}
+  def load(name) do
+    [message_queue_len: q, memory: m] =
+      Process.info(Process.whereis(name), [:message_queue_len, :memory])
+
+    %{queue: q, memory: m}
+  end
+
   @doc false
   @spec record(atom(), list()) :: :ok
   def record(table, diffs) do

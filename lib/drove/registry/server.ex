@@ -57,7 +57,31 @@ defmodule Drove.Registry.Server do
       raise ArgumentError, ":listeners must be a list of local names (atoms)"
     end
 
+    case Keyword.get(opts, :meta, []) do
+      l when is_list(l) -> Enum.each(l, &meta_pair!/1)
+      o -> raise ArgumentError, ":meta must be a list of {key, value}, got: #{inspect(o)}"
+    end
+
+    # Process.send_after/3's largest time; the largest message a peer's decoder accepts
+    # (DV_MAX_MESSAGE in c_src/codec.h)
+    pos_int!(opts, :sync_interval, 4_294_967_295)
+    pos_int!(opts, :max_message_bytes, 268_435_456)
     opts
+  end
+
+  defp meta_pair!({_, _}), do: :ok
+
+  defp meta_pair!(o),
+    do: raise(ArgumentError, ":meta must be a list of {key, value}, got: #{inspect(o)}")
+
+  defp pos_int!(opts, key, max) do
+    case Keyword.get(opts, key, 1) do
+      n when is_integer(n) and n > 0 and n <= max ->
+        n
+
+      o ->
+        raise ArgumentError, "#{inspect(key)} must be an integer in 1..#{max}, got: #{inspect(o)}"
+    end
   end
 
   @doc false
@@ -172,9 +196,20 @@ defmodule Drove.Registry.Server do
     {:reply, info, s}
   end
 
+  def handle_call(other, _from, s) do
+    {:reply, {:error, :unknown_call}, %{s | repl: Replicator.bad_message(s.repl, {:call, other})}}
+  end
+
   @impl true
-  def handle_cast({:set_neighbours, list}, s) do
+  def handle_cast({:set_neighbours, list} = msg, s) when is_list(list) do
     {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
+  rescue
+    _ in [ArgumentError, FunctionClauseError] ->
+      {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, msg})}}
+  end
+
+  def handle_cast(other, s) do
+    {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, other})}}
   end
 
   # ------------------------------------------------------------------ info
@@ -218,7 +253,19 @@ defmodule Drove.Registry.Server do
     # Exits come in bursts (a node's agents stopping): take every one already queued and
     # drop their registrations with one native call.
     exits = drain_exits([{pid, reason}], 10_000)
-    s = processes_gone(s, for({p, _} <- exits, MapSet.member?(s.linked, p), do: p))
+    linked = for {p, _} <- exits, MapSet.member?(s.linked, p), do: p
+    # an exit signal comes from a process that is exiting; an {:EXIT, pid, _} naming a live
+    # registrant is a message anyone could send (a peer knows every registered pid): its
+    # registrations stay (relinked: the link went if it was a real signal)
+    {gone, alive} = Enum.split_with(linked, &(not Process.alive?(&1)))
+    Enum.each(alive, &Process.link/1)
+    # registrants are local: an exit naming a process of another node is made up too
+    forged = alive ++ for({p, _} <- exits, node(p) != node(), do: p)
+
+    s =
+      Enum.reduce(forged, s, &%{&2 | repl: Replicator.bad_message(&2.repl, {:exit_of_live, &1})})
+
+    s = processes_gone(s, gone)
 
     # the parent (supervisor) or the flusher going away stops this process; a late exit of a
     # process that unregistered everything (and so was unlinked) is ignored
