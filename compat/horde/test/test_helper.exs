@@ -42,7 +42,4 @@ if missing != [] do
   IO.puts("compat/horde: excluding #{inspect(missing)}: Drove does not provide them yet")
 end
 
-# :drove_handoff_race - Sagents-shaped graceful handoffs that Drove currently loses some
-# children in (a race between the supervisor's relinquish and the registry's removal of the
-# stopping child's name); kept runnable with `mix test --include drove_handoff_race`.
-ExUnit.start(exclude: [:drove_handoff_race | missing])
+ExUnit.start(exclude: missing)

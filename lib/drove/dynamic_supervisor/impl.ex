@@ -33,6 +33,8 @@ defmodule Drove.DynamicSupervisor.Impl do
   @call_timeout 5_000
   @confirm_timeout 5_000
   @start_confirm_timeout 1_000
+  # a failed takeover is tried again after 50, 100, ... 3200 ms (6.3 s in all)
+  @takeover_retries 7
   @start_attempts 4
 
   @known [
@@ -349,7 +351,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       # the member view :active redistribution last acted on
       layout: nil,
       # starts waiting until a peer has their entry: ref => from
-      confirming: %{}
+      confirming: %{},
+      # failed takeovers: id => attempts so far
+      retries: %{}
     }
 
     :ets.insert(table, [
@@ -441,6 +445,8 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   def handle_call({:drove_child_started, id, pid, spec}, from, s) do
+    s = %{s | retries: Map.delete(s.retries, id)}
+
     case child_started(s, id, pid, spec) do
       {:claimed, s} -> {:noreply, confirm_later(s, from)}
       {:evicted, s} -> {:reply, :ok, s}
@@ -471,7 +477,16 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   def handle_info({:drove_start_failed, id, result}, s) do
+    attempt = Map.get(s.retries, id, 0)
+
     case Map.get(s.local, id) do
+      {:starting, _spec} when result != :ignore and attempt < @takeover_retries ->
+        # Often the child's previous incarnation still holds its registry name for a few
+        # moments ({:already_started, pid}: its node is stopping and the removal has not
+        # arrived yet): try again a little later, while the entry is still orphaned.
+        Process.send_after(self(), {:drove_retry_takeover, id}, 50 <<< attempt)
+        {:noreply, %{s | retries: Map.put(s.retries, id, attempt + 1)}}
+
       {:starting, _spec} ->
         Logger.warning(
           "Drove.DynamicSupervisor #{inspect(s.name)}: taking over a child failed: " <>
@@ -480,10 +495,28 @@ defmodule Drove.DynamicSupervisor.Impl do
 
         # a child that will not start here is dropped, as a failed start_child would be
         delete_child(s, id)
-        {:noreply, %{s | local: Map.delete(s.local, id)}}
+        {:noreply, %{s | local: Map.delete(s.local, id), retries: Map.delete(s.retries, id)}}
 
       _ ->
-        {:noreply, s}
+        {:noreply, %{s | retries: Map.delete(s.retries, id)}}
+    end
+  end
+
+  def handle_info({:drove_retry_takeover, id}, s) do
+    with {:starting, spec} <- Map.get(s.local, id),
+         [{_, owner, _, _}] <- :ets.lookup(s.children, id),
+         true <- gone?(s, owner) and not s.shutting_down do
+      {:noreply, start_takeover(s, id, spec)}
+    else
+      _ ->
+        # taken by another member, removed, or this node is stopping: give it up here
+        local =
+          case Map.get(s.local, id) do
+            {:starting, _} -> Map.delete(s.local, id)
+            _ -> s.local
+          end
+
+        {:noreply, %{s | local: local, retries: Map.delete(s.retries, id)}}
     end
   end
 
