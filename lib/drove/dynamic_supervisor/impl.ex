@@ -446,8 +446,12 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   def handle_call({:drove_child_started, id, pid, spec}, from, s) do
     s = %{s | retries: Map.delete(s.retries, id)}
+    restart_or_takeover? = Map.has_key?(s.local, id)
 
     case child_started(s, id, pid, spec) do
+      # a restart or a takeover: its entry was replicated already (nobody waits on it)
+      {:claimed, s} when restart_or_takeover? -> {:reply, :ok, s}
+      # a new child: its start_child answers once a peer has the entry
       {:claimed, s} -> {:noreply, confirm_later(s, from)}
       {:evicted, s} -> {:reply, :ok, s}
     end
@@ -580,8 +584,13 @@ defmodule Drove.DynamicSupervisor.Impl do
         {:noreply, %{s | repl: repl}}
 
       {:ok, repl, diffs} ->
-        s = Enum.reduce(diffs, %{s | repl: repl}, &apply_diff/2)
-        {:noreply, s |> refresh() |> rebalance()}
+        view = s.members_info
+        s = diffs |> Enum.reduce(%{s | repl: repl}, &apply_diff/2) |> refresh()
+
+        # A changed member view can move any orphaned child: look at them all. Otherwise
+        # only the children these diffs touched can need a new home (a full pass per
+        # message would cost O(orphans) for each of the other survivors' claims).
+        if s.members_info != view, do: {:noreply, rebalance(s)}, else: {:noreply, place(s, diffs)}
 
       :unknown ->
         {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
@@ -982,6 +991,27 @@ defmodule Drove.DynamicSupervisor.Impl do
     else
       s
     end
+  end
+
+  defp place(%{ready: false} = s, _diffs), do: s
+  defp place(%{shutting_down: true} = s, _diffs), do: s
+
+  defp place(s, diffs) do
+    members = s.members_info |> Map.values() |> Enum.sort_by(& &1.name)
+
+    Enum.reduce(diffs, s, fn
+      {:add, {:child, id}, {owner, spec, _}}, s ->
+        with false <- Map.has_key?(s.local, id),
+             true <- gone?(s, owner),
+             {:ok, %{name: chosen}} when chosen == s.me <- choose(s, id, spec, members) do
+          start_takeover(s, id, spec)
+        else
+          _ -> s
+        end
+
+      _, s ->
+        s
+    end)
   end
 
   defp owners_gone(s), do: owners_gone(s, :ets.first(s.owners), [])
