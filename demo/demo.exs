@@ -1,5 +1,6 @@
 # make demo: a local 3-node cluster, replicated through Drove: (1) a Drove.CRDT map,
-# (2) a Drove.Registry of 30 named agents, one node leaving gracefully.
+# (2) a Drove.Registry of 30 named agents, one node leaving gracefully, (3) a
+# Drove.DynamicSupervisor of 300 workers: placement, a killed node's failover, a graceful handoff.
 # Started by the Makefile as: elixir --name demo@127.0.0.1 --cookie drove -S mix run demo/demo.exs
 defmodule Demo do
   @moduledoc false
@@ -93,6 +94,124 @@ defmodule Demo do
       end
     end
 
+    # Part 3: a Drove.DynamicSupervisor whose workers register in a Drove.Registry.
+    defmodule Demo.Remote3 do
+      @procs :"Elixir.Demo.Sup.ProcessesSupervisor"
+
+      # Both under the :drove application's supervisor (registry first, so that on a graceful
+      # stop the supervisor hands its children over while the registry still runs).
+      def start(nodes) do
+        registry =
+          {Drove.Registry,
+           id: Demo.Registry2,
+           name: Demo.Registry2,
+           keys: :unique,
+           members: for(n <- nodes, do: {Demo.Registry2, n})}
+
+        sup =
+          {Drove.DynamicSupervisor,
+           name: Demo.Sup, strategy: :one_for_one, members: for(n <- nodes, do: {Demo.Sup, n})}
+
+        {:ok, _} = Supervisor.start_child(Drove.Supervisor, registry)
+        {:ok, _} = Supervisor.start_child(Drove.Supervisor, sup)
+        :ok
+      end
+
+      # the nodes of the members this node's Demo.Sup sees as :alive
+      def alive_members do
+        for {{Demo.Sup, n}, %{status: :alive}} <- :sys.get_state(Demo.Sup).members_info,
+            do: n
+      end
+
+      # {microseconds, results} of starting one worker per name, one after the other
+      def start_workers(names) do
+        t0 = System.monotonic_time(:microsecond)
+
+        results =
+          for name <- names do
+            spec = %{id: name, start: {Demo.Worker, :start_link, [name]}, restart: :permanent}
+            Drove.DynamicSupervisor.start_child(Demo.Sup, spec)
+          end
+
+        {System.monotonic_time(:microsecond) - t0, results}
+      end
+
+      # the workers this node's DynamicSupervisor runs
+      def local_count, do: DynamicSupervisor.count_children(@procs).active
+
+      def local_pids do
+        for {_, pid, _, _} <- DynamicSupervisor.which_children(@procs), is_pid(pid), do: pid
+      end
+
+      # the ids of the replicated child entries, and the nodes of their owners
+      def child_ids,
+        do: GenServer.call(Demo.Sup, :children) |> Enum.map(&elem(&1, 0)) |> Enum.sort()
+
+      def child_owners do
+        for {_id, owner, _spec, _pid} <- GenServer.call(Demo.Sup, :children) do
+          case owner do
+            {Demo.Sup, n} -> n
+            nil -> nil
+          end
+        end
+      end
+
+      # the pid each name resolves to on this node (nil: not found)
+      def resolve(names) do
+        for name <- names do
+          case Drove.Registry.lookup(Demo.Registry2, name) do
+            [{pid, _}] -> pid
+            [] -> nil
+          end
+        end
+      end
+
+      def all_alive?(pids), do: Enum.all?(pids, &Process.alive?/1)
+
+      # Waits until every name resolves here to a live pid on one of `nodes`; returns
+      # {:ok, os_time_us} or, past `deadline` (os time, us), {:timeout, names_not_yet_there}.
+      def wait_resolved(names, nodes, deadline) do
+        pids = resolve(names)
+
+        if Enum.all?(pids, &(is_pid(&1) and node(&1) in nodes)) and alive?(pids) do
+          {:ok, System.os_time(:microsecond)}
+        else
+          if System.os_time(:microsecond) > deadline do
+            missing =
+              for {name, pid} <- Enum.zip(names, pids),
+                  not is_pid(pid) or node(pid) not in nodes,
+                  do: name
+
+            {:timeout, missing}
+          else
+            Process.sleep(1)
+            wait_resolved(names, nodes, deadline)
+          end
+        end
+      end
+
+      defp alive?(pids) do
+        pids
+        |> Enum.group_by(&node/1)
+        |> Enum.all?(fn
+          {n, ps} when n == node() -> all_alive?(ps)
+          {n, ps} -> :erpc.call(n, __MODULE__, :all_alive?, [ps])
+        end)
+      end
+    end
+
+    defmodule Demo.Worker do
+      use GenServer
+
+      def start_link(name) do
+        via = {:via, Drove.Registry, {Demo.Registry2, name}}
+        GenServer.start_link(__MODULE__, name, name: via)
+      end
+
+      @impl true
+      def init(name), do: {:ok, name}
+    end
+
     defmodule Demo.Agent do
       use GenServer
 
@@ -168,6 +287,7 @@ defmodule Demo do
     say("sizes: #{inspect(sizes)}")
 
     registry([a, b, d])
+    dynamic_supervisor()
     say("done.")
   end
 
@@ -258,6 +378,182 @@ defmodule Demo do
     say("after #{short(z)} left:")
     seen = Map.new([x, y], &{&1, :erpc.call(&1, Demo.Remote, :owners, [sample])})
     table(["agent" | Enum.map([x, y], &"seen from #{short(&1)}")], sample, [x, y], seen)
+  end
+
+  # Part 3: Drove.DynamicSupervisor on 3 new nodes; 300 workers; one node killed, one stopped.
+  defp dynamic_supervisor do
+    IO.puts("")
+    say("== 3. Drove.DynamicSupervisor: placement and failover ==")
+    say("starting 3 new local nodes ...")
+    nodes = [x, y, z] = start_nodes([5, 6, 7])
+    t0 = System.os_time(:microsecond)
+    Enum.each(nodes, &(:ok = :erpc.call(&1, Demo.Remote3, :start, [nodes])))
+
+    wait_until("all 3 members :alive on every node", fn ->
+      Enum.all?(
+        nodes,
+        &(Enum.sort(:erpc.call(&1, Demo.Remote3, :alive_members, [])) == Enum.sort(nodes))
+      )
+    end)
+
+    say(
+      "a Drove.Registry (Demo.Registry2) and a Drove.DynamicSupervisor (Demo.Sup) run on " <>
+        "#{Enum.map_join(nodes, ", ", &short/1)}; all 3 members :alive everywhere " <>
+        "#{ms(System.os_time(:microsecond) - t0)} ms after start"
+    )
+
+    n = 300
+    names = for i <- 1..n, do: "worker-" <> String.pad_leading("#{i}", 3, "0")
+    {us, results} = :erpc.call(x, Demo.Remote3, :start_workers, [names], 60_000)
+
+    check!(
+      Enum.all?(results, &match?({:ok, _}, &1)),
+      "start_child results: #{inspect(Enum.uniq(results) |> Enum.take(3))}"
+    )
+
+    say(
+      "started #{n} workers through #{short(x)} with Drove.DynamicSupervisor.start_child " <>
+        "in #{ms(us)} ms (#{Float.round(us / n / 1000, 2)} ms each)"
+    )
+
+    say("  placement (Drove.Distribution.Uniform), workers run per node: #{counts(nodes)}")
+
+    # before the faults: every node resolves every name and holds every child entry
+    for node <- nodes, do: wait_resolved(node, names, nodes)
+
+    wait_until("#{n} child entries on every node", fn ->
+      Enum.all?(nodes, &(length(:erpc.call(&1, Demo.Remote3, :child_ids, [])) == n))
+    end)
+
+    ids = :erpc.call(x, Demo.Remote3, :child_ids, [])
+
+    check!(
+      Enum.all?(nodes, &(:erpc.call(&1, Demo.Remote3, :child_ids, []) == ids)),
+      "child ids differ between nodes"
+    )
+
+    say("  all 3 nodes resolve all #{n} names and hold the same #{n} replicated child ids")
+
+    # y is killed: its workers are taken over by x and z
+    IO.puts("")
+    on_y = :erpc.call(y, Demo.Remote3, :local_count, [])
+    say("killing #{short(y)} abruptly (:erlang.halt) - it runs #{on_y} of the workers ...")
+    survivors = [x, z]
+    t1 = System.os_time(:microsecond)
+    :erpc.cast(y, :erlang, :halt, [])
+    waits = for s <- survivors, do: Task.async(fn -> {s, wait_resolved(s, names, survivors)} end)
+
+    on = Enum.map_join(survivors, " / ", &short/1)
+
+    for {s, t} <- Enum.map(waits, &Task.await(&1, 60_000)) do
+      say(
+        "  #{short(s)} resolves all #{n} names to live workers on #{on} #{ms(t - t1)} ms after the halt"
+      )
+    end
+
+    check_once(survivors, names)
+
+    wait_until("every child entry owned by a survivor", fn ->
+      Enum.all?(
+        survivors,
+        &Enum.all?(:erpc.call(&1, Demo.Remote3, :child_owners, []), fn o -> o in survivors end)
+      )
+    end)
+
+    check!(
+      Enum.all?(survivors, &(:erpc.call(&1, Demo.Remote3, :child_ids, []) == ids)),
+      "child ids changed by the failover"
+    )
+
+    say(
+      "  #{n} child ids before, same #{n} after (on #{Enum.map_join(survivors, " and ", &short/1)})"
+    )
+
+    # z leaves gracefully: it hands its workers over to x
+    IO.puts("")
+    on_z = :erpc.call(z, Demo.Remote3, :local_count, [])
+    say("stopping #{short(z)} gracefully (:init.stop) - it runs #{on_z} of the workers ...")
+    t2 = System.os_time(:microsecond)
+    :erpc.cast(z, :init, :stop, [])
+    t3 = wait_resolved(x, names, [x])
+
+    wait_until("all #{n} workers running on #{short(x)}", fn ->
+      :erpc.call(x, Demo.Remote3, :local_count, []) == n
+    end)
+
+    t4 = System.os_time(:microsecond)
+    wait(fn -> z not in Node.list() end)
+    t5 = System.os_time(:microsecond)
+
+    say(
+      "  #{short(x)} resolves all #{n} names to its own workers #{ms(t3 - t2)} ms after :init.stop"
+    )
+
+    say("  all #{n} run on #{short(x)} #{ms(t4 - t2)} ms after :init.stop (handoff)")
+    say("  #{short(z)} left Node.list #{ms(t5 - t2)} ms after :init.stop")
+    check_once([x], names)
+    check!(:erpc.call(x, Demo.Remote3, :child_ids, []) == ids, "child ids changed by the handoff")
+    say("  still the same #{n} child ids")
+  end
+
+  # "demo5 101, demo6 99, ..." from each node's own DynamicSupervisor
+  defp counts(nodes) do
+    Enum.map_join(nodes, ", ", &"#{short(&1)} #{:erpc.call(&1, Demo.Remote3, :local_count, [])}")
+  end
+
+  # waits until `node` resolves every name to a live worker on `nodes`; returns the os time
+  defp wait_resolved(node, names, nodes) do
+    deadline = System.os_time(:microsecond) + 30_000_000
+
+    case :erpc.call(node, Demo.Remote3, :wait_resolved, [names, nodes, deadline], 60_000) do
+      {:ok, t} ->
+        t
+
+      {:timeout, missing} ->
+        raise "#{short(node)}: #{length(missing)} names not resolved on #{inspect(nodes)} " <>
+                "after 30 s, e.g. #{inspect(Enum.take(missing, 5))}"
+    end
+  end
+
+  # Each name resolves to a distinct pid, and those are exactly the pids the nodes' local
+  # DynamicSupervisors run: no worker runs twice or unnamed. Prints the local counts.
+  defp check_once(nodes, names) do
+    n = length(names)
+    resolved = :erpc.call(hd(nodes), Demo.Remote3, :resolve, [names]) |> Enum.sort()
+    check!(length(Enum.uniq(resolved)) == n, "a pid is registered under two names")
+    running = fn -> Enum.flat_map(nodes, &:erpc.call(&1, Demo.Remote3, :local_pids, [])) end
+    t0 = System.monotonic_time(:microsecond)
+    # a copy the replicas decided against would take a moment to stop: say so if one did
+    wait_until("each worker running exactly once", fn -> Enum.sort(running.()) == resolved end)
+    waited = System.monotonic_time(:microsecond) - t0
+    sum = nodes |> Enum.map(&:erpc.call(&1, Demo.Remote3, :local_count, [])) |> Enum.sum()
+    check!(sum == n, "#{sum} workers running, not #{n}")
+    say("  workers run per node: #{counts(nodes)} (sum #{sum})")
+
+    say(
+      "  each runs exactly once: #{n} names -> #{n} distinct pids = the pids the supervisors run" <>
+        if(waited > 5_000, do: " (after #{ms(waited)} ms: extra copies were stopped)", else: "")
+    )
+  end
+
+  defp check!(true, _what), do: :ok
+  defp check!(false, what), do: raise("demo check failed: #{what}")
+
+  # wait/1 with a 30 s deadline
+  defp wait_until(what, fun, deadline \\ nil) do
+    deadline = deadline || System.monotonic_time(:millisecond) + 30_000
+
+    cond do
+      fun.() ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        raise "demo: timed out after 30 s waiting for: #{what}"
+
+      true ->
+        Process.sleep(5)
+        wait_until(what, fun, deadline)
+    end
   end
 
   defp wait_count(node, n), do: :erpc.call(node, Demo.Remote, :wait_count, [n], 30_000)

@@ -39,7 +39,14 @@ defmodule Drove.DistributionStrategy do
   @callback choose_nodes(child_specs :: [map()], members :: [Member.t()]) ::
               {:ok, [Member.t()]} | {:error, term()}
 
-  @optional_callbacks choose_nodes: 2
+  @doc """
+  Whether `c:choose_node/2` depends only on its arguments (optional; default false). A
+  supervisor seeds `:rand` with the child id before each takeover decision of a strategy
+  that is not deterministic, so that every node draws the same member.
+  """
+  @callback deterministic?() :: boolean()
+
+  @optional_callbacks choose_nodes: 2, deterministic?: 0
 
   @doc """
   Places `child_specs` with `strategy`: its `c:choose_nodes/2` when exported, else

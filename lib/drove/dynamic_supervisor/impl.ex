@@ -326,6 +326,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       flags: flags,
       procsup: Tree.procsup(name),
       strategy: flags.distribution_strategy,
+      # strategies that draw random numbers are seeded per child, so all nodes agree
+      seeded: not deterministic?(flags.distribution_strategy),
       member_struct: flags.member_struct,
       handle: handle,
       repl: repl,
@@ -375,6 +377,19 @@ defmodule Drove.DynamicSupervisor.Impl do
     s = s |> apply_members(members) |> refresh()
     Process.send_after(self(), :sync_tick, repl.interval)
     {:ok, s}
+  end
+
+  @deterministic [
+    Drove.Distribution.Uniform,
+    Drove.Distribution.UniformQuorum,
+    Drove.Distribution.Rendezvous
+  ]
+
+  defp deterministic?(strategy) when strategy in @deterministic, do: true
+
+  defp deterministic?(strategy) do
+    Code.ensure_loaded?(strategy) and function_exported?(strategy, :deterministic?, 0) and
+      strategy.deterministic?() == true
   end
 
   defp normalize_member!(name, _own) when is_atom(name), do: {name, node()}
@@ -465,6 +480,12 @@ defmodule Drove.DynamicSupervisor.Impl do
   # ------------------------------------------------------------------ info
 
   @impl true
+  def handle_info({:drove_child_started, id, pid, spec}, s) do
+    s = %{s | retries: Map.delete(s.retries, id)}
+    {_, s} = child_started(s, id, pid, spec)
+    {:noreply, s}
+  end
+
   def handle_info({:drove_pong, ref, _from}, s) do
     case Map.pop(s.confirming, ref) do
       {nil, _} ->
@@ -585,7 +606,9 @@ defmodule Drove.DynamicSupervisor.Impl do
 
       {:ok, repl, diffs} ->
         view = s.members_info
-        s = diffs |> Enum.reduce(%{s | repl: repl}, &apply_diff/2) |> refresh()
+        s = Enum.reduce(diffs, %{s | repl: repl}, &apply_diff/2)
+        # only member diffs can change the member view
+        s = if Enum.any?(diffs, &member_diff?/1), do: refresh(s), else: s
 
         # A changed member view can move any orphaned child: look at them all. Otherwise
         # only the children these diffs touched can need a new home (a full pass per
@@ -728,7 +751,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
     ds_spec = %{
       id: id,
-      start: {Starter, :start, [sup, id, spec, extra]},
+      start: {Starter, :start, [sup, id, spec, extra, :takeover]},
       restart: Map.get(spec, :restart, :permanent),
       shutdown: Map.get(spec, :shutdown, default_shutdown(spec)),
       type: Map.get(spec, :type, :worker),
@@ -993,6 +1016,10 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
+  defp member_diff?({:add, {kind, _}, _}), do: kind in [:member, :member_info]
+  defp member_diff?({:remove, {kind, _}}), do: kind in [:member, :member_info]
+  defp member_diff?(_), do: false
+
   defp place(%{ready: false} = s, _diffs), do: s
   defp place(%{shutting_down: true} = s, _diffs), do: s
 
@@ -1057,6 +1084,8 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   # Deterministic on every node for the same members, including for strategies that draw
   # random numbers: the draw is seeded by the child id.
+  defp choose(%{seeded: false} = s, _id, spec, members), do: s.strategy.choose_node(spec, members)
+
   defp choose(s, id, spec, members) do
     old = :rand.export_seed()
     <<a::32, b::32, c::32>> = <<:erlang.phash2(id)::32, :erlang.phash2({id, 1})::32, 1::32>>

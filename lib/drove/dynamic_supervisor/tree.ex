@@ -89,17 +89,18 @@ defmodule Drove.DynamicSupervisor.Starter do
   # child's entry is written and another member has it (at most a second), so a start_child
   # that returned {:ok, pid} survives the loss of this node right after.
 
-  @spec start(atom(), term(), map(), list()) :: DynamicSupervisor.on_start_child()
-  def start(sup, id, spec, extra) do
+  @spec start(atom(), term(), map(), list(), :new | :takeover) ::
+          DynamicSupervisor.on_start_child()
+  def start(sup, id, spec, extra, mode \\ :new) do
     {m, f, a} = spec.start
 
     case apply(m, f, extra ++ a) do
       {:ok, pid} = ok when is_pid(pid) ->
-        started(sup, id, pid, spec)
+        started(sup, id, pid, spec, mode)
         ok
 
       {:ok, pid, _info} = ok when is_pid(pid) ->
-        started(sup, id, pid, spec)
+        started(sup, id, pid, spec, mode)
         ok
 
       other ->
@@ -107,7 +108,13 @@ defmodule Drove.DynamicSupervisor.Starter do
     end
   end
 
-  defp started(sup, id, pid, spec) do
+  # a taken-over child's entry is replicated already, and nobody waits on its start: the
+  # node's DynamicSupervisor goes on with the next one at once
+  defp started(sup, id, pid, spec, :takeover) do
+    send(sup, {:drove_child_started, id, pid, spec})
+  end
+
+  defp started(sup, id, pid, spec, :new) do
     GenServer.call(sup, {:drove_child_started, id, pid, spec}, :infinity)
   catch
     # the instance is gone: this whole local tree is going down with it

@@ -24,6 +24,10 @@ defmodule Horde.UniformDistribution do
   def choose_nodes(child_specs, members),
     do: Horde.StrategyAdapter.choose_nodes(Drove.Distribution.Uniform, child_specs, members)
 
+  @doc "The same members and child spec always give the same member (no randomness)."
+  @spec deterministic?() :: true
+  def deterministic?, do: true
+
   @doc "Whether `members` have quorum for this strategy."
   @impl true
   @spec has_quorum?([Horde.DynamicSupervisor.Member.t()]) :: boolean()

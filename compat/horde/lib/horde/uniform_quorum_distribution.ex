@@ -15,6 +15,10 @@ defmodule Horde.UniformQuorumDistribution do
   def choose_node(child_spec, members),
     do: Horde.StrategyAdapter.choose_node(Drove.Distribution.UniformQuorum, child_spec, members)
 
+  @doc "The same members and child spec always give the same member (no randomness)."
+  @spec deterministic?() :: true
+  def deterministic?, do: true
+
   @doc "Whether `members` have quorum for this strategy."
   @impl true
   @spec has_quorum?([Horde.DynamicSupervisor.Member.t()]) :: boolean()
