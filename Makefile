@@ -400,8 +400,10 @@ demo:
 	@epmd -daemon
 	MIX_ENV=dev elixir --name demo@127.0.0.1 --cookie drove -S mix run demo/demo.exs
 
+# The long chaos run (test/drove/chaos_test.exs): SECONDS of faults under load (default 600);
+# replay a run with DROVE_CHAOS_SEED=<the seed it printed>.
 chaos: start-epmd
-	DROVE_CHAOS_SECONDS=$(SECONDS) MIX_ENV=test $(MIX) test --only chaos_long
+	DROVE_CHAOS_SECONDS=$(or $(SECONDS),600) MIX_ENV=test $(MIX) test --only chaos_long
 
 # ---------------------------------------------------------------------------------------------
 # Lint and format

@@ -80,4 +80,24 @@ defmodule Drove.Cluster do
           "a member must be a name (an atom, meaning {name, node()}) or a {name, node} tuple " <>
             "of two atoms, got: #{inspect(other)}"
   end
+
+  @doc false
+  # Writes an instance's member list into its replica as `{:member, m} => 1` keys (add-wins,
+  # any node may write them): puts the members of `wanted` not in `current`, deletes those
+  # of `current` not in `wanted`. Returns `{added, removed}`.
+  @spec write_members(reference(), Enumerable.t(), Enumerable.t()) :: {[member()], [member()]}
+  def write_members(handle, current, wanted) do
+    current = MapSet.new(current)
+    wanted = MapSet.new(wanted)
+    added = MapSet.difference(wanted, current) |> MapSet.to_list()
+    removed = MapSet.difference(current, wanted) |> MapSet.to_list()
+
+    Enum.each(
+      added,
+      &(:ok = Drove.Native.put(handle, Drove.Native.key({:member, &1}), Drove.Native.value(1)))
+    )
+
+    Enum.each(removed, &(:ok = Drove.Native.delete(handle, Drove.Native.key({:member, &1}))))
+    {added, removed}
+  end
 end

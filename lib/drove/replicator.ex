@@ -296,6 +296,16 @@ defmodule Drove.Replicator do
     end
   end
 
+  @doc "The pid of the calling process's parent (its supervisor), or nil."
+  @spec parent() :: pid() | nil
+  def parent do
+    case Process.get(:"$ancestors") do
+      [parent | _] when is_pid(parent) -> parent
+      [name | _] when is_atom(name) -> Process.whereis(name)
+      _ -> nil
+    end
+  end
+
   @spec info(t()) :: map()
   def info(r) do
     up = for {_, %Neighbour{up: true, dest: d}} <- r.neighbours, do: d

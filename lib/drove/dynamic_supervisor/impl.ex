@@ -349,7 +349,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       ready: false,
       shutting_down: false,
       quorum_waiters: [],
-      parent: parent_pid(),
+      parent: Drove.Replicator.parent(),
       # the member view :active redistribution last acted on
       layout: nil,
       # starts waiting until a peer has their entry: ref => from
@@ -1121,30 +1121,13 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   # Adds and removes {:member, m} keys; never touches children or infos.
   defp apply_members(s, members) do
-    wanted = MapSet.new([s.me | members])
-    current = MapSet.new(Map.keys(s.members))
-
-    for m <- MapSet.difference(wanted, current) do
-      :ok = Native.put(s.handle, Native.key({:member, m}), Native.value(1))
-    end
-
-    for m <- MapSet.difference(current, wanted) do
-      :ok = Native.delete(s.handle, Native.key({:member, m}))
-    end
-
+    wanted = [s.me | members]
+    Drove.Cluster.write_members(s.handle, Map.keys(s.members), wanted)
     sync_neighbours(%{s | members: Map.new(wanted, &{&1, 1})})
   end
 
   defp sync_neighbours(s) do
     neighbours = for {m, _} <- s.members, m != s.me, do: m
     %{s | repl: Replicator.set_neighbours(s.repl, neighbours, s.name)}
-  end
-
-  defp parent_pid do
-    case Process.get(:"$ancestors") do
-      [parent | _] when is_pid(parent) -> parent
-      [name | _] when is_atom(name) -> Process.whereis(name)
-      _ -> nil
-    end
   end
 end

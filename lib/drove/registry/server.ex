@@ -144,7 +144,7 @@ defmodule Drove.Registry.Server do
       listeners: Keyword.get(opts, :listeners, []),
       linked: MapSet.new(),
       recent: {MapSet.new(), MapSet.new()},
-      parent: parent_pid(),
+      parent: Drove.Replicator.parent(),
       creations: %{}
     }
 
@@ -600,19 +600,10 @@ defmodule Drove.Registry.Server do
   # Sets this node's view of the members: adds and removes {:member, m} keys (replicated,
   # add-wins), and makes every member a sync neighbour. Never touches registrations.
   defp apply_members(s, members) do
-    wanted = MapSet.new([s.me | members])
-    current = MapSet.new(current_members(s))
+    {added, removed} = Drove.Cluster.write_members(s.handle, current_members(s), [s.me | members])
 
-    for m <- MapSet.difference(wanted, current) do
-      :ok = Native.put(s.handle, Native.key({:member, m}), Native.value(1))
-      member_row(s, m, true)
-    end
-
-    for m <- MapSet.difference(current, wanted) do
-      :ok = Native.delete(s.handle, Native.key({:member, m}))
-      member_row(s, m, false)
-    end
-
+    Enum.each(added, &member_row(s, &1, true))
+    Enum.each(removed, &member_row(s, &1, false))
     sync_neighbours(s)
   end
 
@@ -635,14 +626,6 @@ defmodule Drove.Registry.Server do
   defp put_meta(s, k, v) do
     :ok = Native.put(s.handle, Native.key({:meta, k}), Native.value(v))
     :ets.insert(s.name, {k, v})
-  end
-
-  defp parent_pid do
-    case Process.get(:"$ancestors") do
-      [parent | _] when is_pid(parent) -> parent
-      [name | _] when is_atom(name) -> Process.whereis(name)
-      _ -> nil
-    end
   end
 
   defp notify(%{listeners: []}, _msg), do: :ok
