@@ -213,4 +213,19 @@ defmodule Drove.DynamicSupervisorTest do
       DS.start_child(:not_running_ds, {Worker, {:x, :permanent}})
     end
   end
+
+  test "unknown calls and casts and a bad member list leave the instance running", ctx do
+    start_sup(ctx.name)
+    pid = Process.whereis(ctx.name)
+    {:ok, child} = DS.start_child(ctx.name, {Worker, {tag(ctx, 1), :permanent}})
+
+    assert GenServer.call(ctx.name, :bogus) == {:error, :unknown_call}
+    GenServer.cast(ctx.name, {:set_neighbours, :bogus})
+    assert {:error, {:bad_members, _}} = GenServer.call(ctx.name, {:set_members, [1, "x"]})
+    assert_raise ArgumentError, fn -> Drove.Cluster.set_members(ctx.name, [1]) end
+
+    assert Process.whereis(ctx.name) == pid and Process.alive?(child)
+    assert GenServer.call(ctx.name, :info).bad_messages == 2
+    assert Drove.Cluster.members(ctx.name) == [{ctx.name, node()}]
+  end
 end

@@ -84,7 +84,7 @@ defmodule Drove.DynamicSupervisor.Impl do
           :auto
 
         l when is_list(l) ->
-          l
+          Drove.Cluster.normalize_members!(l)
 
         o ->
           raise ArgumentError, ":members must be :auto or a list of members, got: #{inspect(o)}"
@@ -371,7 +371,7 @@ defmodule Drove.DynamicSupervisor.Impl do
     members =
       case flags.members do
         :auto -> for n <- [node() | Node.list()], do: {name, n}
-        list -> Enum.map(list, &normalize_member!(&1, name))
+        list -> list
       end
 
     s = s |> apply_members(members) |> refresh()
@@ -392,13 +392,6 @@ defmodule Drove.DynamicSupervisor.Impl do
       strategy.deterministic?() == true
   end
 
-  defp normalize_member!(name, _own) when is_atom(name), do: {name, node()}
-  defp normalize_member!({name, node} = m, _own) when is_atom(name) and is_atom(node), do: m
-
-  defp normalize_member!(other, _own) do
-    raise ArgumentError, "a member is a name or {name, node}, got: #{inspect(other)}"
-  end
-
   # ------------------------------------------------------------------ calls
 
   @impl true
@@ -416,8 +409,11 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   def handle_call({:set_members, members}, _from, s) do
-    members = Enum.map(members, &normalize_member!(&1, s.name))
+    members = Drove.Cluster.normalize_members!(members)
     {:reply, :ok, s |> apply_members(members) |> refresh() |> rebalance()}
+  rescue
+    # a raw call with a bad list (Drove.Cluster.set_members/3 checks it in the caller)
+    e in ArgumentError -> {:reply, {:error, {:bad_members, Exception.message(e)}}, s}
   end
 
   def handle_call(:members, _from, s), do: {:reply, Map.keys(s.members) |> Enum.sort(), s}
@@ -472,9 +468,13 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
+  def handle_call(other, _from, s) do
+    {:reply, {:error, :unknown_call}, %{s | repl: Replicator.bad_message(s.repl, {:call, other})}}
+  end
+
   @impl true
-  def handle_cast({:set_neighbours, list}, s) do
-    {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
+  def handle_cast(other, s) do
+    {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, other})}}
   end
 
   # ------------------------------------------------------------------ info
