@@ -253,7 +253,7 @@ defmodule Drove.ChaosTest do
       Enum.all?(nodes, fn n -> Enum.all?(stopped, &(&1 not in C.rpc(n, P, :child_tags, []))) end)
     end
 
-    unless wait(gone?, 10_000) do
+    unless wait(gone?, 20_000) do
       details =
         for n <- nodes, t <- stopped do
           {n, t, C.rpc(n, P, :entry, [t]), C.rpc(n, P, :running, [[t]])}
