@@ -52,6 +52,17 @@ defmodule Drove.Cluster do
   end
 
   @doc """
+  Diagnostics of one instance (a `Drove.Registry`, a `Drove.DynamicSupervisor`, or a
+  `Drove.CRDT`): a map with at least `:size` (replica entries), `:memory` (replica bytes),
+  `:neighbours` and `:neighbours_up` (sync neighbours, and those that answer),
+  `:rounds_in_flight`, `:deltas_in`, `:deltas_out` and `:bad_messages`; registries and
+  supervisors add `:members` (a supervisor: `{member, status}` pairs), a supervisor also
+  `:children` (replicated entries) and `:local_children`.
+  """
+  @spec info(GenServer.server()) :: map()
+  def info(instance), do: GenServer.call(instance, :info)
+
+  @doc """
   Normalizes a member list as `set_members/3` does: bare names become
   `{name, node()}`, duplicates are dropped (the first one stays) and anything
   that is not a name or a `{name, node}` tuple of atoms raises `ArgumentError`.

@@ -67,8 +67,11 @@ defmodule Drove.DynamicSupervisorClusterTest do
     assert exactly_once?(nodes, tags)
 
     counts = placement(nodes, tags) |> Enum.frequencies_by(fn {_, [n]} -> n end)
-    # the ring is uneven by about +-13% (horde-semantics.md section 5.1): a third is 333
-    for n <- nodes, do: assert(counts[n] in 250..420, "#{n}: #{counts[n]} of 1000")
+    # A third is 333. The node names (so the ring) are new in each run: a member's share of a
+    # 3 x 128-point ring has a relative standard deviation near 9%, and 1,000 draws add about
+    # 4.5%, so +-40% (200..467) is beyond 3.5 standard deviations; an unfair placement (one
+    # node taking all, or none) is far outside it.
+    for n <- nodes, do: assert(counts[n] in 200..467, "#{n}: #{counts[n]} of 1000")
 
     before = ids(a)
     assert map_size(before) == 1000

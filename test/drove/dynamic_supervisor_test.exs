@@ -164,6 +164,10 @@ defmodule Drove.DynamicSupervisorTest do
              state.members_info
 
     assert Drove.Cluster.members(ctx.name) == [me]
+
+    assert %{members: [{^me, :alive}], children: 0, local_children: 0, bad_messages: 0} =
+             Drove.Cluster.info(ctx.name)
+
     assert DS.wait_for_quorum(ctx.name, 1000) == :ok
   end
 

@@ -447,7 +447,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       |> Native.info()
       |> Map.merge(Replicator.info(s.repl))
       |> Map.merge(%{
-        members: Map.keys(s.members),
+        members: for({m, %{status: st}} <- Enum.sort(s.members_info), do: {m, st}),
         local_children: map_size(s.local),
         children: :ets.info(s.children, :size)
       })
