@@ -116,6 +116,38 @@ defmodule Drove.DynamicSupervisorClusterTest do
     assert C.rpc(a, P, :running, [tags]) == tags
   end
 
+  test "a stopping member is :shutting_down while its children stop, takes no new child, then hands them over" do
+    [a, b] = nodes = start_cluster(2, "dsh")
+    members = for n <- nodes, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
+
+    # a child placed on b that takes 1.5 s to stop
+    spec =
+      Enum.find_value(1..1000, fn i ->
+        tag = :"slowstop_#{i}"
+        spec = %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, 1500}, tag]}}
+
+        case Drove.Distribution.Uniform.choose_node(spec, members) do
+          {:ok, %{name: {_, ^b}}} -> spec
+          _ -> nil
+        end
+      end)
+
+    [_, tag] = elem(spec.start, 2)
+    {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
+    assert node(pid) == b
+
+    stopper = Task.async(fn -> C.rpc(b, P, :stop, [@sup], 30_000) end)
+    C.wait_until(fn -> C.rpc(a, P, :statuses, [@sup])[b] == :shutting_down end, @deadline)
+
+    # while b shuts down, new children go to a only
+    more = start_workers(a, "h", 1..20)
+    assert C.rpc(a, P, :running, [more]) == more
+
+    Task.await(stopper, 30_000)
+    C.wait_until(fn -> C.rpc(a, P, :running, [[tag]]) == [tag] end, @deadline)
+    assert C.rpc(a, P, :statuses, [@sup])[b] == :dead
+  end
+
   test "a transient child that exits normally is not restarted anywhere; a crash restarts it in place" do
     [a, b, c] = nodes = start_cluster(3, "dst")
     tags = start_workers(a, "t", 1..30, :transient)

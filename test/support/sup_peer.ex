@@ -21,11 +21,20 @@ defmodule Drove.Test.Worker do
     {:ok, %{tag: tag, extra: extra}}
   end
 
+  def init({{:slow_stop, _ms} = extra, tag}) do
+    Process.flag(:trap_exit, true)
+    {:ok, %{tag: tag, extra: extra}}
+  end
+
   def init({extra, tag}), do: {:ok, %{tag: tag, extra: extra}}
   def init(tag), do: {:ok, %{tag: tag, extra: nil}}
 
   @impl true
   def handle_call(:extra, _from, s), do: {:reply, s.extra, s}
+
+  @impl true
+  def terminate(_reason, %{extra: {:slow_stop, ms}}), do: Process.sleep(ms)
+  def terminate(_reason, _s), do: :ok
 
   @impl true
   def handle_cast(:crash, s), do: {:stop, :crashed, s}
