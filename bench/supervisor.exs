@@ -226,27 +226,21 @@ run_cluster = fn fault, size, per_node ->
   {(t1 - t0) / 1000, reference / 1000, on_c}
 end
 
-kills = for _ <- 1..3, do: run_cluster.(:kill, 3, per_node)
-{ms, ref, moved} = Enum.at(Enum.sort(kills), 1)
+# the median of 3 runs of one fault
+report = fn fault, label ->
+  {ms, ref, moved} = Enum.at(Enum.sort(for _ <- 1..3, do: run_cluster.(fault, 3, per_node)), 1)
 
-Bench.row(
-  "failover: kill -> #{moved} children back (ms)",
-  Float.round(ms, 1),
-  Float.round(ref, 1),
-  "#{moved} plain local starts",
-  "report"
-)
+  Bench.row(
+    "#{label} -> #{moved} back (ms)",
+    Float.round(ms, 1),
+    Float.round(ref, 1),
+    "#{moved} plain local starts",
+    "report"
+  )
+end
 
-stops = for _ <- 1..3, do: run_cluster.(:stop, 3, per_node)
-{ms, ref, moved} = Enum.at(Enum.sort(stops), 1)
-
-Bench.row(
-  "handoff: :init.stop -> #{moved} back (ms)",
-  Float.round(ms, 1),
-  Float.round(ref, 1),
-  "#{moved} plain local starts",
-  "report"
-)
+report.(:kill, "failover: kill")
+report.(:stop, "handoff: :init.stop")
 
 # Horde's baseline for this case (horde-semantics.md 8.2, same kind of machine): 2 nodes,
 # 20,200 children, B halted: all running on A after 4.97 s.

@@ -69,4 +69,22 @@ defmodule Drove.DistributionStrategy do
       end
     end
   end
+
+  @doc false
+  # The alive members keyed by name, in Horde's order (`Map.keys/1` of a map keyed by name,
+  # which also drops duplicates): `{:ok, names, members_by_index}`, or
+  # `{:error, :no_alive_nodes}`. The ring and rendezvous strategies index their C structures
+  # by this order.
+  @spec alive_by_name([Member.t()]) ::
+          {:ok, [term()], tuple()} | {:error, :no_alive_nodes}
+  def alive_by_name(members) do
+    alive = for %{status: :alive, name: name} = m <- members, into: %{}, do: {name, m}
+
+    if map_size(alive) == 0 do
+      {:error, :no_alive_nodes}
+    else
+      names = Map.keys(alive)
+      {:ok, names, names |> Enum.map(&Map.fetch!(alive, &1)) |> List.to_tuple()}
+    end
+  end
 end

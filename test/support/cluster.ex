@@ -101,6 +101,43 @@ defmodule Drove.TestCluster do
   # Starting nodes
 
   @doc """
+  Makes the calling node a distributed node named `name`@127.0.0.1 (or, when that name is
+  taken, e.g. by another checkout's suite, a unique variant of it), listening on loopback
+  only, with the cookie `:drove`; starts epmd on loopback first if needed. A no-op when the
+  node is already distributed (`make test-elixir` starts epmd itself).
+  """
+  @spec ensure_distributed!(atom()) :: :ok
+  def ensure_distributed!(name) when is_atom(name) do
+    unless Node.alive?() do
+      epmd = System.find_executable("epmd") || "epmd"
+      System.cmd(epmd, ["-daemon"], env: [{"ERL_EPMD_ADDRESS", "127.0.0.1"}])
+
+      # `epmd -daemon` returns before epmd accepts connections: wait for it (up to 5 s)
+      Enum.reduce_while(1..100, nil, fn _, _ ->
+        case System.cmd(epmd, ["-names"], stderr_to_stdout: true) do
+          {_, 0} -> {:halt, :ok}
+          _ -> Process.sleep(50) && {:cont, nil}
+        end
+      end)
+
+      Application.put_env(:kernel, :inet_dist_use_interface, {127, 0, 0, 1})
+
+      started =
+        with {:error, _} <- :net_kernel.start([:"#{name}@127.0.0.1", :longnames]) do
+          unique = :"#{name}_#{System.unique_integer([:positive])}_#{:os.getpid()}@127.0.0.1"
+          :net_kernel.start([unique, :longnames])
+        end
+
+      with {:error, reason} <- started do
+        raise "could not start distribution (is epmd running?): #{inspect(reason)}"
+      end
+    end
+
+    Node.set_cookie(:drove)
+    :ok
+  end
+
+  @doc """
   Starts `n` peer nodes in parallel, connects them in a full mesh (the
   runner is connected to all of them too), starts the `:apps` on them and
   returns their node names in start order.

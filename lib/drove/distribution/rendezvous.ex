@@ -55,13 +55,7 @@ defmodule Drove.Distribution.Rendezvous do
   defp candidates(members), do: Cache.fetch({__MODULE__, members}, fn -> build(members) end)
 
   defp build(members) do
-    alive = for %{status: :alive, name: name} = m <- members, into: %{}, do: {name, m}
-
-    if map_size(alive) == 0 do
-      {:error, :no_alive_nodes}
-    else
-      names = Map.keys(alive)
-      by_index = names |> Enum.map(&Map.fetch!(alive, &1)) |> List.to_tuple()
+    with {:ok, names, by_index} <- Drove.DistributionStrategy.alive_by_name(members) do
       {:ok, Enum.map(names, &Native.key/1), by_index}
     end
   end

@@ -69,14 +69,8 @@ defmodule Drove.Distribution.Uniform do
   defp ring(members), do: Cache.fetch({__MODULE__, members}, fn -> build(members) end)
 
   defp build(members) do
-    alive = for %{status: :alive, name: name} = m <- members, into: %{}, do: {name, m}
-
-    if map_size(alive) == 0 do
-      {:error, :no_alive_nodes}
-    else
-      names = Map.keys(alive)
-      ring = Native.ring_new(Enum.map(names, &points/1))
-      {:ok, ring, names |> Enum.map(&Map.fetch!(alive, &1)) |> List.to_tuple()}
+    with {:ok, names, by_index} <- Drove.DistributionStrategy.alive_by_name(members) do
+      {:ok, Native.ring_new(Enum.map(names, &points/1)), by_index}
     end
   end
 end

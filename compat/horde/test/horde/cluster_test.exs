@@ -102,8 +102,6 @@ defmodule Horde.ClusterTest do
   end
 
   describe "dynamic supervisor" do
-    @describetag :drove_supervisor
-
     defp children(node), do: C.rpc(node, Horde.DynamicSupervisor, :which_children, [@sup])
 
     defp pids(node), do: for({_, pid, _, _} <- children(node), is_pid(pid), do: pid)

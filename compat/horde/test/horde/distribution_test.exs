@@ -4,8 +4,6 @@ defmodule Horde.DistributionTest do
 
   alias Horde.DynamicSupervisor.Member
 
-  @moduletag :drove_strategies
-
   # Horde 0.10's UniformDistribution, written from its description: a ring of 128 points per
   # :alive member (phash2 of {name, i} over 2^32-1, the first inserted point winning a
   # collision, members in map-key order), looked up with phash2 of phash2(spec without :id).

@@ -38,8 +38,6 @@ defmodule Horde.DynamicSupervisorTest do
   end
 
   describe "with Drove.DynamicSupervisor" do
-    @describetag :drove_supervisor
-
     setup context do
       name = :"sup_#{context.line}"
       start_supervised!({HDS, name: name, strategy: :one_for_one}, shutdown: :infinity)

@@ -110,8 +110,6 @@ defmodule Horde.SagentsTest do
   end
 
   describe "with the dynamic supervisors" do
-    @describetag :drove_supervisor
-
     # n agents started via `via`, replicated and counted on every node, members alive
     defp start_agents(nodes, via, n) do
       agents = for i <- 1..n, do: {"agent-#{i}", start_agent(via, "agent-#{i}")}
