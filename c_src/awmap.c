@@ -14,6 +14,7 @@
 #include "alloc.h"
 #include "hash.h"
 #include "outbox.h"
+#include "slab.h"
 
 #define KEY_SEED     0x44726f7665ULL /* "Drove" */
 #define BUCKET_SHIFT 54              /* top 10 bits of the key hash select the digest bucket */
@@ -80,6 +81,7 @@ struct dv_map {
     size_t dcap, dcount;
     size_t payload; /* key + value bytes */
     size_t heap;    /* bytes in entries and elements */
+    dv_slab slab;   /* where entries and elements live */
     uint64_t digest[DV_BUCKETS];
     /* join scratch */
     touched_t *touched;
@@ -93,8 +95,16 @@ static inline uint64_t key_hash(const uint8_t *k, uint32_t klen) {
     return dv_hash64_seed(k, klen, KEY_SEED);
 }
 
+/* Dots of one replica are issued, shipped and joined in counter order, so the dot index keeps
+ * runs of DOT_RUN consecutive counters in adjacent slots (one cache line) and places
+ * the runs at random: sequential writes and joins touch a new line every few dots instead of
+ * one per dot, while runs of different replicas still spread over the whole table. */
+#define DOT_RUN_BITS 2
+#define DOT_RUN_MASK ((1u << DOT_RUN_BITS) - 1)
+
 static inline uint64_t dot_hash(dv_dot d) {
-    return dv_mix64(d.rid ^ dv_mix64(d.ctr));
+    uint64_t run = dv_mix64(d.rid ^ dv_mix64(d.ctr >> DOT_RUN_BITS));
+    return (run & ~(uint64_t)DOT_RUN_MASK) | (d.ctr & DOT_RUN_MASK);
 }
 
 static inline bool dot_eq(dv_dot a, dv_dot b) {
@@ -191,7 +201,9 @@ static inline size_t khome(const dv_map *m, uint64_t h) {
 /* Rehash into a table of ncap slots, reading the old one in order (its order is the new
  * one's, so the writes move forward too). */
 static int keys_resize(dv_map *m, size_t ncap) {
-    kslot *nk = dv_calloc(ncap, sizeof(kslot));
+    if (ncap > SIZE_MAX / sizeof(kslot))
+        return DV_ENOMEM;
+    kslot *nk = dv_pages_alloc(ncap * sizeof(kslot));
     if (!nk)
         return DV_ENOMEM;
     unsigned nshift = 64;
@@ -205,7 +217,7 @@ static int keys_resize(dv_map *m, size_t ncap) {
             j = (j + 1) & (ncap - 1);
         nk[j] = m->keys[i];
     }
-    dv_free(m->keys);
+    dv_pages_free(m->keys, m->kcap * sizeof(kslot));
     m->keys = nk;
     m->kcap = ncap;
     m->kshift = nshift;
@@ -267,7 +279,7 @@ static void keys_repoint(dv_map *m, const dv_entry *e, dv_entry *ne) {
  * the table yet, and its slot is free. */
 static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint64_t h, uint32_t vlen) {
     size_t size = entry_size(klen, vlen);
-    dv_entry *e = dv_alloc(size);
+    dv_entry *e = dv_slab_alloc(&m->slab, size);
     if (!e)
         return NULL;
     e->hash = h;
@@ -285,8 +297,9 @@ static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint64_t 
 }
 
 static void entry_free(dv_map *m, dv_entry *e) {
-    m->heap -= entry_size(e->klen, entry_inl(e)->cap);
-    dv_free(e);
+    size_t size = entry_size(e->klen, entry_inl(e)->cap);
+    m->heap -= size;
+    dv_slab_release(&m->slab, e, size);
 }
 
 /* Backward-shift deletion keeps probe chains intact without tombstones. Frees e. */
@@ -314,7 +327,9 @@ static void keys_delete(dv_map *m, dv_entry *e) {
 }
 
 static int dots_resize(dv_map *m, size_t ncap) {
-    dslot *nd = dv_calloc(ncap, sizeof(dslot));
+    if (ncap > SIZE_MAX / sizeof(dslot))
+        return DV_ENOMEM;
+    dslot *nd = dv_pages_alloc(ncap * sizeof(dslot));
     if (!nd)
         return DV_ENOMEM;
     for (size_t i = 0; i < m->dcap; i++) {
@@ -325,7 +340,7 @@ static int dots_resize(dv_map *m, size_t ncap) {
             j = (j + 1) & (ncap - 1);
         nd[j] = m->dots[i];
     }
-    dv_free(m->dots);
+    dv_pages_free(m->dots, m->dcap * sizeof(dslot));
     m->dots = nd;
     m->dcap = ncap;
     return DV_OK;
@@ -405,7 +420,7 @@ static void elem_fill(dv_elem *x, dv_dot dot, uint64_t ts, const uint8_t *v, uin
 
 /* A separate element block (not attached). */
 static dv_elem *elem_new(dv_map *m, dv_dot dot, uint64_t ts, const uint8_t *v, uint32_t vlen) {
-    dv_elem *x = dv_alloc(sizeof(dv_elem) + vlen);
+    dv_elem *x = dv_slab_alloc(&m->slab, sizeof(dv_elem) + vlen);
     if (!x)
         return NULL;
     x->entry = NULL;
@@ -448,7 +463,7 @@ static void elem_detach(dv_map *m, dv_elem *x) {
 /* Free a separate element block. */
 static void elem_free(dv_map *m, dv_elem *x) {
     m->heap -= sizeof(dv_elem) + x->cap;
-    dv_free(x);
+    dv_slab_release(&m->slab, x, sizeof(dv_elem) + x->cap);
 }
 
 /* Give back a detached element: free its block, or free its entry's inline slot. */
@@ -489,6 +504,7 @@ dv_map *dv_map_new(uint64_t rid) {
         return NULL;
     m->rid = rid;
     dv_ctx_init(&m->ctx);
+    dv_slab_init(&m->slab);
     if (keys_resize(m, 16) || dots_resize(m, 16)) {
         dv_map_free(m);
         return NULL;
@@ -496,23 +512,11 @@ dv_map *dv_map_new(uint64_t rid) {
     return m;
 }
 
+/* Every entry and element lives in the slab: one pass over the chunks frees them. */
 static void free_all_entries(dv_map *m) {
-    for (size_t i = 0; i < m->kcap; i++) {
-        if (i + PF_DIST < m->kcap && m->keys[i + PF_DIST].e)
-            PREFETCH(m->keys[i + PF_DIST].e);
-        dv_entry *e = m->keys[i].e;
-        if (!e)
-            continue;
-        dv_elem *inl = entry_inl(e);
-        for (dv_elem *x = e->elems, *n; x; x = n) {
-            n = x->next;
-            if (x != inl)
-                dv_free(x);
-        }
-        dv_free(e);
-        m->keys[i].e = NULL;
-        m->keys[i].hash = 0;
-    }
+    dv_slab_free_all(&m->slab);
+    if (m->keys)
+        memset(m->keys, 0, sizeof(kslot) * m->kcap);
     if (m->dots)
         memset(m->dots, 0, sizeof(dslot) * m->dcap);
     m->kcount = m->dcount = 0;
@@ -524,8 +528,8 @@ void dv_map_free(dv_map *m) {
     if (!m)
         return;
     free_all_entries(m);
-    dv_free(m->keys);
-    dv_free(m->dots);
+    dv_pages_free(m->keys, m->kcap * sizeof(kslot));
+    dv_pages_free(m->dots, m->dcap * sizeof(dslot));
     dv_free(m->touched);
     dv_ctx_free(&m->ctx);
     dv_free(m);
@@ -556,7 +560,7 @@ uint64_t dv_map_hlc(const dv_map *m) {
 }
 
 size_t dv_map_memory(const dv_map *m) {
-    return sizeof(*m) + m->heap + m->kcap * sizeof(kslot) + m->dcap * sizeof(dslot) +
+    return sizeof(*m) + dv_slab_held(&m->slab) + m->kcap * sizeof(kslot) + m->dcap * sizeof(dslot) +
            m->captouched * sizeof(touched_t) + dv_ctx_memory(&m->ctx);
 }
 
@@ -618,6 +622,13 @@ static int join_remove(dv_map *m, dv_elem *x, bool report) {
     return DV_OK;
 }
 
+/* A map whose last key went gives its slab chunks back (a map that only shrinks keeps them
+ * for the blocks of later keys). Called where no block is in use outside the keys table. */
+static void trim_if_empty(dv_map *m) {
+    if (m->kcount == 0 && !m->graveyard && dv_slab_held(&m->slab))
+        dv_slab_free_all(&m->slab);
+}
+
 /* Report read changes of touched keys, release the graveyard, free emptied entries and
  * compact the others. */
 static void join_finish(dv_map *m, dv_diff_fn fn, void *ud) {
@@ -652,6 +663,7 @@ static void join_finish(dv_map *m, dv_diff_fn fn, void *ud) {
             entry_compact(m, e);
     }
     m->ntouched = 0;
+    trim_if_empty(m);
     if (m->captouched > 1024) { /* a big join's scratch is not kept */
         dv_free(m->touched);
         m->touched = NULL;
@@ -1035,10 +1047,12 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
     }
     if (obs != stack_o)
         dv_free(obs);
-    if (!e->elems)
+    if (!e->elems) {
         keys_delete(m, e);
-    else if (!is_put)
+        trim_if_empty(m);
+    } else if (!is_put) {
         entry_compact(m, e);
+    }
     if (changed)
         *changed = ch;
     return rc;

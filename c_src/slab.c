@@ -1,0 +1,156 @@
+/* slab.c - see slab.h. */
+#include "slab.h"
+
+#include <string.h>
+
+#include "alloc.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SLAB_PASSTHROUGH 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLAB_PASSTHROUGH 1
+#endif
+#endif
+#ifndef SLAB_PASSTHROUGH
+#define SLAB_PASSTHROUGH 0
+#endif
+
+struct dv_slab_chunk {
+    dv_slab_chunk *next;
+    size_t size; /* bytes of the chunk, this header included */
+};
+
+/* A block allocated on its own: this header, then the block. Doubly linked for release. */
+struct dv_slab_big {
+    dv_slab_big *prev, *next;
+};
+
+#define ALIGN     16 /* every class size is a multiple of it */
+#define CHUNK_HDR ((sizeof(dv_slab_chunk) + ALIGN - 1) & ~(size_t)(ALIGN - 1))
+#define BIG_HDR   ((sizeof(dv_slab_big) + ALIGN - 1) & ~(size_t)(ALIGN - 1))
+
+/* Size classes: every 16 bytes up to 128, then four per doubling up to 1024 (a block
+ * wastes at most a fifth of itself). Blocks of nearby sizes share a class, so a key shape
+ * that goes away leaves free blocks the next shape can use. */
+static const uint16_t class_size[DV_SLAB_CLASSES] = {
+    16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024};
+
+/* The class of n (1 <= n <= DV_SLAB_MAX_BLOCK). */
+static inline size_t class_of(size_t n) {
+    if (n <= 128)
+        return (n - 1) / 16;
+    size_t k = 8;
+    while (class_size[k] < n)
+        k++;
+    return k;
+}
+
+void dv_slab_init(dv_slab *s) {
+    memset(s, 0, sizeof(*s));
+    s->next_chunk = DV_SLAB_MIN_CHUNK;
+}
+
+void dv_slab_free_all(dv_slab *s) {
+    for (dv_slab_chunk *c = s->chunks, *n; c; c = n) {
+        n = c->next;
+        if (c->size >= DV_PAGES_MIN)
+            dv_pages_free(c, c->size);
+        else
+            dv_free(c);
+    }
+    for (dv_slab_big *b = s->big, *n; b; b = n) {
+        n = b->next;
+        dv_free(b);
+    }
+    dv_slab_init(s);
+}
+
+static void *big_alloc(dv_slab *s, size_t n) {
+    if (n > SIZE_MAX - BIG_HDR)
+        return NULL;
+    dv_slab_big *b = dv_alloc(BIG_HDR + n);
+    if (!b)
+        return NULL;
+    b->prev = NULL;
+    b->next = s->big;
+    if (s->big)
+        s->big->prev = b;
+    s->big = b;
+    s->held += BIG_HDR + n;
+    return (uint8_t *)b + BIG_HDR;
+}
+
+static void big_release(dv_slab *s, void *p, size_t n) {
+    dv_slab_big *b = (dv_slab_big *)((uint8_t *)p - BIG_HDR);
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        s->big = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    s->held -= BIG_HDR + n;
+    dv_free(b);
+}
+
+/* A new chunk with room for at least `need` bytes; the rest of the old one is given to the
+ * free list of its size class, so no byte is lost. */
+static bool new_chunk(dv_slab *s, size_t need) {
+    size_t size = s->next_chunk;
+    while (size - CHUNK_HDR < need)
+        size *= 2;
+    dv_slab_chunk *c = size >= DV_PAGES_MIN ? dv_pages_alloc(size) : dv_alloc(size);
+    if (!c)
+        return false;
+    size_t rest = (size_t)(s->bump_end - s->bump);
+    while (rest >= class_size[0]) { /* rest < need <= MAX_BLOCK: into the largest classes */
+        size_t k = class_of(rest);
+        if (class_size[k] > rest)
+            k--;
+        *(void **)s->bump = s->free[k];
+        s->free[k] = s->bump;
+        s->bump += class_size[k];
+        rest -= class_size[k];
+    }
+    c->next = s->chunks;
+    c->size = size;
+    s->chunks = c;
+    s->held += size;
+    s->bump = (uint8_t *)c + CHUNK_HDR;
+    s->bump_end = (uint8_t *)c + size;
+    if (s->next_chunk < DV_SLAB_MAX_CHUNK)
+        s->next_chunk *= 2;
+    return true;
+}
+
+void *dv_slab_alloc(dv_slab *s, size_t n) {
+    if (SLAB_PASSTHROUGH || n == 0 || n > DV_SLAB_MAX_BLOCK)
+        return big_alloc(s, n ? n : 1);
+    size_t k = class_of(n), size = class_size[k];
+    void *p = s->free[k];
+    if (p) {
+        s->free[k] = *(void **)p;
+        return p;
+    }
+    if ((size_t)(s->bump_end - s->bump) < size && !new_chunk(s, size))
+        return NULL;
+    p = s->bump;
+    s->bump += size;
+    return p;
+}
+
+void dv_slab_release(dv_slab *s, void *p, size_t n) {
+    if (!p)
+        return;
+    if (SLAB_PASSTHROUGH || n == 0 || n > DV_SLAB_MAX_BLOCK) {
+        big_release(s, p, n ? n : 1);
+        return;
+    }
+    size_t k = class_of(n);
+    *(void **)p = s->free[k];
+    s->free[k] = p;
+}
+
+size_t dv_slab_held(const dv_slab *s) {
+    return s->held;
+}

@@ -1,0 +1,53 @@
+/* slab.h - a per-map allocator for the map's entry and element blocks.
+ *
+ * A replica holds one block per key (awmap.c), so a catch-up of a million keys is a million
+ * small allocations, and freeing a map a million frees. Through the VM's allocator (the NIF
+ * installs enif_alloc) that is most of the cost of a big join: per-block headers, locks on
+ * the dirty schedulers' shared instance, frees routed back to the allocating thread. The
+ * slab carves blocks out of chunks from dv_pages_alloc (small chunks from the VM's allocator,
+ * 2 MiB ones mapped with huge pages): a size rounds up to one of 20 classes (slab.c), each
+ * class keeps a free list of released blocks for reuse, a new block is a pointer bump, and
+ * freeing the map frees a few chunks.
+ *
+ * Blocks above DV_SLAB_MAX_BLOCK bytes are allocated one by one (with a small header that
+ * links them, so dv_slab_free_all frees them too). Chunks are not given back before the map
+ * is freed or cleared; released blocks are reused by blocks of the same size class.
+ *
+ * Built with AddressSanitizer, every block is allocated one by one, so ASan sees each
+ * block's lifetime; the slab's own logic is tested without it (test/c/test_slab.c, also
+ * under valgrind).
+ */
+#ifndef DROVE_SLAB_H
+#define DROVE_SLAB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DV_SLAB_MAX_BLOCK 1024
+#define DV_SLAB_CLASSES   20 /* slab.c: class_size */
+#define DV_SLAB_MIN_CHUNK ((size_t)4 << 10)
+#define DV_SLAB_MAX_CHUNK ((size_t)2 << 20) /* DV_PAGES_MIN: mapped, huge pages */
+
+typedef struct dv_slab_chunk dv_slab_chunk;
+typedef struct dv_slab_big dv_slab_big;
+
+typedef struct {
+    void *free[DV_SLAB_CLASSES]; /* released blocks of each size class (linked through them) */
+    uint8_t *bump, *bump_end;    /* the unused rest of the newest chunk */
+    dv_slab_chunk *chunks;
+    dv_slab_big *big;
+    size_t next_chunk; /* size of the next chunk: doubles from MIN to MAX */
+    size_t held;       /* bytes held: chunks and big blocks with their headers */
+} dv_slab;
+
+void dv_slab_init(dv_slab *s);
+/* Frees every chunk and big block; s is then empty (as after dv_slab_init). */
+void dv_slab_free_all(dv_slab *s);
+/* n > 0. NULL on allocation failure. */
+void *dv_slab_alloc(dv_slab *s, size_t n);
+/* p came from dv_slab_alloc(s, n) with the same n. NULL p is ignored. */
+void dv_slab_release(dv_slab *s, void *p, size_t n);
+size_t dv_slab_held(const dv_slab *s);
+
+#endif
