@@ -363,7 +363,8 @@ test-elixir: start-epmd
 	fi
 
 NIF_ASAN_SHORT_TESTS ?= test/drove/property_test.exs test/drove/bad_peer_test.exs \
-	test/drove/fault_test.exs test/drove/crdt_test.exs test/drove/registry_test.exs
+	test/drove/fault_test.exs test/drove/crdt_test.exs test/drove/registry_test.exs \
+	test/drove/term_codec_test.exs
 NIF_ASAN_ENV = MIX_ENV=test MIX_BUILD_PATH=$(ASAN_BUILD_PATH) LD_PRELOAD=$(ASAN_RUNTIME) \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ERL_FLAGS="+Mea min"

@@ -22,6 +22,7 @@
 #include "codec.h"
 #include "members_nif.h"
 #include "ring_nif.h"
+#include "term_fast.h"
 
 /* Messages at or above this size are joined on a dirty scheduler. */
 #define DIRTY_JOIN_BYTES (64 * 1024)
@@ -41,14 +42,17 @@ typedef struct {
     ErlNifPid owner;
     bool has_owner;
     bool flush_pending;
-    bool track; /* remember locally changed keys for on_diffs */
+    bool track;          /* remember locally changed keys for on_diffs */
+    bool logging;        /* log local writes for the eager push; off while the owner has nobody to
+                          * push to (anti-entropy gives a neighbour that comes later everything) */
+    tf_atom_cache atoms; /* for decoding keys and values, used under the lock */
 } replica;
 
 static ErlNifResourceType *REPLICA;
 
 static ERL_NIF_TERM A_OK, A_ERROR, A_NIL, A_TRUE, A_FALSE, A_ADD, A_REMOVE, A_FLUSH;
 static ERL_NIF_TERM A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD, A_RID, A_REPLICAS, A_CLOUD, A_OUTBOX,
-    A_HLC, A_ENOMEM, A_BAD_TERM, A_EXISTS;
+    A_HLC, A_ENOMEM, A_BAD_TERM, A_EXISTS, A_DROPPED, A_FALLBACK;
 
 static void *nif_alloc(size_t n) {
     return enif_alloc(n);
@@ -83,9 +87,17 @@ static ERL_NIF_TERM error_tuple(ErlNifEnv *env, int rc) {
     return enif_make_tuple2(env, A_ERROR, mk_atom(env, dv_strerror(rc)));
 }
 
+/* The physical part of the hybrid logical clock. The coarse clock (the kernel's last tick,
+ * 1-4 ms old) costs a tenth of a precise read, and the HLC only keeps milliseconds: two
+ * writes on two nodes within a tick of each other are ordered like writes within a
+ * millisecond (by counter, then replica id), as they would be under that much clock skew. */
 static uint64_t wall_ms(void) {
     struct timespec ts;
+#ifdef CLOCK_REALTIME_COARSE
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+#else
     clock_gettime(CLOCK_REALTIME, &ts);
+#endif
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
@@ -105,20 +117,25 @@ static ERL_NIF_TERM bin_term(ErlNifEnv *env, const uint8_t *p, size_t n) {
     return t;
 }
 
-/* Decode stored external-format bytes; they were validated on the way in. */
-static ERL_NIF_TERM decode_term(ErlNifEnv *env, const uint8_t *p, size_t n) {
+/* Decode stored external-format bytes (validated on the way in): the fast decoder for the
+ * common shapes, enif_binary_to_term for the rest (term_fast.h). */
+static ERL_NIF_TERM decode_term(ErlNifEnv *env, tf_atom_cache *atoms, const uint8_t *p, size_t n) {
     ERL_NIF_TERM t;
+    if (tf_decode(env, atoms, p, n, &t))
+        return t;
     if (enif_binary_to_term(env, p, n, &t, 0) == 0)
         return A_BAD_TERM;
     return t;
 }
 
-/* A well-formed external term occupying all of [p, p+n). Not ERL_NIF_BIN2TERM_SAFE: keys
- * and values may hold atoms this node has not seen yet, exactly as distribution messages
- * do (a peer that can reach this replica can already create atoms here). */
-static bool valid_term(ErlNifEnv *scratch, const uint8_t *p, size_t n) {
+/* A well-formed external term occupying all of [p, p+n): one that the fast decoder or else
+ * binary_to_term decodes completely. Not ERL_NIF_BIN2TERM_SAFE: keys and values may hold
+ * atoms this node has not seen yet, exactly as distribution messages do (a peer that can
+ * reach this replica can already create atoms here). */
+static bool valid_term(ErlNifEnv *scratch, tf_atom_cache *atoms, const uint8_t *p, size_t n) {
     ERL_NIF_TERM t;
-    return n > 0 && enif_binary_to_term(scratch, p, n, &t, 0) == n;
+    return n > 0 &&
+           (tf_decode(scratch, atoms, p, n, &t) || enif_binary_to_term(scratch, p, n, &t, 0) == n);
 }
 
 /* Lock for a normal-scheduler call. Critical sections of single-key calls last well under a
@@ -196,6 +213,7 @@ static ERL_NIF_TERM replica_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     r->owner = owner;
     r->has_owner = true;
     r->track = enif_compare(argv[2], A_TRUE) == 0;
+    r->logging = true;
     if (!r->lock || !r->map) {
         enif_release_resource(r); /* the destructor frees what was made */
         return error_tuple(env, DV_ENOMEM);
@@ -206,6 +224,11 @@ static ERL_NIF_TERM replica_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 }
 
 /* ------------------------------------------------------------------ single-key calls */
+
+/* The write log local writes go to, or NULL while logging is off. */
+static dv_outbox *cur_log(replica *r) {
+    return r->logging ? &r->log[r->cur] : NULL;
+}
 
 static void note_change(replica *r, const uint8_t *k, size_t klen) {
     if (r->track)
@@ -244,7 +267,7 @@ static ERL_NIF_TERM put_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     LOCK_REPLICA(put, env, r, argc, argv, dirty);
     bool changed = false;
     int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
-                            &r->log[r->cur], &changed);
+                            cur_log(r), &changed);
     return end_write(env, r, rc, &k, changed);
 }
 
@@ -258,7 +281,7 @@ static ERL_NIF_TERM delete_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         return enif_make_badarg(env);
     LOCK_REPLICA(delete, env, r, argc, argv, dirty);
     bool changed = false;
-    int rc = dv_map_remove_log(r->map, k.data, (uint32_t)k.size, &r->log[r->cur], &changed);
+    int rc = dv_map_remove_log(r->map, k.data, (uint32_t)k.size, cur_log(r), &changed);
     return end_write(env, r, rc, &k, changed);
 }
 
@@ -274,9 +297,105 @@ static ERL_NIF_TERM get_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     dv_read rd;
     ERL_NIF_TERM res = A_ERROR;
     if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd))
-        res = enif_make_tuple2(env, A_OK, decode_term(env, rd.val, rd.vlen));
+        res = enif_make_tuple2(env, A_OK, decode_term(env, &r->atoms, rd.val, rd.vlen));
     enif_mutex_unlock(r->lock);
     return res;
+}
+
+/* ------------------------------------------------------------------ calls with terms
+ *
+ * put_t, get_t and delete_t take the key and value terms and encode them here (term_fast.h),
+ * before taking the lock: the common write and read then cost the caller one NIF call and no
+ * garbage. A term the encoder does not handle (or one encoding to more than TERM_MAX bytes,
+ * which term_to_binary encodes with reduction counting) gives :fallback, and the caller
+ * encodes with term_to_binary and calls put/get/delete. */
+#define TERM_STACK 256
+#define TERM_MAX   (64 * 1024)
+
+enum term_op { OP_PUT, OP_GET, OP_DELETE };
+
+typedef ERL_NIF_TERM (*nif_fn)(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+
+static ERL_NIF_TERM term_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty,
+                            enum term_op op, nif_fn dirty_fn, const char *name) {
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    uint8_t kstack[TERM_STACK], vstack[TERM_STACK];
+    tf_buf k, v;
+    tf_buf_init(&k, kstack, sizeof(kstack), TERM_MAX);
+    tf_buf_init(&v, vstack, sizeof(vstack), TERM_MAX);
+    ERL_NIF_TERM res = A_FALLBACK;
+    if (!tf_encode(env, argv[1], &k) || (op == OP_PUT && !tf_encode(env, argv[2], &v)))
+        goto out;
+    if (dirty) {
+        enif_mutex_lock(r->lock);
+    } else if (!spin_trylock(r->lock)) {
+        res = enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, dirty_fn, argc, argv);
+        goto out;
+    }
+    if (op == OP_GET) {
+        dv_read rd;
+        res = dv_map_get(r->map, k.p, (uint32_t)k.n, &rd)
+                  ? enif_make_tuple2(env, A_OK, decode_term(env, &r->atoms, rd.val, rd.vlen))
+                  : A_ERROR;
+        enif_mutex_unlock(r->lock);
+        goto out;
+    }
+    bool changed = false;
+    int rc = op == OP_PUT ? dv_map_put_log(r->map, k.p, (uint32_t)k.n, v.p, (uint32_t)v.n,
+                                           wall_ms(), cur_log(r), &changed)
+                          : dv_map_remove_log(r->map, k.p, (uint32_t)k.n, cur_log(r), &changed);
+    if (rc == DV_OK && changed)
+        note_change(r, k.p, k.n);
+    if (rc == DV_OK)
+        maybe_notify(env, r);
+    enif_mutex_unlock(r->lock);
+    res = rc == DV_OK ? A_OK : error_tuple(env, rc);
+out:
+    tf_buf_free(&k);
+    tf_buf_free(&v);
+    return res;
+}
+
+#define TERM_CALL(name, op)                                                                        \
+    static ERL_NIF_TERM name##_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);         \
+    static ERL_NIF_TERM name##_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {          \
+        return term_op(env, argc, argv, false, op, name##_dirty, #name);                           \
+    }                                                                                              \
+    static ERL_NIF_TERM name##_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {        \
+        return term_op(env, argc, argv, true, op, name##_dirty, #name);                            \
+    }
+
+/* put_t(replica, key, value) -> :ok | :fallback | {:error, reason} */
+TERM_CALL(put_t, OP_PUT)
+/* get_t(replica, key) -> {:ok, value} | :error | :fallback */
+TERM_CALL(get_t, OP_GET)
+/* delete_t(replica, key) -> :ok | :fallback | {:error, reason} */
+TERM_CALL(delete_t, OP_DELETE)
+
+/* encode(term) -> binary | :fallback: the fast encoder alone, for tests. Normal: bounded by
+ * TERM_MAX. */
+static ERL_NIF_TERM encode_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    uint8_t stack[TERM_STACK];
+    tf_buf b;
+    tf_buf_init(&b, stack, sizeof(stack), TERM_MAX);
+    ERL_NIF_TERM res = tf_encode(env, argv[0], &b) ? bin_term(env, b.p, b.n) : A_FALLBACK;
+    tf_buf_free(&b);
+    return res;
+}
+
+/* decode(binary) -> {:ok, term} | :fallback: the fast decoder alone, for tests. Normal:
+ * bounded by TERM_MAX. */
+static ERL_NIF_TERM decode_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary bin;
+    ERL_NIF_TERM t;
+    if (!enif_inspect_binary(env, argv[0], &bin) || bin.size > TERM_MAX)
+        return enif_make_badarg(env);
+    return tf_decode(env, NULL, bin.data, bin.size, &t) ? enif_make_tuple2(env, A_OK, t)
+                                                        : A_FALLBACK;
 }
 
 DIRTY_FALLBACK(put_new)
@@ -292,11 +411,11 @@ static ERL_NIF_TERM put_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     dv_read rd;
     ERL_NIF_TERM res;
     if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd)) {
-        res = enif_make_tuple2(env, A_EXISTS, decode_term(env, rd.val, rd.vlen));
+        res = enif_make_tuple2(env, A_EXISTS, decode_term(env, &r->atoms, rd.val, rd.vlen));
     } else {
         bool changed = false;
         int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
-                                wall_ms(), &r->log[r->cur], &changed);
+                                wall_ms(), cur_log(r), &changed);
         if (rc == DV_OK && changed)
             note_change(r, k.data, k.size);
         if (rc == DV_OK)
@@ -320,7 +439,7 @@ static ERL_NIF_TERM remove_value_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
     LOCK_REPLICA(remove_value, env, r, argc, argv, dirty);
     bool changed = false;
     int rc = dv_map_remove_value_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
-                                     &r->log[r->cur], &changed);
+                                     cur_log(r), &changed);
     return end_write(env, r, rc, &k, changed);
 }
 
@@ -355,7 +474,7 @@ static ERL_NIF_TERM remove_values_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
         get_bin(env, t[1], &v);
         bool changed = false;
         rc = dv_map_remove_value_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
-                                     &r->log[r->cur], &changed);
+                                     cur_log(r), &changed);
         if (rc == DV_OK && changed)
             note_change(r, k.data, k.size);
     }
@@ -363,6 +482,22 @@ static ERL_NIF_TERM remove_values_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
         maybe_notify(env, r);
     enif_mutex_unlock(r->lock);
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
+}
+
+DIRTY_FALLBACK(set_logging)
+
+/* set_logging(replica, boolean) -> :ok: whether local writes are logged for the eager push
+ * (the owner turns it off while it has no push target). Normal: O(1). */
+static ERL_NIF_TERM set_logging_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
+                                     bool dirty) {
+    replica *r;
+    if (!get_replica(env, argv[0], &r) ||
+        (enif_compare(argv[1], A_TRUE) != 0 && enif_compare(argv[1], A_FALSE) != 0))
+        return enif_make_badarg(env);
+    LOCK_REPLICA(set_logging, env, r, argc, argv, dirty);
+    r->logging = enif_compare(argv[1], A_TRUE) == 0;
+    enif_mutex_unlock(r->lock);
+    return A_OK;
 }
 
 DIRTY_FALLBACK(set_owner)
@@ -419,10 +554,11 @@ static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *change
         const uint8_t *k = p;
         p += len;
         dv_read rd;
-        ERL_NIF_TERM kt = decode_term(env, k, len);
+        ERL_NIF_TERM kt = decode_term(env, &r->atoms, k, len);
         if (dv_map_get(r->map, k, (uint32_t)len, &rd))
             list = enif_make_list_cell(
-                env, enif_make_tuple3(env, A_ADD, kt, decode_term(env, rd.val, rd.vlen)), list);
+                env, enif_make_tuple3(env, A_ADD, kt, decode_term(env, &r->atoms, rd.val, rd.vlen)),
+                list);
         else
             list = enif_make_list_cell(env, enif_make_tuple2(env, A_REMOVE, kt), list);
     }
@@ -431,21 +567,27 @@ static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *change
 
 DIRTY_FALLBACK(take_outbox)
 
-/* take_outbox(replica, max_bytes) -> {[delta_bin], local_diffs} (both may be empty).
+/* take_outbox(replica, max_bytes, ship) -> {[delta_bin], local_diffs} (both may be empty)
+ *                                         | {:dropped, local_diffs}
  * Flips the write log under the lock and encodes the full one outside it. When the log was
  * empty it re-arms the flush notification; otherwise the caller must call again later (it
- * sends itself :drove_flush). Normal scheduler for small logs, dirty above DIRTY_OUTBOX_OPS. */
+ * sends itself :drove_flush). With ship = false (no neighbour to push to) a non-empty log is
+ * emptied without being encoded and the answer is :dropped: the caller polls again just the
+ * same; anti-entropy gives a neighbour that comes later everything. Normal scheduler for
+ * small logs, dirty above DIRTY_OUTBOX_OPS when shipping. */
 static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
                                      bool dirty) {
     replica *r;
     ErlNifUInt64 max;
-    if (!get_replica(env, argv[0], &r) || !enif_get_uint64(env, argv[1], &max) || max == 0)
+    if (!get_replica(env, argv[0], &r) || !enif_get_uint64(env, argv[1], &max) || max == 0 ||
+        (enif_compare(argv[2], A_TRUE) != 0 && enif_compare(argv[2], A_FALSE) != 0))
         return enif_make_badarg(env);
+    bool ship = enif_compare(argv[2], A_TRUE) == 0;
     if (dirty) {
         enif_mutex_lock(r->lock);
     } else {
         LOCK_OR_RESCHEDULE(env, r, "take_outbox", take_outbox_dirty, argc, argv);
-        if (dv_outbox_ops(&r->log[r->cur]) > DIRTY_OUTBOX_OPS) {
+        if (ship && dv_outbox_ops(&r->log[r->cur]) > DIRTY_OUTBOX_OPS) {
             enif_mutex_unlock(r->lock);
             return enif_schedule_nif(env, "take_outbox", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                                      take_outbox_dirty, argc, argv);
@@ -461,6 +603,14 @@ static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
         r->flush_pending = false;
         enif_mutex_unlock(r->lock);
         return enif_make_tuple2(env, empty, empty);
+    }
+    if (!ship) { /* nobody to push to: the log goes, notifications stay off as below */
+        ERL_NIF_TERM diffs =
+            r->changed[r->cur].n ? local_diffs(env, r, &r->changed[r->cur]) : empty;
+        dv_outbox_reset(&r->log[r->cur]);
+        dv_buf_reset(&r->changed[r->cur]);
+        enif_mutex_unlock(r->lock);
+        return enif_make_tuple2(env, A_DROPPED, diffs);
     }
     /* Something to ship: notifications stay off. The owner polls again (a message to
      * itself) until a take finds the log empty, so a burst of writes costs the writers no
@@ -490,31 +640,38 @@ static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
 
 typedef struct {
     ErlNifEnv *env;
+    tf_atom_cache *atoms;
     ERL_NIF_TERM list;
 } diff_ctx;
 
 static void diff_to_list(void *ud, const uint8_t *key, uint32_t klen, const dv_read *now) {
     diff_ctx *c = ud;
-    ERL_NIF_TERM k = decode_term(c->env, key, klen);
+    ERL_NIF_TERM k = decode_term(c->env, c->atoms, key, klen);
     ERL_NIF_TERM e =
-        now ? enif_make_tuple3(c->env, A_ADD, k, decode_term(c->env, now->val, now->vlen))
+        now ? enif_make_tuple3(c->env, A_ADD, k, decode_term(c->env, c->atoms, now->val, now->vlen))
             : enif_make_tuple2(c->env, A_REMOVE, k);
     c->list = enif_make_list_cell(c->env, e, c->list);
 }
 
 /* Every key and value of a peer's delta must be a complete external term. */
 static bool delta_terms_valid(const dv_delta *d) {
+    if (d->nelems == 0)
+        return true;
     ErlNifEnv *scratch = enif_alloc_env();
-    if (!scratch)
-        return false;
-    bool ok = true;
+    tf_atom_cache *atoms = enif_alloc(sizeof(*atoms));
+    bool ok = scratch && atoms;
+    if (atoms)
+        memset(atoms, 0, sizeof(*atoms));
     for (size_t i = 0; i < d->nelems && ok; i++) {
-        ok = valid_term(scratch, d->elems[i].key, d->elems[i].klen) &&
-             valid_term(scratch, d->elems[i].val, d->elems[i].vlen);
+        ok = valid_term(scratch, atoms, d->elems[i].key, d->elems[i].klen) &&
+             valid_term(scratch, atoms, d->elems[i].val, d->elems[i].vlen);
         if ((i & 255) == 255)
             enif_clear_env(scratch);
     }
-    enif_free_env(scratch);
+    if (scratch)
+        enif_free_env(scratch);
+    if (atoms)
+        enif_free(atoms);
     return ok;
 }
 
@@ -564,7 +721,7 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         dv_delta_free(&d);
         return error_tuple(env, DV_ECORRUPT);
     }
-    diff_ctx c = {env, enif_make_list(env, 0)};
+    diff_ctx c = {env, &r->atoms, enif_make_list(env, 0)};
     rc = dv_map_join(r->map, &d, want ? diff_to_list : NULL, &c);
     enif_mutex_unlock(r->lock);
     size_t n = d.nelems;
@@ -687,7 +844,7 @@ static ERL_NIF_TERM sync_finish_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
         dv_ctx_free(&peer);
         return error_tuple(env, rc);
     }
-    diff_ctx dc = {env, enif_make_list(env, 0)};
+    diff_ctx dc = {env, &r->atoms, enif_make_list(env, 0)};
     emit_ctx c = {env, enif_make_list(env, 0)};
     dv_buf rem;
     dv_buf_init(&rem);
@@ -715,13 +872,14 @@ static ERL_NIF_TERM sync_finish_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 
 typedef struct {
     ErlNifEnv *env;
+    tf_atom_cache *atoms;
     ERL_NIF_TERM list;
 } list_ctx;
 
 static int pair_to_list(void *ud, const uint8_t *k, uint32_t klen, const dv_read *rd) {
     list_ctx *c = ud;
-    ERL_NIF_TERM kv = enif_make_tuple2(c->env, decode_term(c->env, k, klen),
-                                       decode_term(c->env, rd->val, rd->vlen));
+    ERL_NIF_TERM kv = enif_make_tuple2(c->env, decode_term(c->env, c->atoms, k, klen),
+                                       decode_term(c->env, c->atoms, rd->val, rd->vlen));
     c->list = enif_make_list_cell(c->env, kv, c->list);
     return DV_OK;
 }
@@ -732,7 +890,7 @@ static ERL_NIF_TERM to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
-    list_ctx c = {env, enif_make_list(env, 0)};
+    list_ctx c = {env, &r->atoms, enif_make_list(env, 0)};
     enif_mutex_lock(r->lock);
     dv_map_foreach(r->map, pair_to_list, &c);
     enif_mutex_unlock(r->lock);
@@ -796,6 +954,8 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
     A_ENOMEM = mk_atom(env, "out_of_memory");
     A_BAD_TERM = mk_atom(env, "bad_term");
     A_EXISTS = mk_atom(env, "exists");
+    A_DROPPED = mk_atom(env, "dropped");
+    A_FALLBACK = mk_atom(env, "fallback");
     return 0;
 }
 
@@ -807,15 +967,24 @@ static ErlNifFunc funcs[] = {
     {"put", 3, put_nif, 0},
     {"delete", 2, delete_nif, 0},
     {"get", 2, get_nif, 0},
+    /* normal, trylock else rescheduled dirty: encode (at most 64 KiB) + O(1) */
+    {"put_t", 3, put_t_nif, 0},
+    {"get_t", 2, get_t_nif, 0},
+    {"delete_t", 2, delete_t_nif, 0},
+    /* normal: at most 64 KiB of term (tests) */
+    {"encode", 1, encode_nif, 0},
+    {"decode", 1, decode_nif, 0},
     {"put_new", 3, put_new_nif, 0},
     {"remove_value", 3, remove_value_nif, 0},
     {"set_owner", 2, set_owner_nif, 0},
+    {"set_logging", 2, set_logging_nif, 0},
     {"info", 1, info_nif, 0},
     /* normal, trylock else rescheduled dirty: O(replica ids) and an 8 KiB copy */
     {"ctx", 1, ctx_nif, 0},
     {"digest", 1, digest_nif, 0},
-    /* normal; rescheduled dirty above 2048 logged operations (encoding is outside the lock) */
-    {"take_outbox", 2, take_outbox_nif, 0},
+    /* normal; when shipping, rescheduled dirty above 2048 logged operations (encoding is
+     * outside the lock); dropping is O(1) */
+    {"take_outbox", 3, take_outbox_nif, 0},
     /* normal below 64 KiB (trylock), dirty above: O(message) */
     {"join", 3, join_nif, 0},
     /* dirty: O(map) or O(list) */

@@ -101,7 +101,7 @@ defmodule Drove.CRDT do
   @spec put(crdt(), key(), value(), timeout()) :: crdt()
   def put(crdt, key, value, timeout \\ 5000) do
     case Handles.lookup(crdt) do
-      {_, h} -> ok!(Native.put(h, Native.key(key), Native.value(value)))
+      {_, h} -> put_native(h, key, value)
       nil -> GenServer.call(crdt, {:put, key, value}, timeout)
     end
 
@@ -112,7 +112,7 @@ defmodule Drove.CRDT do
   @spec delete(crdt(), key(), timeout()) :: crdt()
   def delete(crdt, key, timeout \\ 5000) do
     case Handles.lookup(crdt) do
-      {_, h} -> ok!(Native.delete(h, Native.key(key)))
+      {_, h} -> delete_native(h, key)
       nil -> GenServer.call(crdt, {:delete, key}, timeout)
     end
 
@@ -146,7 +146,7 @@ defmodule Drove.CRDT do
   @spec fetch(crdt(), key(), timeout()) :: {:ok, value()} | :error
   def fetch(crdt, key, timeout \\ 5000) do
     case Handles.lookup(crdt) do
-      {_, h} -> Native.get(h, Native.key(key))
+      {_, h} -> fetch_native(h, key)
       nil -> GenServer.call(crdt, {:fetch, key}, timeout)
     end
   end
@@ -193,6 +193,29 @@ defmodule Drove.CRDT do
   # Runs an anti-entropy round with every neighbour now (tests, diagnostics).
   @spec sync(crdt()) :: :ok
   def sync(crdt), do: GenServer.cast(crdt, :sync_now)
+
+  # The NIF encodes common keys and values itself (no term_to_binary garbage); it answers
+  # :fallback for the shapes it leaves to term_to_binary (maps, pids, ...).
+  defp put_native(h, key, value) do
+    case Native.put_t(h, key, value) do
+      :fallback -> ok!(Native.put(h, Native.key(key), Native.value(value)))
+      other -> ok!(other)
+    end
+  end
+
+  defp delete_native(h, key) do
+    case Native.delete_t(h, key) do
+      :fallback -> ok!(Native.delete(h, Native.key(key)))
+      other -> ok!(other)
+    end
+  end
+
+  defp fetch_native(h, key) do
+    case Native.get_t(h, key) do
+      :fallback -> Native.get(h, Native.key(key))
+      other -> other
+    end
+  end
 
   defp ok!(:ok), do: :ok
   defp ok!({:error, reason}), do: raise("Drove.CRDT native error: #{inspect(reason)}")
@@ -281,14 +304,14 @@ defmodule Drove.CRDT do
 
   @impl true
   def handle_call({:put, k, v}, _from, s) do
-    {:reply, ok!(Native.put(s.handle, Native.key(k), Native.value(v))), s}
+    {:reply, put_native(s.handle, k, v), s}
   end
 
   def handle_call({:delete, k}, _from, s) do
-    {:reply, ok!(Native.delete(s.handle, Native.key(k))), s}
+    {:reply, delete_native(s.handle, k), s}
   end
 
-  def handle_call({:fetch, k}, _from, s), do: {:reply, Native.get(s.handle, Native.key(k)), s}
+  def handle_call({:fetch, k}, _from, s), do: {:reply, fetch_native(s.handle, k), s}
   def handle_call(:to_map, _from, s), do: {:reply, Map.new(Native.to_list(s.handle)), s}
 
   def handle_call(:info, _from, s) do

@@ -39,6 +39,16 @@ defmodule Drove.Native do
   @doc false
   def get(_r, _k), do: nif()
   @doc false
+  def put_t(_r, _k, _v), do: nif()
+  @doc false
+  def get_t(_r, _k), do: nif()
+  @doc false
+  def delete_t(_r, _k), do: nif()
+  @doc false
+  def encode(_term), do: nif()
+  @doc false
+  def decode(_bin), do: nif()
+  @doc false
   def put_new(_r, _k, _v), do: nif()
   @doc false
   def remove_value(_r, _k, _v), do: nif()
@@ -47,7 +57,11 @@ defmodule Drove.Native do
   @doc false
   def set_owner(_r, _pid), do: nif()
   @doc false
-  def take_outbox(_r, _max), do: nif()
+  def set_logging(_r, _on), do: nif()
+  @doc false
+  def take_outbox(r, max), do: take_outbox(r, max, true)
+  @doc false
+  def take_outbox(_r, _max, _ship), do: nif()
   @doc false
   def join(_r, _bin, _want_diffs), do: nif()
   @doc false

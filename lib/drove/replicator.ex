@@ -35,6 +35,7 @@ defmodule Drove.Replicator do
             passive: %{},
             flusher: nil,
             targets_sent: [],
+            logging: true,
             stats: %{bad_messages: 0, deltas_in: 0, deltas_out: 0, rounds: 0, rounds_done: 0}
 
   @type diff :: {:add, term(), term()} | {:remove, term()}
@@ -225,14 +226,19 @@ defmodule Drove.Replicator do
   end
 
   defp ship(r) do
-    case Native.take_outbox(r.handle, r.max_bytes) do
+    targets = push_targets(r)
+
+    case Native.take_outbox(r.handle, r.max_bytes, targets != []) do
       {:error, reason} ->
         Logger.error("Drove replica #{inspect(r.label)}: outbox: #{inspect(reason)}")
         {r, [], 0}
 
+      # nobody to push to: the log was emptied unencoded; poll again like after a push
+      {:dropped, diffs} ->
+        {r, diffs, 1}
+
       {chunks, diffs} ->
         # an empty take re-arms the NIF's notification for the next write
-        targets = push_targets(r)
         for c <- chunks, t <- targets, do: send_to(t, {:drove_delta, self(), c})
         {bump(r, :deltas_out, length(chunks) * length(targets)), diffs, length(chunks)}
     end
@@ -336,17 +342,28 @@ defmodule Drove.Replicator do
 
   # ------------------------------------------------------------------ internals
 
-  defp sync_targets(%{flusher: nil} = r), do: r
-
+  # After every change of the neighbours: local writes are logged for the eager push only
+  # while there is someone to push to (a neighbour that comes later gets everything by the
+  # anti-entropy round its arrival starts), and the flusher, if any, learns the targets.
   defp sync_targets(r) do
-    case push_targets(r) do
-      same when same == r.targets_sent ->
+    targets = push_targets(r)
+    r = set_logging(r, targets != [])
+
+    cond do
+      r.flusher == nil or targets == r.targets_sent ->
         r
 
-      targets ->
+      true ->
         Kernel.send(r.flusher, {:targets, targets})
         %{r | targets_sent: targets}
     end
+  end
+
+  defp set_logging(%{logging: on} = r, on), do: r
+
+  defp set_logging(r, on) do
+    :ok = Native.set_logging(r.handle, on)
+    %{r | logging: on}
   end
 
   defp push_targets(r) do
@@ -447,12 +464,15 @@ defmodule Drove.Replicator do
     defp loop(s) do
       receive do
         :drove_flush ->
-          case Native.take_outbox(s.handle, s.max) do
+          case Native.take_outbox(s.handle, s.max, s.targets != []) do
             {:error, reason} ->
               Logger.error("Drove flusher: outbox: #{inspect(reason)}")
 
             {[], _diffs} ->
               :ok
+
+            {:dropped, _diffs} ->
+              Kernel.send(self(), :drove_flush)
 
             {chunks, _diffs} ->
               for c <- chunks, t <- s.targets do
