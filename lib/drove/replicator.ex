@@ -238,9 +238,12 @@ defmodule Drove.Replicator do
         {r, diffs, 1}
 
       {chunks, diffs} ->
-        # an empty take re-arms the NIF's notification for the next write
+        # only an empty take (no chunk and no diff) re-arms the NIF's notification for the
+        # next write: after any other, poll again (a write made while the log was off leaves
+        # diffs and no chunk)
         for c <- chunks, t <- targets, do: send_to(t, {:drove_delta, self(), c})
-        {bump(r, :deltas_out, length(chunks) * length(targets)), diffs, length(chunks)}
+        taken = length(chunks) + length(diffs)
+        {bump(r, :deltas_out, length(chunks) * length(targets)), diffs, taken}
     end
   end
 
@@ -468,7 +471,7 @@ defmodule Drove.Replicator do
             {:error, reason} ->
               Logger.error("Drove flusher: outbox: #{inspect(reason)}")
 
-            {[], _diffs} ->
+            {[], []} ->
               :ok
 
             {:dropped, _diffs} ->
