@@ -398,6 +398,23 @@ static ERL_NIF_TERM decode_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
                                                         : A_FALLBACK;
 }
 
+DIRTY_FALLBACK(holds)
+
+/* holds(replica, key_bin, value_bin) -> boolean: whether the read value of key is exactly
+ * value_bin (a registrant checking it still wins its key, without decoding anything). */
+static ERL_NIF_TERM holds_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k, v;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
+        return enif_make_badarg(env);
+    LOCK_REPLICA(holds, env, r, argc, argv, dirty);
+    dv_read rd;
+    bool same = dv_map_get(r->map, k.data, (uint32_t)k.size, &rd) && rd.vlen == v.size &&
+                memcmp(rd.val, v.data, v.size) == 0;
+    enif_mutex_unlock(r->lock);
+    return same ? A_TRUE : A_FALSE;
+}
+
 DIRTY_FALLBACK(put_new)
 
 /* put_new(replica, key_bin, value_bin) -> :ok | {:exists, current_value}
@@ -975,6 +992,7 @@ static ErlNifFunc funcs[] = {
     {"encode", 1, encode_nif, 0},
     {"decode", 1, decode_nif, 0},
     {"put_new", 3, put_new_nif, 0},
+    {"holds", 3, holds_nif, 0},
     {"remove_value", 3, remove_value_nif, 0},
     {"set_owner", 2, set_owner_nif, 0},
     {"set_logging", 2, set_logging_nif, 0},

@@ -51,6 +51,8 @@ defmodule Drove.Native do
   @doc false
   def put_new(_r, _k, _v), do: nif()
   @doc false
+  def holds(_r, _k, _v), do: nif()
+  @doc false
   def remove_value(_r, _k, _v), do: nif()
   @doc false
   def remove_values(_r, _pairs), do: nif()

@@ -10,7 +10,7 @@ defmodule Drove.Registry do
 
   The process registered under `name` owns the ETS tables Horde users read (`name` for
   meta, `:"keys_\#{name}"` with rows `{key, {name, node}, {pid, value}}`,
-  `:"pids_\#{name}"` (an ordered set of `{{pid, key}}`; Horde keeps `{pid, [keys]}`), `:"members_\#{name}"` with rows
+  `:"pids_\#{name}"` (a duplicate bag of `{pid, key}`; Horde keeps `{pid, [keys]}`), `:"members_\#{name}"` with rows
   `{member, 1}`); they exist exactly while it runs, so reads after it stopped raise
   `ArgumentError`.
 
@@ -303,7 +303,7 @@ defmodule Drove.Registry do
   @doc "The keys `pid` holds (local or remote pids)."
   @spec keys(registry(), pid()) :: [key()]
   def keys(registry, pid) when is_pid(pid) do
-    :ets.select(pids_table(registry), [{{{pid, :"$1"}}, [], [:"$1"]}])
+    for({_pid, key} <- :ets.lookup(pids_table(registry), pid), do: key) |> Enum.uniq()
   end
 
   @doc "Calls `fun` (or `{m, f, a}` with the entries appended) with the entries of `key`."
@@ -412,12 +412,13 @@ defmodule Drove.Registry do
   defp do_register(registry, key, value, pid, retried \\ false) do
     %{handle: h, server: server} = instance!(registry)
     kb = Native.key({:key, key})
+    vb = Native.value({pid, value})
 
-    case Native.put_new(h, kb, Native.value({pid, value})) do
+    case Native.put_new(h, kb, vb) do
       :ok ->
         :ets.insert(keys_table(registry), {key, member(registry), {pid, value}})
         add_pid_key(registry, pid, key)
-        Kernel.send(server, {:registered, pid, key, value})
+        registered(registry, server, h, kb, vb, {pid, key, value})
         {:ok, server}
 
       {:exists, {^pid, _}} ->
@@ -442,17 +443,44 @@ defmodule Drove.Registry do
     end
   end
 
+  # After a registration: the registrant is linked to the registry process (which traps
+  # exits and drops the keys of a registrant that exits). A process registering itself links
+  # itself, and then checks that its value still wins the key in the replica: a concurrent
+  # registration of the same key joined from another node between the put and the table
+  # write may have won it, and the registry process may already have shown the winner,
+  # which this table write then hid. Only in that case (or when there are listeners to tell,
+  # or the registrant is another process) does the registry process hear of it, and it
+  # resolves the conflict as it does for a remote one. So a registration costs no message
+  # and no wake-up of the registry process.
+  defp registered(registry, server, h, kb, vb, {pid, key, value}) do
+    if pid == self() and not notify?(registry) do
+      Process.link(server)
+      unless Native.holds(h, kb, vb), do: Kernel.send(server, {:registered, pid, key, value})
+    else
+      Kernel.send(server, {:registered, pid, key, value})
+    end
+  end
+
+  defp notify?(registry), do: :persistent_term.get({__MODULE__, :notify, registry}, true)
+
   @doc false
-  # The pids table is an ordered_set of {{pid, key}}: adding and dropping a key is O(log n)
-  # however many keys a process holds, and keys/2 is a prefix scan.
+  # The pids table is a duplicate bag of {pid, key} (as Elixir's Registry keeps its pid
+  # partitions): adding a key is O(1) however many keys the process holds, its keys are one
+  # hash lookup, dropping them all one delete, and a row costs less than an ordered set's.
+  # Dropping one key is O(keys of that pid) and drops every copy of the row (a row shown
+  # twice by conflict resolution); keys/2 gives each key once.
   @spec add_pid_key(registry(), pid(), key()) :: true
-  def add_pid_key(registry, pid, key), do: :ets.insert(pids_table(registry), {{pid, key}})
+  def add_pid_key(registry, pid, key), do: :ets.insert(pids_table(registry), {pid, key})
 
   @doc false
   @spec drop_pid_key(registry(), pid(), key()) :: true
-  def drop_pid_key(registry, pid, key), do: :ets.delete(pids_table(registry), {pid, key})
+  def drop_pid_key(registry, pid, key), do: :ets.delete_object(pids_table(registry), {pid, key})
 
   @doc false
   @spec drop_pid(registry(), pid()) :: true
-  def drop_pid(registry, pid), do: :ets.match_delete(pids_table(registry), {{pid, :_}})
+  def drop_pid(registry, pid), do: :ets.delete(pids_table(registry), pid)
+
+  @doc false
+  @spec has_keys?(registry(), pid()) :: boolean()
+  def has_keys?(registry, pid), do: :ets.member(pids_table(registry), pid)
 end

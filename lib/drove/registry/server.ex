@@ -113,13 +113,24 @@ defmodule Drove.Registry.Server do
   def init(opts) do
     Process.flag(:trap_exit, true)
     name = Keyword.fetch!(opts, :name)
-    table_opts = [:named_table, :set, :public, read_concurrency: true, write_concurrency: true]
+    table_opts = [:named_table, :set, :public, read_concurrency: true]
     :ets.new(name, table_opts)
+    # read by every lookup; written once per registration (write_concurrency would make each
+    # lookup take a second lock: 2x the cost of a read on 2 cores)
     :ets.new(Reg.keys_table(name), table_opts)
-    :ets.new(Reg.pids_table(name), [:named_table, :ordered_set, :public, write_concurrency: true])
+
+    :ets.new(Reg.pids_table(name), [
+      :named_table,
+      :duplicate_bag,
+      :public,
+      write_concurrency: true
+    ])
+
     :ets.new(Reg.members_table(name), table_opts)
     :persistent_term.put({Reg, :keys, name}, :"keys_#{name}")
     :persistent_term.put({Reg, :pids, name}, :"pids_#{name}")
+    # registrants tell this process of each registration only when it has listeners to notify
+    :persistent_term.put({Reg, :notify, name}, Keyword.get(opts, :listeners, []) != [])
 
     <<rid::64>> = :crypto.strong_rand_bytes(8)
     handle = Native.replica_new(rid, self(), false)
@@ -142,7 +153,6 @@ defmodule Drove.Registry.Server do
       me: {name, node()},
       auto: Keyword.get(opts, :members) == :auto,
       listeners: Keyword.get(opts, :listeners, []),
-      linked: MapSet.new(),
       recent: {MapSet.new(), MapSet.new()},
       parent: Drove.Replicator.parent(),
       creations: %{}
@@ -191,7 +201,7 @@ defmodule Drove.Registry.Server do
       s.handle
       |> Native.info()
       |> Map.merge(Replicator.info(s.repl))
-      |> Map.merge(%{members: current_members(s), linked: MapSet.size(s.linked)})
+      |> Map.merge(%{members: current_members(s), linked: length(linked(s))})
 
     {:reply, info, s}
   end
@@ -253,7 +263,7 @@ defmodule Drove.Registry.Server do
     # Exits come in bursts (a node's agents stopping): take every one already queued and
     # drop their registrations with one native call.
     exits = drain_exits([{pid, reason}], 10_000)
-    linked = for {p, _} <- exits, MapSet.member?(s.linked, p), do: p
+    linked = for {p, _} <- exits, node(p) == node(), Reg.has_keys?(s.name, p), do: p
     # an exit signal comes from a process that is exiting; an {:EXIT, pid, _} naming a live
     # registrant is a message anyone could send (a peer knows every registered pid): its
     # registrations stay (relinked: the link went if it was a real signal)
@@ -316,7 +326,7 @@ defmodule Drove.Registry.Server do
   def terminate(_reason, s) do
     # this registry stops: its registrations go, everywhere (linked registrants get the
     # exit signal anyway)
-    for pid <- s.linked, key <- Reg.keys(s.name, pid) do
+    for pid <- linked(s), key <- Reg.keys(s.name, pid) do
       case :ets.lookup(Reg.keys_table(s.name), key) do
         [{_, _, {^pid, value}}] ->
           Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
@@ -505,26 +515,27 @@ defmodule Drove.Registry.Server do
 
     :ok = Native.remove_values(s.handle, pairs)
     Enum.each(pids, &Reg.drop_pid(s.name, &1))
-    %{s | linked: Enum.reduce(pids, s.linked, &MapSet.delete(&2, &1))}
+    s
   end
 
+  # Registrants are linked to this process; a process is one (linked) while it holds a key
+  # here: the pids table says which, no set of pids is kept beside it. Linking twice is a
+  # no-op, and linking a process that already exited delivers {:EXIT, pid, :noproc}, which
+  # cleans up.
   defp link(s, pid) do
-    if MapSet.member?(s.linked, pid) do
-      s
-    else
-      # linking a process that already exited delivers {:EXIT, pid, :noproc}: cleaned up then
-      Process.link(pid)
-      %{s | linked: MapSet.put(s.linked, pid)}
-    end
+    Process.link(pid)
+    s
   end
 
   defp maybe_unlink(s, pid) do
-    if Reg.keys(s.name, pid) == [] and MapSet.member?(s.linked, pid) do
-      Process.unlink(pid)
-      %{s | linked: MapSet.delete(s.linked, pid)}
-    else
-      s
-    end
+    unless Reg.has_keys?(s.name, pid), do: Process.unlink(pid)
+    s
+  end
+
+  # The local registrants linked to this process.
+  defp linked(s) do
+    {:links, links} = Process.info(self(), :links)
+    for p <- links, is_pid(p), node(p) == node(), Reg.has_keys?(s.name, p), do: p
   end
 
   # ------------------------------------------------------------------ nodes
