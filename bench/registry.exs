@@ -39,6 +39,8 @@ defmodule RegBench.Remote do
   defp register(:drove, key), do: match?({:ok, _}, Drove.Registry.register(:regbench, key, nil))
   defp register(:pg, key), do: :pg.join(@scope, key, self()) == :ok
   defp register(:global, key), do: :global.register_name(key, self()) == :yes
+  # the floor of this measure: spawning the process and acknowledging, no registration
+  defp register(:none, _key), do: true
 
   def kill_all(kind, tag) do
     pids = :persistent_term.get({__MODULE__, kind, tag})
@@ -133,8 +135,19 @@ for n <- [10_000, 50_000] do
   d = for i <- 1..runs, do: run.(:drove, n, {:d, n, i})
   p = for i <- 1..runs, do: run.(:pg, n, {:p, n, i})
   med = fn list, k -> Bench.median(Enum.map(list, & &1[k])) end
+
+  floor =
+    Bench.median(
+      for i <- 1..runs do
+        {us, _} = :erpc.call(a, r, :spawn_register, [:none, n, {:none, n, i}], 120_000)
+        :erpc.call(a, r, :kill_all, [:none, {:none, n, i}], 60_000)
+        n / (us / 1_000_000)
+      end
+    )
+
   IO.puts("== #{n} processes each register one name on node A (median of #{runs})")
   Bench.row("Drove registrations/s", med.(d, :rate), med.(p, :rate), ":pg joins/s", ">= 1.5x")
+  Bench.row("spawn + acknowledge only, per s", floor, med.(p, :rate), ":pg joins/s", "-")
 
   Bench.row(
     "Drove: last visible on B after (ms)",

@@ -48,7 +48,6 @@ static inline size_t class_of(size_t n) {
 
 void dv_slab_init(dv_slab *s) {
     memset(s, 0, sizeof(*s));
-    s->next_chunk = DV_SLAB_MIN_CHUNK;
 }
 
 void dv_slab_free_all(dv_slab *s) {
@@ -94,9 +93,13 @@ static void big_release(dv_slab *s, void *p, size_t n) {
 }
 
 /* A new chunk with room for at least `need` bytes; the rest of the old one is given to the
- * free list of its size class, so no byte is lost. */
+ * free lists, so no byte is lost. A chunk is about an eighth of what the slab holds (a power
+ * of two from MIN to MAX), so the unused end of the newest chunk stays below about an eighth
+ * of the memory, while a big map still gets 2 MiB chunks (huge pages). */
 static bool new_chunk(dv_slab *s, size_t need) {
-    size_t size = s->next_chunk;
+    size_t size = DV_SLAB_MIN_CHUNK;
+    while (size < DV_SLAB_MAX_CHUNK && size * 2 <= s->held / 8)
+        size *= 2;
     while (size - CHUNK_HDR < need)
         size *= 2;
     dv_slab_chunk *c = size >= DV_PAGES_MIN ? dv_pages_alloc(size) : dv_alloc(size);
@@ -118,8 +121,6 @@ static bool new_chunk(dv_slab *s, size_t need) {
     s->held += size;
     s->bump = (uint8_t *)c + CHUNK_HDR;
     s->bump_end = (uint8_t *)c + size;
-    if (s->next_chunk < DV_SLAB_MAX_CHUNK)
-        s->next_chunk *= 2;
     return true;
 }
 

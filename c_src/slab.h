@@ -37,8 +37,7 @@ typedef struct {
     uint8_t *bump, *bump_end;    /* the unused rest of the newest chunk */
     dv_slab_chunk *chunks;
     dv_slab_big *big;
-    size_t next_chunk; /* size of the next chunk: doubles from MIN to MAX */
-    size_t held;       /* bytes held: chunks and big blocks with their headers */
+    size_t held; /* bytes held: chunks and big blocks with their headers */
 } dv_slab;
 
 void dv_slab_init(dv_slab *s);
