@@ -10,7 +10,7 @@ defmodule Drove.Registry do
 
   The process registered under `name` owns the ETS tables Horde users read (`name` for
   meta, `:"keys_\#{name}"` with rows `{key, {name, node}, {pid, value}}`,
-  `:"pids_\#{name}"` (a duplicate bag of `{pid, key}`; Horde keeps `{pid, [keys]}`), `:"members_\#{name}"` with rows
+  `:"pids_\#{name}"` (an ordered set of `{{pid, key}}`; Horde keeps `{pid, [keys]}`), `:"members_\#{name}"` with rows
   `{member, 1}`); they exist exactly while it runs, so reads after it stopped raise
   `ArgumentError`.
 
@@ -303,7 +303,7 @@ defmodule Drove.Registry do
   @doc "The keys `pid` holds (local or remote pids)."
   @spec keys(registry(), pid()) :: [key()]
   def keys(registry, pid) when is_pid(pid) do
-    for({_pid, key} <- :ets.lookup(pids_table(registry), pid), do: key) |> Enum.uniq()
+    :ets.select(pids_table(registry), [{{{pid, :"$1"}}, [], [:"$1"]}])
   end
 
   @doc "Calls `fun` (or `{m, f, a}` with the entries appended) with the entries of `key`."
@@ -464,23 +464,25 @@ defmodule Drove.Registry do
   defp notify?(registry), do: :persistent_term.get({__MODULE__, :notify, registry}, true)
 
   @doc false
-  # The pids table is a duplicate bag of {pid, key} (as Elixir's Registry keeps its pid
-  # partitions): adding a key is O(1) however many keys the process holds, its keys are one
-  # hash lookup, dropping them all one delete, and a row costs less than an ordered set's.
-  # Dropping one key is O(keys of that pid) and drops every copy of the row (a row shown
-  # twice by conflict resolution); keys/2 gives each key once.
+  # The pids table is an ordered_set of {{pid, key}}: adding and dropping a key is O(log n)
+  # however many keys a process holds (a bag keyed by pid walks all of the process's rows
+  # on each insert: a process registering 20k keys paid for it), and a process's keys are a
+  # prefix scan.
   @spec add_pid_key(registry(), pid(), key()) :: true
-  def add_pid_key(registry, pid, key), do: :ets.insert(pids_table(registry), {pid, key})
+  def add_pid_key(registry, pid, key), do: :ets.insert(pids_table(registry), {{pid, key}})
 
   @doc false
   @spec drop_pid_key(registry(), pid(), key()) :: true
-  def drop_pid_key(registry, pid, key), do: :ets.delete_object(pids_table(registry), {pid, key})
+  def drop_pid_key(registry, pid, key), do: :ets.delete(pids_table(registry), {pid, key})
 
   @doc false
   @spec drop_pid(registry(), pid()) :: true
-  def drop_pid(registry, pid), do: :ets.delete(pids_table(registry), pid)
+  def drop_pid(registry, pid), do: :ets.match_delete(pids_table(registry), {{pid, :_}})
 
   @doc false
   @spec has_keys?(registry(), pid()) :: boolean()
-  def has_keys?(registry, pid), do: :ets.member(pids_table(registry), pid)
+  def has_keys?(registry, pid) do
+    # a bound pid makes this a prefix scan of the ordered set, stopped at the first row
+    :ets.select(pids_table(registry), [{{{pid, :_}}, [], [true]}], 1) != :"$end_of_table"
+  end
 end

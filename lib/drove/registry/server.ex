@@ -121,7 +121,7 @@ defmodule Drove.Registry.Server do
 
     :ets.new(Reg.pids_table(name), [
       :named_table,
-      :duplicate_bag,
+      :ordered_set,
       :public,
       write_concurrency: true
     ])
