@@ -263,11 +263,20 @@ defmodule Drove.Registry.Server do
     # Exits come in bursts (a node's agents stopping): take every one already queued and
     # drop their registrations with one native call.
     exits = drain_exits([{pid, reason}], 10_000)
-    linked = for {p, _} <- exits, node(p) == node(), Reg.has_keys?(s.name, p), do: p
+    # the registrants among them (local processes holding keys here), with their keys: the
+    # pids table is read once per process
+    held =
+      for {p, _} <- exits,
+          node(p) == node(),
+          keys <- [Reg.keys(s.name, p)],
+          keys != [],
+          do: {p, keys}
+
     # an exit signal comes from a process that is exiting; an {:EXIT, pid, _} naming a live
     # registrant is a message anyone could send (a peer knows every registered pid): its
     # registrations stay (relinked: the link went if it was a real signal)
-    {gone, alive} = Enum.split_with(linked, &(not Process.alive?(&1)))
+    {gone, alive} = Enum.split_with(held, fn {p, _} -> not Process.alive?(p) end)
+    alive = for {p, _} <- alive, do: p
     Enum.each(alive, &Process.link/1)
     # registrants are local: an exit naming a process of another node is made up too
     forged = alive ++ for({p, _} <- exits, node(p) != node(), do: p)
@@ -503,18 +512,19 @@ defmodule Drove.Registry.Server do
 
   defp processes_gone(s, []), do: s
 
-  defp processes_gone(s, pids) do
+  # `gone`: [{pid, keys}] of registrants that exited.
+  defp processes_gone(s, gone) do
     keys_table = Reg.keys_table(s.name)
 
     pairs =
-      for pid <- pids, key <- Reg.keys(s.name, pid), {^pid, value} <- [current_row(s, key)] do
+      for {pid, keys} <- gone, key <- keys, {^pid, value} <- [current_row(s, key)] do
         :ets.delete(keys_table, key)
         notify(s, {:unregister, s.name, key, pid})
         {Native.key({:key, key}), Native.value({pid, value})}
       end
 
-    :ok = Native.remove_values(s.handle, pairs)
-    Enum.each(pids, &Reg.drop_pid(s.name, &1))
+    if pairs != [], do: :ok = Native.remove_values(s.handle, pairs)
+    for {pid, keys} <- gone, key <- keys, do: Reg.drop_pid_key(s.name, pid, key)
     s
   end
 
