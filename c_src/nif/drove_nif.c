@@ -109,6 +109,12 @@ static bool get_bin(ErlNifEnv *env, ERL_NIF_TERM t, ErlNifBinary *b) {
     return enif_inspect_binary(env, t, b) && b->size <= DV_MAX_MESSAGE;
 }
 
+/* The (replica, key_bin, value_bin) arguments of the single-key calls. */
+static bool replica_key_value(ErlNifEnv *env, const ERL_NIF_TERM argv[], replica **r,
+                              ErlNifBinary *k, ErlNifBinary *v) {
+    return get_replica(env, argv[0], r) && get_bin(env, argv[1], k) && get_bin(env, argv[2], v);
+}
+
 static ERL_NIF_TERM bin_term(ErlNifEnv *env, const uint8_t *p, size_t n) {
     ERL_NIF_TERM t;
     unsigned char *d = enif_make_new_binary(env, n, &t);
@@ -262,7 +268,7 @@ DIRTY_FALLBACK(put)
 static ERL_NIF_TERM put_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k, v;
-    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
+    if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
     LOCK_REPLICA(put, env, r, argc, argv, dirty);
     bool changed = false;
@@ -405,7 +411,7 @@ DIRTY_FALLBACK(holds)
 static ERL_NIF_TERM holds_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k, v;
-    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
+    if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
     LOCK_REPLICA(holds, env, r, argc, argv, dirty);
     dv_read rd;
@@ -422,7 +428,7 @@ DIRTY_FALLBACK(put_new)
 static ERL_NIF_TERM put_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k, v;
-    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
+    if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
     LOCK_REPLICA(put_new, env, r, argc, argv, dirty);
     dv_read rd;
@@ -451,7 +457,7 @@ static ERL_NIF_TERM remove_value_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
                                       bool dirty) {
     replica *r;
     ErlNifBinary k, v;
-    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k) || !get_bin(env, argv[2], &v))
+    if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
     LOCK_REPLICA(remove_value, env, r, argc, argv, dirty);
     bool changed = false;

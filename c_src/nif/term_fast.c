@@ -41,28 +41,28 @@ static bool take(dec *d, size_t n, const uint8_t **at) {
     return true;
 }
 
-static bool u8(dec *d, uint32_t *v) {
+/* An unsigned big-endian integer of n (1, 2 or 4) bytes. */
+static bool be(dec *d, size_t n, uint32_t *v) {
     const uint8_t *a;
-    if (!take(d, 1, &a))
+    if (!take(d, n, &a))
         return false;
-    *v = a[0];
+    uint32_t x = 0;
+    for (size_t i = 0; i < n; i++)
+        x = x << 8 | a[i];
+    *v = x;
     return true;
 }
 
-static bool u16(dec *d, uint32_t *v) {
-    const uint8_t *a;
-    if (!take(d, 2, &a))
-        return false;
-    *v = (uint32_t)a[0] << 8 | a[1];
-    return true;
+static inline bool u8(dec *d, uint32_t *v) {
+    return be(d, 1, v);
 }
 
-static bool u32(dec *d, uint32_t *v) {
-    const uint8_t *a;
-    if (!take(d, 4, &a))
-        return false;
-    *v = (uint32_t)a[0] << 24 | (uint32_t)a[1] << 16 | (uint32_t)a[2] << 8 | a[3];
-    return true;
+static inline bool u16(dec *d, uint32_t *v) {
+    return be(d, 2, v);
+}
+
+static inline bool u32(dec *d, uint32_t *v) {
+    return be(d, 4, v);
 }
 
 /* A count of sub-terms (each at least one byte) that the rest of the input can hold. */
