@@ -16,7 +16,9 @@ defmodule Drove.CRDT do
       are the same key on every node.
     * A put concurrent with a delete of the same key wins (add-wins). Concurrent puts are
       resolved by a hybrid logical clock (wall-clock milliseconds plus a counter), then by
-      replica id, the same way on every node; on one node the later write wins.
+      replica id, the same way on every node; on one node the later write wins. The wall
+      clock is the kernel's coarse clock (one tick, 1-4 ms, old): writes on two nodes less
+      than a tick apart are ordered as if they were in the same millisecond.
     * Reads and local writes do not go through the replica process: they call the NIF
       directly, so a write is visible to readers on the same node when `put/3` returns.
 
