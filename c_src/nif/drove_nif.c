@@ -26,6 +26,9 @@
 
 /* Messages at or above this size are joined on a dirty scheduler. */
 #define DIRTY_JOIN_BYTES (64 * 1024)
+/* Single-key calls whose value (written, or read back and decoded) is larger than this
+ * run on a dirty scheduler: copying or decoding it could hold a normal one for milliseconds. */
+#define DIRTY_VALUE_BYTES (64 * 1024)
 /* Write logs with more operations than this are encoded on a dirty scheduler. */
 #define DIRTY_OUTBOX_OPS 2048
 
@@ -270,6 +273,8 @@ static ERL_NIF_TERM put_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     ErlNifBinary k, v;
     if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
+    if (!dirty && v.size > DIRTY_VALUE_BYTES)
+        return enif_schedule_nif(env, "put", ERL_NIF_DIRTY_JOB_CPU_BOUND, put_dirty, argc, argv);
     LOCK_REPLICA(put, env, r, argc, argv, dirty);
     bool changed = false;
     int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
@@ -302,7 +307,12 @@ static ERL_NIF_TERM get_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     LOCK_REPLICA(get, env, r, argc, argv, dirty);
     dv_read rd;
     ERL_NIF_TERM res = A_ERROR;
-    if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd))
+    bool found = dv_map_get(r->map, k.data, (uint32_t)k.size, &rd);
+    if (found && !dirty && rd.vlen > DIRTY_VALUE_BYTES) {
+        enif_mutex_unlock(r->lock);
+        return enif_schedule_nif(env, "get", ERL_NIF_DIRTY_JOB_CPU_BOUND, get_dirty, argc, argv);
+    }
+    if (found)
         res = enif_make_tuple2(env, A_OK, decode_term(env, &r->atoms, rd.val, rd.vlen));
     enif_mutex_unlock(r->lock);
     return res;
@@ -342,9 +352,14 @@ static ERL_NIF_TERM term_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
     }
     if (op == OP_GET) {
         dv_read rd;
-        res = dv_map_get(r->map, k.p, (uint32_t)k.n, &rd)
-                  ? enif_make_tuple2(env, A_OK, decode_term(env, &r->atoms, rd.val, rd.vlen))
-                  : A_ERROR;
+        bool found = dv_map_get(r->map, k.p, (uint32_t)k.n, &rd);
+        if (found && !dirty && rd.vlen > DIRTY_VALUE_BYTES) { /* decode it on a dirty one */
+            enif_mutex_unlock(r->lock);
+            res = enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, dirty_fn, argc, argv);
+            goto out;
+        }
+        res = found ? enif_make_tuple2(env, A_OK, decode_term(env, &r->atoms, rd.val, rd.vlen))
+                    : A_ERROR;
         enif_mutex_unlock(r->lock);
         goto out;
     }
@@ -430,10 +445,19 @@ static ERL_NIF_TERM put_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     ErlNifBinary k, v;
     if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
+    if (!dirty && v.size > DIRTY_VALUE_BYTES)
+        return enif_schedule_nif(env, "put_new", ERL_NIF_DIRTY_JOB_CPU_BOUND, put_new_dirty, argc,
+                                 argv);
     LOCK_REPLICA(put_new, env, r, argc, argv, dirty);
     dv_read rd;
     ERL_NIF_TERM res;
-    if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd)) {
+    bool found = dv_map_get(r->map, k.data, (uint32_t)k.size, &rd);
+    if (found && !dirty && rd.vlen > DIRTY_VALUE_BYTES) {
+        enif_mutex_unlock(r->lock);
+        return enif_schedule_nif(env, "put_new", ERL_NIF_DIRTY_JOB_CPU_BOUND, put_new_dirty, argc,
+                                 argv);
+    }
+    if (found) {
         res = enif_make_tuple2(env, A_EXISTS, decode_term(env, &r->atoms, rd.val, rd.vlen));
     } else {
         bool changed = false;
@@ -986,7 +1010,8 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
 static ErlNifFunc funcs[] = {
     /* normal: O(1) */
     {"replica_new", 3, replica_new, 0},
-    /* normal, trylock else rescheduled dirty: O(1) */
+    /* normal, trylock else rescheduled dirty: O(1); rescheduled dirty when the value written
+     * or read back exceeds 64 KiB */
     {"put", 3, put_nif, 0},
     {"delete", 2, delete_nif, 0},
     {"get", 2, get_nif, 0},

@@ -162,6 +162,15 @@ defmodule Drove.TermCodecTest do
       assert Native.get(h, canonical(t)) == :error
     end
 
+    # values above 64 KiB are written, read and decoded on a dirty scheduler: same answers
+    big = :binary.copy("v", 300_000)
+    assert Native.put(h, canonical(:big), canonical(big)) == :ok
+    assert Native.get(h, canonical(:big)) == {:ok, big}
+    assert Native.get_t(h, :big) == {:ok, big}
+    assert Native.put_new(h, canonical(:big), canonical(1)) == {:exists, big}
+    assert Native.put_new(h, canonical(:big2), canonical(big)) == :ok
+    assert Native.get_t(h, :big2) == {:ok, big}
+
     assert Native.put_t(h, %{map: :key}, 1) == :fallback
     assert Native.get_t(h, self()) == :fallback
     assert Native.put_t(h, :k, :binary.copy("x", 70_000)) == :fallback
