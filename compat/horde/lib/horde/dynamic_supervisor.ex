@@ -62,31 +62,7 @@ defmodule Horde.DynamicSupervisor do
     :member_struct
   ]
 
-  defmacro __using__(options) do
-    quote location: :keep, bind_quoted: [options: options] do
-      @behaviour Horde.DynamicSupervisor
-
-      if Module.get_attribute(__MODULE__, :doc) == nil do
-        @doc """
-        Returns a specification to start this module under a supervisor.
-        See `Supervisor`.
-        """
-      end
-
-      @impl true
-      def child_spec(arg) do
-        default = %{
-          id: __MODULE__,
-          start: {__MODULE__, :start_link, [arg]},
-          type: :supervisor
-        }
-
-        Supervisor.child_spec(default, unquote(Macro.escape(options)))
-      end
-
-      defoverridable child_spec: 1
-    end
-  end
+  defmacro __using__(options), do: Horde.Using.quoted(__MODULE__, options)
 
   @doc "A child spec: id is the `:name` option (or `Horde.DynamicSupervisor`), a supervisor."
   @spec child_spec(options()) :: Supervisor.child_spec()

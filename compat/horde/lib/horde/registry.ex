@@ -46,31 +46,7 @@ defmodule Horde.Registry do
   # the options init/1 takes (the rest of start_link/1's options are start options)
   @init_keys [:listeners, :meta, :keys, :distribution_strategy, :members, :delta_crdt_options]
 
-  defmacro __using__(options) do
-    quote location: :keep, bind_quoted: [options: options] do
-      @behaviour Horde.Registry
-
-      if Module.get_attribute(__MODULE__, :doc) == nil do
-        @doc """
-        Returns a specification to start this module under a supervisor.
-        See `Supervisor`.
-        """
-      end
-
-      @impl true
-      def child_spec(arg) do
-        default = %{
-          id: __MODULE__,
-          start: {__MODULE__, :start_link, [arg]},
-          type: :supervisor
-        }
-
-        Supervisor.child_spec(default, unquote(Macro.escape(options)))
-      end
-
-      defoverridable child_spec: 1
-    end
-  end
+  defmacro __using__(options), do: Horde.Using.quoted(__MODULE__, options)
 
   @doc "A child spec: id is the `:name` option (or `Horde.Registry`), `type: :supervisor`."
   @spec child_spec(options()) :: Supervisor.child_spec()

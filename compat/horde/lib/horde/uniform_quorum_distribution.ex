@@ -6,22 +6,5 @@ defmodule Horde.UniformQuorumDistribution do
   `:status`; the member returned is the one given.
   """
 
-  @behaviour Horde.DistributionStrategy
-
-  @doc "Chooses the member to start `child_spec` on: `{:ok, member}` or `{:error, reason}`."
-  @impl true
-  @spec choose_node(Supervisor.child_spec() | map(), [Horde.DynamicSupervisor.Member.t()]) ::
-          {:ok, Horde.DynamicSupervisor.Member.t()} | {:error, term()}
-  def choose_node(child_spec, members),
-    do: Horde.StrategyAdapter.choose_node(Drove.Distribution.UniformQuorum, child_spec, members)
-
-  @doc "The same members and child spec always give the same member (no randomness)."
-  @spec deterministic?() :: true
-  def deterministic?, do: true
-
-  @doc "Whether `members` have quorum for this strategy."
-  @impl true
-  @spec has_quorum?([Horde.DynamicSupervisor.Member.t()]) :: boolean()
-  def has_quorum?(members),
-    do: Horde.StrategyAdapter.has_quorum?(Drove.Distribution.UniformQuorum, members)
+  use Horde.StrategyAdapter, strategy: Drove.Distribution.UniformQuorum, deterministic: true
 end
