@@ -933,13 +933,29 @@ int dv_map_join_map(dv_map *m, const dv_map *other, dv_diff_fn fn, void *ud) {
 
 /* ---------------------------------------------------------------- local writes */
 
+/* Which elements a remove observes: all of the key's, those whose value bytes equal v, or
+ * those whose value bytes start with v. */
+enum { OBSERVE_ALL = 0, OBSERVE_EQUAL = 1, OBSERVE_PREFIX = 2 };
+
+static inline bool observed(const dv_elem *x, int only, const uint8_t *v, uint32_t vlen) {
+    switch (only) {
+    case OBSERVE_EQUAL:
+        return x->vlen == vlen && memcmp(elem_cval(x), v, vlen) == 0;
+    case OBSERVE_PREFIX:
+        return x->vlen >= vlen && memcmp(elem_cval(x), v, vlen) == 0;
+    default:
+        return true;
+    }
+}
+
 /* A local put or remove: applied to m directly (one key lookup), and its delta - the new
  * element if any, plus every dot observed under the key - joined into the outbox or
- * recorded in the write log. With `only` set, a remove observes (and so removes) only the
- * elements whose value bytes equal v. A put observes every element of the key, so the new
- * element takes the inline slot (or the entry moves to a block of the right size). */
+ * recorded in the write log. With `only` (OBSERVE_*) set, a remove observes (and so removes)
+ * only the elements whose value bytes equal v, or start with v. A put observes every element
+ * of the key, so the new element takes the inline slot (or the entry moves to a block of the
+ * right size). */
 static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
-                    bool is_put, bool only, uint64_t now_ms, dv_map *outbox, dv_outbox *log,
+                    bool is_put, int only, uint64_t now_ms, dv_map *outbox, dv_outbox *log,
                     bool *changed) {
     uint64_t h = key_hash(k, klen);
     if (is_put && keys_reserve(m, 1)) {
@@ -957,7 +973,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
     }
     size_t nobs = 0;
     for (dv_elem *x = e ? e->elems : NULL; x; x = x->next)
-        if (!only || (x->vlen == vlen && memcmp(elem_cval(x), v, vlen) == 0))
+        if (observed(x, only, v, vlen))
             nobs++;
     if (!is_put && nobs == 0) {
         if (changed)
@@ -993,7 +1009,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
     size_t no = 0;
     for (dv_elem *x = e ? e->elems : NULL, *n; x; x = n) { /* the observed elements go */
         n = x->next;
-        if (only && !(x->vlen == vlen && memcmp(elem_cval(x), v, vlen) == 0))
+        if (!observed(x, only, v, vlen))
             continue;
         if (x == old)
             winner_went = true;
@@ -1060,25 +1076,51 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
 
 int dv_map_put(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
                uint64_t now_ms, dv_map *outbox, bool *changed) {
-    return local_op(m, k, klen, v, vlen, true, false, now_ms, outbox, NULL, changed);
+    return local_op(m, k, klen, v, vlen, true, OBSERVE_ALL, now_ms, outbox, NULL, changed);
 }
 
 int dv_map_put_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
                    uint64_t now_ms, dv_outbox *log, bool *changed) {
-    return local_op(m, k, klen, v, vlen, true, false, now_ms, NULL, log, changed);
+    return local_op(m, k, klen, v, vlen, true, OBSERVE_ALL, now_ms, NULL, log, changed);
 }
 
 int dv_map_remove_log(dv_map *m, const uint8_t *k, uint32_t klen, dv_outbox *log, bool *changed) {
-    return local_op(m, k, klen, NULL, 0, false, false, 0, NULL, log, changed);
+    return local_op(m, k, klen, NULL, 0, false, OBSERVE_ALL, 0, NULL, log, changed);
 }
 
 int dv_map_remove_value_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v,
                             uint32_t vlen, dv_outbox *log, bool *changed) {
-    return local_op(m, k, klen, v, vlen, false, true, 0, NULL, log, changed);
+    return local_op(m, k, klen, v, vlen, false, OBSERVE_EQUAL, 0, NULL, log, changed);
+}
+
+int dv_map_remove_prefix_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *prefix,
+                             uint32_t plen, dv_outbox *log, bool *changed) {
+    return local_op(m, k, klen, prefix, plen, false, OBSERVE_PREFIX, 0, NULL, log, changed);
+}
+
+uint64_t dv_map_key_hash(const uint8_t *k, uint32_t klen) {
+    return key_hash(k, klen);
+}
+
+int dv_map_keys_with_hash(const dv_map *m, uint64_t h, dv_iter_fn fn, void *ud) {
+    if (!m->kcount)
+        return 0;
+    size_t mask = m->kcap - 1;
+    for (size_t i = khome(m, h); m->keys[i].e; i = (i + 1) & mask) {
+        const dv_entry *e = m->keys[i].e;
+        if (m->keys[i].hash != h || !e->elems)
+            continue;
+        dv_read r;
+        to_read(winner(e), &r);
+        int rc = fn(ud, entry_key(e), e->klen, &r);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 int dv_map_remove(dv_map *m, const uint8_t *k, uint32_t klen, dv_map *outbox, bool *changed) {
-    return local_op(m, k, klen, NULL, 0, false, false, 0, outbox, NULL, changed);
+    return local_op(m, k, klen, NULL, 0, false, OBSERVE_ALL, 0, outbox, NULL, changed);
 }
 
 /* ---------------------------------------------------------------- delta since */

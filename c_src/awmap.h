@@ -79,7 +79,17 @@ int dv_map_remove_log(dv_map *m, const uint8_t *k, uint32_t klen, dv_outbox *log
  * registration leaves a concurrent one of another node in place). */
 int dv_map_remove_value_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v,
                             uint32_t vlen, dv_outbox *log, bool *changed);
+/* Remove only the elements of key k whose value bytes start with prefix (a registry dropping
+ * every registration of an exited process, whatever its value). */
+int dv_map_remove_prefix_log(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *prefix,
+                             uint32_t plen, dv_outbox *log, bool *changed);
 bool dv_map_get(const dv_map *m, const uint8_t *k, uint32_t klen, dv_read *out);
+
+/* The hash the map files key k under (owners.h keeps keys by it). */
+uint64_t dv_map_key_hash(const uint8_t *k, uint32_t klen);
+/* Calls fn with the key and its read value for every key whose hash is h (almost always
+ * one or none); a non-zero return stops with that code. fn must not change m. */
+int dv_map_keys_with_hash(const dv_map *m, uint64_t h, dv_iter_fn fn, void *ud);
 
 /* Make room for n more keys and elements, so that joining them does not grow the tables
  * (each growth rehashes, and touches a new table twice the size). A hint for a bulk load,

@@ -20,7 +20,9 @@
 #include "alloc.h"
 #include "awmap.h"
 #include "codec.h"
+#include "hash.h"
 #include "members_nif.h"
+#include "owners.h"
 #include "ring_nif.h"
 #include "term_fast.h"
 
@@ -49,6 +51,7 @@ typedef struct {
     bool logging;        /* log local writes for the eager push; off while the owner has nobody to
                           * push to (anti-entropy gives a neighbour that comes later everything) */
     tf_atom_cache atoms; /* for decoding keys and values, used under the lock */
+    dv_owners owners;    /* pid -> keys of the registry's {pid, value} entries (owners.h) */
 } replica;
 
 static ErlNifResourceType *REPLICA;
@@ -71,6 +74,7 @@ static void replica_dtor(ErlNifEnv *env, void *obj) {
     (void)env;
     replica *r = obj;
     dv_map_free(r->map);
+    dv_owners_free(&r->owners);
     for (int i = 0; i < 2; i++) {
         dv_outbox_free(&r->log[i]);
         dv_buf_free(&r->changed[i]);
@@ -217,6 +221,7 @@ static ERL_NIF_TERM replica_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         dv_outbox_init(&r->log[i]);
         dv_buf_init(&r->changed[i]);
     }
+    dv_owners_init(&r->owners);
     r->lock = enif_mutex_create("drove_replica");
     r->map = dv_map_new(rid);
     r->owner = owner;
@@ -563,6 +568,334 @@ static ERL_NIF_TERM set_owner_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     maybe_notify(env, r);
     enif_mutex_unlock(r->lock);
     return A_OK;
+}
+
+/* ------------------------------------------------------------------ owners (registry) */
+
+/* A registry's entries are {:key, key} => {pid, value}. The replica keeps which keys each
+ * pid holds (owners.h), so that the registry finds the keys of an exited process, of keys/2
+ * and of an unlink decision without a table of its own. A pid is identified by its canonical
+ * external format: NEW_PID_EXT with the node name as a UTF-8 atom, exactly the bytes that
+ * term_to_binary({pid, value}, [:deterministic, minor_version: 2]) writes after its 3-byte
+ * tuple header (131, 104, 2). The index may hold more pairs than are true (a key since won by
+ * another process, say): whatever it yields is checked against the map, whose winner for the
+ * key must start with those bytes. */
+
+#define PID_CANON_MAX    (1 + 3 + 4 * 255 + 12) /* tag, atom header, 255 UTF-8 chars, 3 u32 */
+#define VALUE_PREFIX_MAX (3 + PID_CANON_MAX)
+
+typedef struct {
+    uint8_t b[VALUE_PREFIX_MAX]; /* 131, 104, 2, then the canonical pid */
+    size_t n;
+    uint64_t hash; /* of the canonical pid (b + 3) */
+} pid_id;
+
+/* Length of the canonical pid at p (a NEW_PID_EXT with a UTF-8 atom), or 0. */
+static size_t canon_pid_len(const uint8_t *p, size_t n) {
+    if (n < 3 || p[0] != 88)
+        return 0;
+    size_t len;
+    if (p[1] == 119) /* SMALL_ATOM_UTF8_EXT */
+        len = 1 + 2 + (size_t)p[2] + 12;
+    else if (p[1] == 118 && n >= 4) /* ATOM_UTF8_EXT */
+        len = 1 + 3 + ((size_t)p[2] << 8 | p[3]) + 12;
+    else
+        return 0;
+    return len <= n && len <= PID_CANON_MAX ? len : 0;
+}
+
+static void pid_id_finish(pid_id *id) {
+    id->b[0] = 131;
+    id->b[1] = 104;
+    id->b[2] = 2;
+    id->hash = dv_hash64(id->b + 3, id->n - 3);
+}
+
+/* The id of a pid term: from enif_term_to_binary (whose atoms may be Latin-1 encoded),
+ * re-encoded the canonical way. False for anything but a pid. */
+static bool pid_id_of(ErlNifEnv *env, ERL_NIF_TERM t, pid_id *id) {
+    ErlNifBinary b;
+    if (!enif_is_pid(env, t) || !enif_term_to_binary(env, t, &b))
+        return false;
+    const uint8_t *p = b.data;
+    size_t alen = 0, hdr = 0;
+    bool latin1 = false, ok = b.size >= 4 && p[0] == 131 && p[1] == 88;
+    if (ok) {
+        switch (p[2]) {
+        case 100: /* ATOM_EXT */
+        case 118: /* ATOM_UTF8_EXT */
+            ok = b.size >= 5;
+            alen = ok ? ((size_t)p[3] << 8 | p[4]) : 0;
+            hdr = 3;
+            latin1 = p[2] == 100;
+            break;
+        case 115: /* SMALL_ATOM_EXT */
+        case 119: /* SMALL_ATOM_UTF8_EXT */
+            alen = p[3];
+            hdr = 2;
+            latin1 = p[2] == 115;
+            break;
+        default:
+            ok = false;
+        }
+    }
+    const uint8_t *name = p + 2 + hdr;
+    ok = ok && 2 + hdr + alen + 12 == b.size && alen <= 4 * 255;
+    if (ok) {
+        uint8_t u[4 * 255];
+        size_t ulen = 0;
+        for (size_t i = 0; i < alen; i++) {
+            uint8_t c = name[i];
+            if (latin1 && c >= 0x80) {
+                if (ulen + 2 > sizeof(u)) {
+                    ok = false;
+                    break;
+                }
+                u[ulen++] = (uint8_t)(0xC0 | (c >> 6));
+                u[ulen++] = (uint8_t)(0x80 | (c & 0x3F));
+            } else {
+                u[ulen++] = c;
+            }
+        }
+        size_t o = 3;
+        id->b[o++] = 88;
+        if (ulen < 256) {
+            id->b[o++] = 119;
+            id->b[o++] = (uint8_t)ulen;
+        } else {
+            id->b[o++] = 118;
+            id->b[o++] = (uint8_t)(ulen >> 8);
+            id->b[o++] = (uint8_t)ulen;
+        }
+        memcpy(id->b + o, u, ulen);
+        o += ulen;
+        memcpy(id->b + o, name + alen, 12);
+        id->n = o + 12;
+        pid_id_finish(id);
+    }
+    enif_release_binary(&b);
+    return ok;
+}
+
+/* The id of the pid a registry value {pid, value} starts with (its bytes as stored). */
+static bool pid_id_of_value(const ErlNifBinary *v, pid_id *id) {
+    if (v->size < 4 || v->data[0] != 131 || v->data[1] != 104 || v->data[2] != 2)
+        return false;
+    size_t len = canon_pid_len(v->data + 3, v->size - 3);
+    if (!len)
+        return false;
+    memcpy(id->b + 3, v->data + 3, len);
+    id->n = 3 + len;
+    pid_id_finish(id);
+    return true;
+}
+
+static inline bool held_by(const dv_read *rd, const pid_id *id) {
+    return rd->vlen >= id->n && memcmp(rd->val, id->b, id->n) == 0;
+}
+
+DIRTY_FALLBACK(register)
+
+/* register(replica, key_bin, value_bin) -> :ok | {:exists, current_value}
+ * put_new for a registry entry: value_bin must encode {pid, value}; on success the key is
+ * filed under the pid (owners.h). The index entry is made first: if the put then fails, the
+ * index holds one pair too many, which its readers ignore. */
+static ERL_NIF_TERM register_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k, v;
+    pid_id id;
+    if (!replica_key_value(env, argv, &r, &k, &v) || !pid_id_of_value(&v, &id))
+        return enif_make_badarg(env);
+    if (!dirty && v.size > DIRTY_VALUE_BYTES)
+        return enif_schedule_nif(env, "register", ERL_NIF_DIRTY_JOB_CPU_BOUND, register_dirty, argc,
+                                 argv);
+    LOCK_REPLICA(register, env, r, argc, argv, dirty);
+    dv_read rd;
+    if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd)) {
+        if (!dirty && rd.vlen > DIRTY_VALUE_BYTES) {
+            enif_mutex_unlock(r->lock);
+            return enif_schedule_nif(env, "register", ERL_NIF_DIRTY_JOB_CPU_BOUND, register_dirty,
+                                     argc, argv);
+        }
+        ERL_NIF_TERM cur = decode_term(env, &r->atoms, rd.val, rd.vlen);
+        enif_mutex_unlock(r->lock);
+        return enif_make_tuple2(env, A_EXISTS, cur);
+    }
+    int rc = dv_owners_add(&r->owners, id.hash, dv_map_key_hash(k.data, (uint32_t)k.size));
+    bool changed = false;
+    if (rc == DV_OK)
+        rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
+                            cur_log(r), &changed);
+    return end_write(env, r, rc, &k, changed);
+}
+
+/* The (replica, key_bin, pid) arguments of own/disown. */
+static bool replica_key_pid(ErlNifEnv *env, const ERL_NIF_TERM argv[], replica **r, ErlNifBinary *k,
+                            pid_id *id) {
+    return get_replica(env, argv[0], r) && get_bin(env, argv[1], k) && pid_id_of(env, argv[2], id);
+}
+
+DIRTY_FALLBACK(own)
+
+/* own(replica, key_bin, pid) -> :ok: files key under pid (a registry showing an entry it
+ * learned from a peer). Normal: O(keys of pid). */
+static ERL_NIF_TERM own_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k;
+    pid_id id;
+    if (!replica_key_pid(env, argv, &r, &k, &id))
+        return enif_make_badarg(env);
+    LOCK_REPLICA(own, env, r, argc, argv, dirty);
+    int rc = dv_owners_add(&r->owners, id.hash, dv_map_key_hash(k.data, (uint32_t)k.size));
+    enif_mutex_unlock(r->lock);
+    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+}
+
+DIRTY_FALLBACK(disown)
+
+/* disown(replica, key_bin, pid) -> :ok: pid no longer holds key. Normal: O(keys of pid). */
+static ERL_NIF_TERM disown_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k;
+    pid_id id;
+    if (!replica_key_pid(env, argv, &r, &k, &id))
+        return enif_make_badarg(env);
+    LOCK_REPLICA(disown, env, r, argc, argv, dirty);
+    dv_owners_remove(&r->owners, id.hash, dv_map_key_hash(k.data, (uint32_t)k.size));
+    enif_mutex_unlock(r->lock);
+    return A_OK;
+}
+
+typedef struct {
+    ErlNifEnv *env;
+    replica *r;
+    const pid_id *id;
+    ERL_NIF_TERM list;
+    size_t found;
+    bool first_only;
+} held_ctx;
+
+static int collect_held(void *ud, const uint8_t *key, uint32_t klen, const dv_read *rd) {
+    held_ctx *c = ud;
+    if (!held_by(rd, c->id))
+        return 0;
+    c->found++;
+    if (c->first_only)
+        return 1;
+    c->list = enif_make_list_cell(c->env, decode_term(c->env, &c->r->atoms, key, klen), c->list);
+    return 0;
+}
+
+/* Walks the keys filed under id whose read value pid holds. */
+static void walk_held(replica *r, held_ctx *c) {
+    const uint64_t *places;
+    size_t nplaces;
+    dv_owners_get(&r->owners, c->id->hash, &places, &nplaces);
+    for (size_t i = 0; i < nplaces; i++)
+        if (places[i] && dv_map_keys_with_hash(r->map, places[i], collect_held, c))
+            break;
+}
+
+/* Above this many keys under one pid, owned_keys and owns run dirty. */
+#define DIRTY_OWNED_KEYS 512
+
+#define OWNED_CALL(name, first_only, answer)                                                       \
+    DIRTY_FALLBACK(name)                                                                           \
+    static ERL_NIF_TERM name##_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],           \
+                                    bool dirty) {                                                  \
+        replica *r;                                                                                \
+        pid_id id;                                                                                 \
+        if (!get_replica(env, argv[0], &r) || !pid_id_of(env, argv[1], &id))                       \
+            return enif_make_badarg(env);                                                          \
+        LOCK_REPLICA(name, env, r, argc, argv, dirty);                                             \
+        const uint64_t *places;                                                                    \
+        size_t nplaces;                                                                            \
+        if (!dirty && dv_owners_get(&r->owners, id.hash, &places, &nplaces) > DIRTY_OWNED_KEYS) {  \
+            enif_mutex_unlock(r->lock);                                                            \
+            return enif_schedule_nif(env, #name, ERL_NIF_DIRTY_JOB_CPU_BOUND, name##_dirty, argc,  \
+                                     argv);                                                        \
+        }                                                                                          \
+        held_ctx c = {env, r, &id, enif_make_list(env, 0), 0, first_only};                         \
+        walk_held(r, &c);                                                                          \
+        enif_mutex_unlock(r->lock);                                                                \
+        return answer;                                                                             \
+    }
+
+/* owned_keys(replica, pid) -> [key]: the keys whose read value pid holds (the replica's keys,
+ * i.e. {:key, key} for a registry). owns(replica, pid) -> boolean: whether there is one.
+ * Normal: O(keys of pid); dirty above DIRTY_OWNED_KEYS. */
+OWNED_CALL(owned_keys, false, c.list)
+OWNED_CALL(owns, true, c.found ? A_TRUE : A_FALSE)
+
+static int collect_key(void *ud, const uint8_t *key, uint32_t klen, const dv_read *rd) {
+    (void)rd;
+    dv_buf *b = ud;
+    dv_buf_bytes(b, key, klen);
+    return 0;
+}
+
+/* drop_owned(replica, [pid]) -> [{key, pid}]
+ * For exited processes: removes every element whose value is held by one of the pids (their
+ * registrations, winners or not; logged for the push like any local remove), forgets the
+ * pids, and answers the keys whose read value went. The list is checked whole before anything
+ * changes. Dirty: O(pids + their keys). */
+static ERL_NIF_TERM drop_owned_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    unsigned len;
+    if (!get_replica(env, argv[0], &r) || !enif_get_list_length(env, argv[1], &len))
+        return enif_make_badarg(env);
+    ERL_NIF_TERM head, tail = argv[1];
+    while (enif_get_list_cell(env, tail, &head, &tail))
+        if (!enif_is_pid(env, head))
+            return enif_make_badarg(env);
+    ERL_NIF_TERM out = enif_make_list(env, 0);
+    dv_buf found;
+    dv_buf_init(&found);
+    int rc = DV_OK;
+    enif_mutex_lock(r->lock);
+    tail = argv[1];
+    while (rc == DV_OK && enif_get_list_cell(env, tail, &head, &tail)) {
+        pid_id id;
+        if (!pid_id_of(env, head, &id))
+            continue; /* not encodable canonically (owners.h): it holds nothing here */
+        const uint64_t *places;
+        size_t nplaces;
+        dv_owners_get(&r->owners, id.hash, &places, &nplaces);
+        dv_buf_reset(&found);
+        for (size_t i = 0; i < nplaces; i++)
+            if (places[i])
+                dv_map_keys_with_hash(r->map, places[i], collect_key, &found);
+        if (found.oom) {
+            rc = DV_ENOMEM;
+            break;
+        }
+        dv_owners_drop(&r->owners, id.hash);
+        const uint8_t *p = found.p, *end = found.p + found.n;
+        while (rc == DV_OK && p < end) { /* dv_buf_bytes: varint length + bytes */
+            uint64_t klen = 0;
+            for (int shift = 0; p < end; shift += 7) {
+                uint8_t byte = *p++;
+                klen |= (uint64_t)(byte & 0x7f) << shift;
+                if (!(byte & 0x80))
+                    break;
+            }
+            const uint8_t *k = p;
+            p += klen;
+            bool changed = false;
+            rc = dv_map_remove_prefix_log(r->map, k, (uint32_t)klen, id.b, (uint32_t)id.n,
+                                          cur_log(r), &changed);
+            if (rc == DV_OK && changed) {
+                note_change(r, k, klen);
+                out = enif_make_list_cell(
+                    env, enif_make_tuple2(env, decode_term(env, &r->atoms, k, klen), head), out);
+            }
+        }
+    }
+    maybe_notify(env, r);
+    enif_mutex_unlock(r->lock);
+    dv_buf_free(&found);
+    return rc == DV_OK ? out : error_tuple(env, rc);
 }
 
 /* ------------------------------------------------------------------ outbox */
@@ -957,7 +1290,7 @@ static ERL_NIF_TERM info_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     ERL_NIF_TERM vals[8] = {
         enif_make_uint64(env, dv_map_size(r->map)),
         enif_make_uint64(env, dv_map_elements(r->map)),
-        enif_make_uint64(env, dv_map_memory(r->map)),
+        enif_make_uint64(env, dv_map_memory(r->map) + dv_owners_memory(&r->owners)),
         enif_make_uint64(env, dv_map_payload(r->map)),
         enif_make_uint64(env, dv_map_rid(r->map)),
         enif_make_uint64(env, dv_map_ctx(r->map)->n),
@@ -1025,6 +1358,13 @@ static ErlNifFunc funcs[] = {
     {"put_new", 3, put_new_nif, 0},
     {"holds", 3, holds_nif, 0},
     {"remove_value", 3, remove_value_nif, 0},
+    {"register", 3, register_nif, 0},
+    /* normal, trylock else rescheduled dirty: O(keys of the pid); owned_keys and owns are
+     * rescheduled dirty above DIRTY_OWNED_KEYS keys */
+    {"own", 3, own_nif, 0},
+    {"disown", 3, disown_nif, 0},
+    {"owned_keys", 2, owned_keys_nif, 0},
+    {"owns", 2, owns_nif, 0},
     {"set_owner", 2, set_owner_nif, 0},
     {"set_logging", 2, set_logging_nif, 0},
     {"info", 1, info_nif, 0},
@@ -1038,6 +1378,7 @@ static ErlNifFunc funcs[] = {
     {"join", 3, join_nif, 0},
     /* dirty: O(map) or O(list) */
     {"remove_values", 2, remove_values_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"drop_owned", 2, drop_owned_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"sync_reply", 5, sync_reply_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"sync_finish", 5, sync_finish_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"to_list", 1, to_list_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},

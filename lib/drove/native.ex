@@ -56,6 +56,19 @@ defmodule Drove.Native do
   def remove_value(_r, _k, _v), do: nif()
   @doc false
   def remove_values(_r, _pairs), do: nif()
+  # the registry's pid -> keys index (c_src/owners.h)
+  @doc false
+  def register(_r, _k, _v), do: nif()
+  @doc false
+  def own(_r, _k, _pid), do: nif()
+  @doc false
+  def disown(_r, _k, _pid), do: nif()
+  @doc false
+  def owned_keys(_r, _pid), do: nif()
+  @doc false
+  def owns(_r, _pid), do: nif()
+  @doc false
+  def drop_owned(_r, _pids), do: nif()
   @doc false
   def set_owner(_r, _pid), do: nif()
   @doc false

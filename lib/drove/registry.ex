@@ -10,9 +10,8 @@ defmodule Drove.Registry do
 
   The process registered under `name` owns the ETS tables Horde users read (`name` for
   meta, `:"keys_\#{name}"` with rows `{key, {name, node}, {pid, value}}`,
-  `:"pids_\#{name}"` (an ordered set of `{{pid, key}}`; Horde keeps `{pid, [keys]}`), `:"members_\#{name}"` with rows
-  `{member, 1}`); they exist exactly while it runs, so reads after it stopped raise
-  `ArgumentError`.
+  `:"members_\#{name}"` with rows `{member, 1}`); they exist exactly while it runs, so reads
+  after it stopped raise `ArgumentError`.
 
   ## Where Drove deliberately differs from Horde
 
@@ -32,8 +31,9 @@ defmodule Drove.Registry do
       replica id), the same on every node; the loser gets the exit signal
       `{:name_conflict, {key, value}, registry, winner_pid}` from its own node.
     * `register/3` returns `{:ok, registry_pid}` as Horde does.
-    * The pids table holds one row `{{pid, key}}` per registration instead of Horde's
-      `{pid, [keys]}`, so a process holding many keys costs O(log n) per key, not O(keys).
+    * There is no `:"pids_\#{name}"` table: which keys a process holds is indexed inside the
+      replica, in C (`c_src/owners.h`, about 40 bytes per registration instead of an ETS row
+      of about 100). `keys/2` reads it, for local and remote pids alike.
   """
 
   import Kernel, except: [send: 2]
@@ -145,9 +145,10 @@ defmodule Drove.Registry do
     case :ets.lookup(keys_table(registry), key) do
       [{^key, _member, {^pid, value}}] ->
         %{handle: h, server: server} = instance!(registry)
-        :ok = Native.remove_value(h, Native.key({:key, key}), Native.value({pid, value}))
+        kb = Native.key({:key, key})
+        :ok = Native.remove_value(h, kb, Native.value({pid, value}))
         :ets.delete_object(keys_table(registry), {key, member(registry), {pid, value}})
-        drop_pid_key(registry, pid, key)
+        :ok = Native.disown(h, kb, pid)
         Kernel.send(server, {:unregistered, pid, key, value})
         :ok
 
@@ -303,7 +304,8 @@ defmodule Drove.Registry do
   @doc "The keys `pid` holds (local or remote pids)."
   @spec keys(registry(), pid()) :: [key()]
   def keys(registry, pid) when is_pid(pid) do
-    :ets.select(pids_table(registry), [{{{pid, :"$1"}}, [], [:"$1"]}])
+    %{handle: h} = instance!(registry)
+    for {:key, key} <- Native.owned_keys(h, pid), do: key
   end
 
   @doc "Calls `fun` (or `{m, f, a}` with the entries appended) with the entries of `key`."
@@ -376,14 +378,6 @@ defmodule Drove.Registry do
   def keys_table(registry), do: raise_missing(registry)
 
   @doc false
-  @spec pids_table(registry()) :: atom()
-  def pids_table(registry) when is_atom(registry) do
-    :persistent_term.get({__MODULE__, :pids, registry}, nil) || :"pids_#{registry}"
-  end
-
-  def pids_table(registry), do: raise_missing(registry)
-
-  @doc false
   @spec members_table(registry()) :: atom()
   def members_table(registry) when is_atom(registry), do: :"members_#{registry}"
   def members_table(registry), do: raise_missing(registry)
@@ -414,10 +408,10 @@ defmodule Drove.Registry do
     kb = Native.key({:key, key})
     vb = Native.value({pid, value})
 
-    case Native.put_new(h, kb, vb) do
+    # put_new, and the key filed under pid in the replica's index
+    case Native.register(h, kb, vb) do
       :ok ->
         :ets.insert(keys_table(registry), {key, member(registry), {pid, value}})
-        add_pid_key(registry, pid, key)
         registered(registry, server, h, kb, vb, {pid, key, value})
         {:ok, server}
 
@@ -462,27 +456,4 @@ defmodule Drove.Registry do
   end
 
   defp notify?(registry), do: :persistent_term.get({__MODULE__, :notify, registry}, true)
-
-  @doc false
-  # The pids table is an ordered_set of {{pid, key}}: adding and dropping a key is O(log n)
-  # however many keys a process holds (a bag keyed by pid walks all of the process's rows
-  # on each insert: a process registering 20k keys paid for it), and a process's keys are a
-  # prefix scan.
-  @spec add_pid_key(registry(), pid(), key()) :: true
-  def add_pid_key(registry, pid, key), do: :ets.insert(pids_table(registry), {{pid, key}})
-
-  @doc false
-  @spec drop_pid_key(registry(), pid(), key()) :: true
-  def drop_pid_key(registry, pid, key), do: :ets.delete(pids_table(registry), {pid, key})
-
-  @doc false
-  @spec drop_pid(registry(), pid()) :: true
-  def drop_pid(registry, pid), do: :ets.match_delete(pids_table(registry), {{pid, :_}})
-
-  @doc false
-  @spec has_keys?(registry(), pid()) :: boolean()
-  def has_keys?(registry, pid) do
-    # a bound pid makes this a prefix scan of the ordered set, stopped at the first row
-    :ets.select(pids_table(registry), [{{{pid, :_}}, [], [true]}], 1) != :"$end_of_table"
-  end
 end

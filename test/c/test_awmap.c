@@ -649,6 +649,88 @@ Test(awmap, remove_value_removes_only_matching_elements) {
     ASSERT_NO_LEAK();
 }
 
+typedef struct {
+    int calls;
+    char key[32];
+    char val[32];
+} hash_hits;
+
+static int record_hit(void *ud, const uint8_t *key, uint32_t klen, const dv_read *r) {
+    hash_hits *h = ud;
+    h->calls++;
+    snprintf(h->key, sizeof(h->key), "%.*s", (int)klen, (const char *)key);
+    snprintf(h->val, sizeof(h->val), "%.*s", (int)r->vlen, (const char *)r->val);
+    return 0;
+}
+
+Test(awmap, remove_prefix_removes_elements_starting_with_it) {
+    dv_map *a = dv_map_new(1), *b = dv_map_new(2);
+    dv_outbox la, lb;
+    dv_outbox_init(&la);
+    dv_outbox_init(&lb);
+    cr_assert_eq(dv_map_put_log(a, K("k"), K("pidA:1"), 1000, &la, NULL), DV_OK);
+    cr_assert_eq(dv_map_put_log(b, K("k"), K("pidB:2"), 2000, &lb, NULL), DV_OK);
+    log_flush(&la, 1, &b, 1);
+    log_flush(&lb, 2, &a, 1);
+    ASSERT_READS(a, "k", "pidB:2");
+
+    bool changed = true;
+    /* a prefix longer than the values, and one nobody's value starts with: nothing */
+    cr_assert_eq(dv_map_remove_prefix_log(a, K("k"), K("pidA:1+more"), &la, &changed), DV_OK);
+    cr_assert(!changed);
+    cr_assert_eq(dv_map_remove_prefix_log(a, K("k"), K("pidC"), &la, &changed), DV_OK);
+    cr_assert(!changed);
+    cr_assert(dv_outbox_empty(&la));
+    cr_assert_eq(dv_map_elements(a), 2);
+
+    /* the loser's prefix: its element goes, the read stays */
+    cr_assert_eq(dv_map_remove_prefix_log(a, K("k"), K("pidA"), &la, &changed), DV_OK);
+    cr_assert(!changed);
+    cr_assert_eq(dv_map_elements(a), 1);
+    log_flush(&la, 1, &b, 1);
+    cr_assert(dv_map_equal(a, b));
+
+    /* the winner's prefix: the key goes, on both after the push */
+    cr_assert_eq(dv_map_remove_prefix_log(b, K("k"), K("pidB:"), &lb, &changed), DV_OK);
+    cr_assert(changed);
+    ASSERT_READS(b, "k", NULL);
+    log_flush(&lb, 2, &a, 1);
+    ASSERT_READS(a, "k", NULL);
+    cr_assert(dv_map_equal(a, b));
+    dv_outbox_free(&la);
+    dv_outbox_free(&lb);
+    dv_map_free(a);
+    dv_map_free(b);
+    ASSERT_NO_LEAK();
+}
+
+Test(awmap, keys_with_hash_finds_the_key_of_a_hash) {
+    dv_map *m = dv_map_new(1);
+    char k[16], v[16];
+    for (int i = 0; i < 2000; i++) {
+        snprintf(k, sizeof(k), "key%d", i);
+        snprintf(v, sizeof(v), "val%d", i);
+        cr_assert_eq(dv_map_put(m, K(k), K(v), 1000, NULL, NULL), DV_OK);
+    }
+    for (int i = 0; i < 2000; i += 7) {
+        snprintf(k, sizeof(k), "key%d", i);
+        snprintf(v, sizeof(v), "val%d", i);
+        hash_hits h = {0};
+        cr_assert_eq(dv_map_keys_with_hash(m, dv_map_key_hash(K(k)), record_hit, &h), 0);
+        cr_assert_eq(h.calls, 1);
+        cr_assert_str_eq(h.key, k);
+        cr_assert_str_eq(h.val, v);
+    }
+    hash_hits none = {0};
+    cr_assert_eq(dv_map_keys_with_hash(m, dv_map_key_hash(K("absent")), record_hit, &none), 0);
+    cr_assert_eq(none.calls, 0);
+    cr_assert_eq(dv_map_remove(m, K("key14"), NULL, NULL), DV_OK);
+    cr_assert_eq(dv_map_keys_with_hash(m, dv_map_key_hash(K("key14")), record_hit, &none), 0);
+    cr_assert_eq(none.calls, 0, "a removed key is not found");
+    dv_map_free(m);
+    ASSERT_NO_LEAK();
+}
+
 /* ---- joins of crafted deltas ---- */
 
 static void delta_msg(dv_buf *out, uint64_t sender, const dv_range *r, size_t nr,

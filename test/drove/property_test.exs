@@ -552,7 +552,13 @@ defmodule Drove.PropertyTest do
         {:put_new, [h, Native.key(:k2), Native.value(:v)]},
         {:remove_value, [h, Native.key(:k), Native.value(:v)]},
         {:remove_values, [h, [{Native.key(:k), Native.value(:v)}]]},
-        {:set_owner, [h, self()]}
+        {:set_owner, [h, self()]},
+        {:register, [h, Native.key({:key, :r}), Native.value({self(), :v})]},
+        {:own, [h, Native.key({:key, :r}), self()]},
+        {:disown, [h, Native.key({:key, :r}), self()]},
+        {:owned_keys, [h, self()]},
+        {:owns, [h, self()]},
+        {:drop_owned, [h, [self()]]}
       ]
 
       Enum.reduce(1..@wrong_calls, Gen.seed(seed()), fn i, st ->
@@ -581,9 +587,28 @@ defmodule Drove.PropertyTest do
         end
       end
 
+      # a registry value must be {pid, value}, in full
+      pv = Native.value({self(), :v})
+
+      for bad <- [Native.value({:not_a_pid, :v}), Native.value(self()), binary_part(pv, 0, 8), ""] do
+        assert_raise ArgumentError, fn -> Native.register(h, Native.key({:key, :bad}), bad) end
+      end
+
+      assert_raise ArgumentError, fn -> Native.drop_owned(h, [self(), :not_a_pid]) end
+      assert_raise ArgumentError, fn -> Native.drop_owned(h, [self() | self()]) end
+      assert Native.get(h, Native.key({:key, :bad})) == :error
+
       :ok = Native.set_owner(h, self())
       :ok = Native.put(h, Native.key(:k), Native.value(:final))
       assert Native.get(h, Native.key(:k)) == {:ok, :final}
+      # the index still works: a registration, its keys, and its removal
+      _ = Native.drop_owned(h, [self()])
+      assert Native.register(h, Native.key({:key, :mine}), pv) == :ok
+      assert {:key, :mine} in Native.owned_keys(h, self())
+      assert Native.owns(h, self())
+      assert {{:key, :mine}, self()} in Native.drop_owned(h, [self()])
+      assert Native.owned_keys(h, self()) == []
+      assert Native.get(h, Native.key({:key, :mine})) == :error
       assert %{size: _} = Native.info(h)
     end
   end

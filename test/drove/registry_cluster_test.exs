@@ -123,6 +123,45 @@ defmodule Drove.RegistryClusterTest do
     end
 
     for n <- nodes, do: assert(C.rpc(n, Drove.Registry, :count, [@reg]) == 50)
+
+    # the pid -> keys index agrees on every node: each owner holds its name; the losers (alive:
+    # they trap the exit) hold nothing
+    for n <- nodes, {{:race, i} = key, owner} <- Enum.zip(keys, owners) do
+      assert C.rpc(n, Drove.Registry, :keys, [@reg, owner]) == [key]
+
+      for {^i, pid} <- started,
+          pid != owner,
+          do: assert(C.rpc(n, Drove.Registry, :keys, [@reg, pid]) == [])
+    end
+  end
+
+  test "keys/2 of a remote pid; every key of an exited process goes on every node" do
+    [a, b] = nodes = C.start_nodes(2)
+    start_registries(nodes)
+    keys = for i <- 1..600, do: {:multi, i}
+    pid = C.rpc(a, P, :spawn_holder, [@reg, :multi, 1..600])
+    other = C.rpc(a, P, :spawn_holder, [@reg, :other, 1..3])
+
+    C.wait_until(fn ->
+      Enum.sort(C.rpc(b, Drove.Registry, :keys, [@reg, pid])) == keys and count(b) == 603
+    end)
+
+    assert Enum.sort(C.rpc(a, Drove.Registry, :keys, [@reg, pid])) == keys
+
+    assert Enum.sort(C.rpc(b, Drove.Registry, :keys, [@reg, other])) == [
+             other: 1,
+             other: 2,
+             other: 3
+           ]
+
+    C.rpc(a, Process, :exit, [pid, :kill])
+    C.wait_until(fn -> count(a) == 3 and count(b) == 3 end)
+
+    for n <- nodes do
+      assert C.rpc(n, Drove.Registry, :keys, [@reg, pid]) == []
+      assert C.rpc(n, Drove.Registry, :lookup, [@reg, {:multi, 1}]) == []
+      assert C.rpc(n, Drove.Registry, :lookup, [@reg, {:other, 2}]) == [{other, 2}]
+    end
   end
 
   defp collect_lost(acc, 0), do: acc

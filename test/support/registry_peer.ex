@@ -70,6 +70,25 @@ defmodule Drove.Test.RegistryPeer do
         do: {i, pid}
   end
 
+  @doc "Spawns one process that registers every {prefix, i} itself, then waits; its pid."
+  @spec spawn_holder(atom(), term(), Range.t()) :: pid()
+  def spawn_holder(registry, prefix, range) do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        for i <- range, do: {:ok, _} = Drove.Registry.register(registry, {prefix, i}, i)
+        send(parent, {:holding, self()})
+        receive do: (:stop -> :ok)
+      end)
+
+    receive do
+      {:holding, ^pid} -> pid
+    after
+      10_000 -> raise "holder did not register"
+    end
+  end
+
   @doc "How many of {prefix, i} this node finds, and whether each is alive."
   @spec found(atom(), term(), Range.t()) :: non_neg_integer()
   def found(registry, prefix, range) do

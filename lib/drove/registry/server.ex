@@ -6,7 +6,8 @@ defmodule Drove.Registry.Server do
   #
   # Replica keys: {:key, key} => {pid, value}; {:member, {name, node}} => 1;
   # {:meta, key} => value. Callers write their own registrations (Drove.Registry); this
-  # process learns of them by message.
+  # process learns of them by message. The replica also indexes the keys of each pid shown
+  # in the keys table (Native.own/disown, c_src/owners.h): for exits, keys/2 and unlinking.
   use GenServer
   require Logger
 
@@ -118,17 +119,8 @@ defmodule Drove.Registry.Server do
     # read by every lookup; written once per registration (write_concurrency would make each
     # lookup take a second lock: 2x the cost of a read on 2 cores)
     :ets.new(Reg.keys_table(name), table_opts)
-
-    :ets.new(Reg.pids_table(name), [
-      :named_table,
-      :ordered_set,
-      :public,
-      write_concurrency: true
-    ])
-
     :ets.new(Reg.members_table(name), table_opts)
     :persistent_term.put({Reg, :keys, name}, :"keys_#{name}")
-    :persistent_term.put({Reg, :pids, name}, :"pids_#{name}")
     # registrants tell this process of each registration only when it has listeners to notify
     :persistent_term.put({Reg, :notify, name}, Keyword.get(opts, :listeners, []) != [])
 
@@ -263,23 +255,15 @@ defmodule Drove.Registry.Server do
     # Exits come in bursts (a node's agents stopping): take every one already queued and
     # drop their registrations with one native call.
     exits = drain_exits([{pid, reason}], 10_000)
-    # the registrants among them (local processes holding keys here), with their keys: the
-    # pids table is read once per process
-    held =
-      for {p, _} <- exits,
-          node(p) == node(),
-          keys <- [Reg.keys(s.name, p)],
-          keys != [],
-          do: {p, keys}
-
+    {local, remote} = Enum.split_with(exits, fn {p, _} -> node(p) == node() end)
+    {gone, alive} = local |> Enum.map(&elem(&1, 0)) |> Enum.split_with(&(not Process.alive?(&1)))
     # an exit signal comes from a process that is exiting; an {:EXIT, pid, _} naming a live
     # registrant is a message anyone could send (a peer knows every registered pid): its
-    # registrations stay (relinked: the link went if it was a real signal)
-    {gone, alive} = Enum.split_with(held, fn {p, _} -> not Process.alive?(p) end)
-    alive = for {p, _} <- alive, do: p
+    # registrations stay (relinked: the link went if it was a real signal). Registrants are
+    # local: an exit naming a process of another node is made up too.
+    alive = Enum.filter(alive, &Native.owns(s.handle, &1))
     Enum.each(alive, &Process.link/1)
-    # registrants are local: an exit naming a process of another node is made up too
-    forged = alive ++ for({p, _} <- exits, node(p) != node(), do: p)
+    forged = alive ++ for({p, _} <- remote, do: p)
 
     s =
       Enum.reduce(forged, s, &%{&2 | repl: Replicator.bad_message(&2.repl, {:exit_of_live, &1})})
@@ -335,15 +319,7 @@ defmodule Drove.Registry.Server do
   def terminate(_reason, s) do
     # this registry stops: its registrations go, everywhere (linked registrants get the
     # exit signal anyway)
-    for pid <- linked(s), key <- Reg.keys(s.name, pid) do
-      case :ets.lookup(Reg.keys_table(s.name), key) do
-        [{_, _, {^pid, value}}] ->
-          Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
-
-        _ ->
-          :ok
-      end
-    end
+    Native.drop_owned(s.handle, linked(s))
 
     Native.delete(s.handle, Native.key({:member, s.me}))
     Replicator.terminate(s.repl)
@@ -391,20 +367,22 @@ defmodule Drove.Registry.Server do
   end
 
   defp apply_diff({:remove, {:key, key}}, s) do
-    case current_row(s, key) do
-      {pid, value} ->
+    table = Reg.keys_table(s.name)
+
+    case :ets.lookup(table, key) do
+      [{_, _, {pid, value}} = row] ->
         if node(pid) == node() and Process.alive?(pid) do
           # someone removed the element of a live local registrant: it still holds the key
           Native.put(s.handle, Native.key({:key, key}), Native.value({pid, value}))
           s
         else
-          :ets.delete(Reg.keys_table(s.name), key)
-          Reg.drop_pid_key(s.name, pid, key)
+          :ets.delete_object(table, row)
+          disown(s, pid, key)
           notify(s, {:unregister, s.name, key, pid})
           s
         end
 
-      nil ->
+      [] ->
         s
     end
   end
@@ -455,13 +433,26 @@ defmodule Drove.Registry.Server do
 
   defp show(s, key, pid, value) do
     :ets.insert(Reg.keys_table(s.name), {key, {s.name, node(pid)}, {pid, value}})
-    Reg.add_pid_key(s.name, pid, key)
+    :ok = Native.own(s.handle, Native.key({:key, key}), pid)
   end
+
+  # Deletes the row of key only if it still shows pid's registration: a registrant writes
+  # its row from its own process, and may just have registered the key anew.
+  defp delete_row(s, key, pid) do
+    table = Reg.keys_table(s.name)
+
+    case :ets.lookup(table, key) do
+      [{_, _, {^pid, _}} = row] -> :ets.delete_object(table, row)
+      _ -> true
+    end
+  end
+
+  defp disown(s, pid, key), do: :ok = Native.disown(s.handle, Native.key({:key, key}), pid)
 
   # `old` no longer holds `key` (the replica chose `winner`): drop its row, and if it is a
   # live process of this node, it lost a conflict.
   defp evict(s, key, old, old_value, winner) do
-    Reg.drop_pid_key(s.name, old, key)
+    disown(s, old, key)
     notify(s, {:unregister, s.name, key, old})
 
     if node(old) == node() and Process.alive?(old) do
@@ -473,7 +464,7 @@ defmodule Drove.Registry.Server do
 
   defp lose(s, key, pid, value, winner) do
     Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
-    Reg.drop_pid_key(s.name, pid, key)
+    disown(s, pid, key)
     Process.exit(pid, {:name_conflict, {key, value}, s.name, winner})
     s
   end
@@ -489,14 +480,14 @@ defmodule Drove.Registry.Server do
 
     case current_row(s, key) do
       {^pid, _} ->
-        :ets.delete(Reg.keys_table(s.name), key)
+        delete_row(s, key, pid)
         notify(s, {:unregister, s.name, key, pid})
 
       _ ->
         :ok
     end
 
-    Reg.drop_pid_key(s.name, pid, key)
+    disown(s, pid, key)
     s
   end
 
@@ -512,24 +503,19 @@ defmodule Drove.Registry.Server do
 
   defp processes_gone(s, []), do: s
 
-  # `gone`: [{pid, keys}] of registrants that exited.
+  # `gone`: local processes that exited. The replica drops every registration they held
+  # (its pid -> keys index knows which) and answers the keys whose winner went.
   defp processes_gone(s, gone) do
-    keys_table = Reg.keys_table(s.name)
+    for {{:key, key}, pid} <- Native.drop_owned(s.handle, gone) do
+      delete_row(s, key, pid)
+      notify(s, {:unregister, s.name, key, pid})
+    end
 
-    pairs =
-      for {pid, keys} <- gone, key <- keys, {^pid, value} <- [current_row(s, key)] do
-        :ets.delete(keys_table, key)
-        notify(s, {:unregister, s.name, key, pid})
-        {Native.key({:key, key}), Native.value({pid, value})}
-      end
-
-    if pairs != [], do: :ok = Native.remove_values(s.handle, pairs)
-    for {pid, keys} <- gone, key <- keys, do: Reg.drop_pid_key(s.name, pid, key)
     s
   end
 
   # Registrants are linked to this process; a process is one (linked) while it holds a key
-  # here: the pids table says which, no set of pids is kept beside it. Linking twice is a
+  # here: the replica's index says which, no set of pids is kept beside it. Linking twice is a
   # no-op, and linking a process that already exited delivers {:EXIT, pid, :noproc}, which
   # cleans up.
   defp link(s, pid) do
@@ -538,14 +524,14 @@ defmodule Drove.Registry.Server do
   end
 
   defp maybe_unlink(s, pid) do
-    unless Reg.has_keys?(s.name, pid), do: Process.unlink(pid)
+    unless Native.owns(s.handle, pid), do: Process.unlink(pid)
     s
   end
 
   # The local registrants linked to this process.
   defp linked(s) do
     {:links, links} = Process.info(self(), :links)
-    for p <- links, is_pid(p), node(p) == node(), Reg.has_keys?(s.name, p), do: p
+    for p <- links, is_pid(p), node(p) == node(), Native.owns(s.handle, p), do: p
   end
 
   # ------------------------------------------------------------------ nodes
@@ -556,7 +542,7 @@ defmodule Drove.Registry.Server do
 
     Enum.each(rows, fn {key, _m, {pid, _v}} = row ->
       :ets.delete_object(table, row)
-      Reg.drop_pid_key(s.name, pid, key)
+      disown(s, pid, key)
       notify(s, {:unregister, s.name, key, pid})
     end)
 

@@ -4,9 +4,10 @@ defmodule Horde.Registry do
 
   Every function has Horde's name, arity and return shape. The process registered under the
   registry's name owns the ETS tables Horde users read (`name` for meta, `:"keys_\#{name}"`
-  with rows `{key, {name, node}, {pid, value}}`, `:"members_\#{name}"` with rows
-  `{member, 1}`, and `:"pids_\#{name}"`); they exist exactly while the registry can answer,
-  and reads after it stopped raise `ArgumentError`.
+  with rows `{key, {name, node}, {pid, value}}`, and `:"members_\#{name}"` with rows
+  `{member, 1}`; Horde's `:"pids_\#{name}"` is not kept, `keys/2` reads an index in the
+  replica); they exist exactly while the registry can answer, and reads after it stopped
+  raise `ArgumentError`.
 
       defmodule MyApp.Registry do
         use Horde.Registry

@@ -69,7 +69,6 @@ defmodule Horde.RegistryTest do
     for table <- [
           ModuleRegistry,
           :"keys_Elixir.Horde.RegistryTest.ModuleRegistry",
-          :"pids_Elixir.Horde.RegistryTest.ModuleRegistry",
           :"members_Elixir.Horde.RegistryTest.ModuleRegistry"
         ] do
       assert :ets.info(table, :owner) == owner, inspect(table)

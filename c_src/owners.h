@@ -1,0 +1,64 @@
+/* owners.h - which keys each process holds: the registry's pid -> keys index.
+ *
+ * A registry must find the keys of a process when it exits (to remove them), for keys/2, and
+ * to know whether it still holds any. Both ids are 64-bit hashes: a process is the hash of
+ * its pid's canonical external format (drove_nif.c), a key the map's hash of its key bytes
+ * (dv_map_key_hash). Whoever reads the index checks what it finds against the map (the
+ * winner of each key must carry the pid), so two pids with one hash only share a record;
+ * two keys of one process with one 64-bit hash share an entry (they are found and removed
+ * together at the process's exit).
+ *
+ * Layout: an open-addressing table (linear probing, backward-shift deletion, no tombstones)
+ * of 24-byte slots, one per process. A process holding one key keeps it in its slot; up to
+ * ARRAY_MAX keys go to a small array, more to a hash set of their own (the same scheme), so
+ * adding, finding and removing a key is O(1) however many keys a process holds. Key ids of
+ * 0 are stored as 1 (0 marks an empty place in a key set), as pid ids are.
+ *
+ * Not thread-safe: the NIF calls it under the replica's lock.
+ */
+#ifndef DROVE_OWNERS_H
+#define DROVE_OWNERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DV_OWNERS_ARRAY_MAX 16
+
+typedef struct {
+    uint64_t pid; /* 0: empty (a pid hash of 0 is stored as 1) */
+    uint32_t n;   /* keys held (>= 1 in a used slot) */
+    uint32_t cap; /* places in k.many: 0 (the one key inline), an array of up to
+                   * DV_OWNERS_ARRAY_MAX, or a larger power of two: a hash set */
+    union {
+        uint64_t one;
+        uint64_t *many;
+    } k;
+} dv_owner_slot;
+
+typedef struct {
+    dv_owner_slot *slots;
+    size_t cap;   /* slots (0 or a power of two) */
+    size_t count; /* processes */
+    size_t keys;  /* (process, key) pairs */
+    size_t heap;  /* bytes of the key arrays */
+} dv_owners;
+
+void dv_owners_init(dv_owners *o);
+/* Frees everything; o is then empty (as after dv_owners_init). */
+void dv_owners_free(dv_owners *o);
+
+/* Records that pid holds key; a pair already there stays one pair. DV_OK or DV_ENOMEM (o is
+ * unchanged then). */
+int dv_owners_add(dv_owners *o, uint64_t pid, uint64_t key);
+/* Forgets the pair; false if it was not there. */
+bool dv_owners_remove(dv_owners *o, uint64_t pid, uint64_t key);
+/* The keys of pid: returns how many, and points *places at *nplaces places holding them,
+ * where 0 marks an empty place to skip (valid until the next change). */
+size_t dv_owners_get(const dv_owners *o, uint64_t pid, const uint64_t **places, size_t *nplaces);
+/* Forgets pid and all its keys; false if it held none. */
+bool dv_owners_drop(dv_owners *o, uint64_t pid);
+/* Bytes held (the table and the key arrays). */
+size_t dv_owners_memory(const dv_owners *o);
+
+#endif
