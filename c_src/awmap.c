@@ -44,8 +44,7 @@ enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_DEAD = 2 /* detached, on a join's grav
 /* An entry: this header, the inline element (entry_inl: header and cap value bytes), then the
  * key bytes (entry_key). */
 struct dv_entry {
-    uint64_t hash;
-    dv_elem *elems;
+    dv_elem *elems; /* (the key's hash is in its keys-table slot; entry_hash recomputes it) */
     uint32_t klen;
     uint8_t touched; /* on the touched list of the join in progress */
     uint8_t slot;    /* SLOT_* */
@@ -134,6 +133,10 @@ static inline dv_elem *entry_inl(dv_entry *e) {
 static inline const uint8_t *entry_key(const dv_entry *e) {
     const dv_elem *x = (const dv_elem *)(e + 1);
     return (const uint8_t *)(x + 1) + x->cap;
+}
+
+static inline uint64_t entry_hash(const dv_entry *e) {
+    return key_hash(entry_key(e), e->klen);
 }
 
 static inline size_t entry_size(uint32_t klen, uint32_t icap) {
@@ -258,16 +261,16 @@ static dv_entry *keys_get(const dv_map *m, const uint8_t *k, uint32_t klen, uint
 }
 
 /* Put e into the empty slot i (from keys_find_slot, with room reserved). */
-static void keys_put(dv_map *m, size_t i, dv_entry *e) {
-    m->keys[i].hash = e->hash;
+static void keys_put(dv_map *m, size_t i, dv_entry *e, uint64_t h) {
+    m->keys[i].hash = h;
     m->keys[i].e = e;
     m->kcount++;
     m->payload += e->klen;
 }
 
 /* The slot that holds e now holds ne (same key). */
-static void keys_repoint(dv_map *m, const dv_entry *e, dv_entry *ne) {
-    size_t mask = m->kcap - 1, i = khome(m, e->hash);
+static void keys_repoint(dv_map *m, const dv_entry *e, dv_entry *ne, uint64_t h) {
+    size_t mask = m->kcap - 1, i = khome(m, h);
     while (m->keys[i].e != e)
         i = (i + 1) & mask;
     m->keys[i].e = ne;
@@ -277,12 +280,11 @@ static void keys_repoint(dv_map *m, const dv_entry *e, dv_entry *ne) {
 
 /* A new entry block for key k with an inline slot for vlen value bytes. It is not in
  * the table yet, and its slot is free. */
-static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint64_t h, uint32_t vlen) {
+static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint32_t vlen) {
     size_t size = entry_size(klen, vlen);
     dv_entry *e = dv_slab_alloc(&m->slab, size);
     if (!e)
         return NULL;
-    e->hash = h;
     e->elems = NULL;
     e->klen = klen;
     e->touched = 0;
@@ -303,8 +305,8 @@ static void entry_free(dv_map *m, dv_entry *e) {
 }
 
 /* Backward-shift deletion keeps probe chains intact without tombstones. Frees e. */
-static void keys_delete(dv_map *m, dv_entry *e) {
-    size_t mask = m->kcap - 1, i = khome(m, e->hash);
+static void keys_delete(dv_map *m, dv_entry *e, uint64_t h) {
+    size_t mask = m->kcap - 1, i = khome(m, h);
     while (m->keys[i].e != e)
         i = (i + 1) & mask;
     size_t j = i;
@@ -438,17 +440,18 @@ static dv_elem *elem_inline(dv_entry *e, dv_dot dot, uint64_t ts, const uint8_t 
     return x;
 }
 
-static void elem_attach(dv_map *m, dv_entry *e, dv_elem *x) {
+/* h: the key's hash (entry_hash(e)). */
+static void elem_attach(dv_map *m, dv_entry *e, dv_elem *x, uint64_t h) {
     x->entry = e;
     x->next = e->elems;
     e->elems = x;
     m->payload += x->vlen;
-    m->digest[bucket_of(e->hash)] ^= fingerprint(e->hash, x->dot);
+    m->digest[bucket_of(h)] ^= fingerprint(h, x->dot);
     dots_insert(m, x);
 }
 
 /* Unlink x from its entry and the dot index; the caller releases it (or graveyards it). */
-static void elem_detach(dv_map *m, dv_elem *x) {
+static void elem_detach(dv_map *m, dv_elem *x, uint64_t h) {
     dv_entry *e = x->entry;
     dv_elem **pp = &e->elems;
     while (*pp != x)
@@ -456,7 +459,7 @@ static void elem_detach(dv_map *m, dv_elem *x) {
     *pp = x->next;
     x->next = NULL;
     m->payload -= x->vlen;
-    m->digest[bucket_of(e->hash)] ^= fingerprint(e->hash, x->dot);
+    m->digest[bucket_of(h)] ^= fingerprint(h, x->dot);
     dots_delete(m, x);
 }
 
@@ -482,10 +485,10 @@ static void entry_compact(dv_map *m, dv_entry *e) {
     if (e->slot != SLOT_FREE || !x || x->next)
         return;
     if (!slot_fits(entry_inl(e)->cap, x->vlen)) {
-        dv_entry *ne = entry_new(m, entry_key(e), e->klen, e->hash, x->vlen);
+        dv_entry *ne = entry_new(m, entry_key(e), e->klen, x->vlen);
         if (!ne)
             return;
-        keys_repoint(m, e, ne);
+        keys_repoint(m, e, ne, entry_hash(e));
         entry_free(m, e);
         e = ne;
     }
@@ -610,7 +613,7 @@ static int join_remove(dv_map *m, dv_elem *x, bool report) {
     int rc = touch(m, x->entry, report);
     if (rc)
         return rc;
-    elem_detach(m, x);
+    elem_detach(m, x, entry_hash(x->entry));
     if (!report) {
         elem_release(m, x);
         return DV_OK;
@@ -658,7 +661,7 @@ static void join_finish(dv_map *m, dv_diff_fn fn, void *ud) {
     for (size_t i = 0; i < m->ntouched; i++) {
         dv_entry *e = m->touched[i].e;
         if (!e->elems)
-            keys_delete(m, e);
+            keys_delete(m, e, entry_hash(e));
         else
             entry_compact(m, e);
     }
@@ -734,13 +737,13 @@ static int join_add(dv_map *m, const dv_elem_view *v, uint64_t h, bool report) {
     dv_elem *x;
     int rc;
     if (!found) {
-        if (!(e = entry_new(m, v->key, v->klen, h, v->vlen)))
+        if (!(e = entry_new(m, v->key, v->klen, v->vlen)))
             return DV_ENOMEM;
         if ((rc = dv_ctx_add(&m->ctx, v->dot)) != DV_OK) {
             entry_free(m, e);
             return rc;
         }
-        keys_put(m, i, e);
+        keys_put(m, i, e, h);
         if (report)
             touch(m, e, true); /* cannot fail: reserved */
         x = elem_inline(e, v->dot, v->ts, v->val, v->vlen);
@@ -761,7 +764,7 @@ static int join_add(dv_map *m, const dv_elem_view *v, uint64_t h, bool report) {
             }
         }
     }
-    elem_attach(m, e, x);
+    elem_attach(m, e, x, h);
     return DV_OK;
 }
 
@@ -991,7 +994,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
         if (dot.ctr > DV_MAX_CTR || dots_reserve(m, 1))
             return DV_ENOMEM;
         if (!e || !slot_fits(entry_inl(e)->cap, vlen)) {
-            if (!(ne = entry_new(m, k, klen, h, vlen)))
+            if (!(ne = entry_new(m, k, klen, vlen)))
                 return DV_ENOMEM;
         }
         if (dv_ctx_add(&m->ctx, dot)) {
@@ -1015,7 +1018,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
             winner_went = true;
         if (obs)
             obs[no++] = x->dot;
-        elem_detach(m, x);
+        elem_detach(m, x, h);
         elem_release(m, x);
     }
     dv_elem *nx = NULL;
@@ -1025,12 +1028,12 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
                 m->keys[ks].e = ne;
                 entry_free(m, e);
             } else {
-                keys_put(m, ks, ne);
+                keys_put(m, ks, ne, h);
             }
             e = ne;
         }
         nx = elem_inline(e, dot, ts, v, vlen);
-        elem_attach(m, e, nx);
+        elem_attach(m, e, nx, h);
     }
     if (only) /* the read changed only if the winner went */
         ch = winner_went;
@@ -1064,7 +1067,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
     if (obs != stack_o)
         dv_free(obs);
     if (!e->elems) {
-        keys_delete(m, e);
+        keys_delete(m, e, h);
         trim_if_empty(m);
     } else if (!is_put) {
         entry_compact(m, e);

@@ -7,36 +7,50 @@
 #include "dots.h" /* DV_OK, DV_ENOMEM */
 #include "hash.h"
 
-#define MIN_CAP    16
-#define SET_MIN    (4 * DV_OWNERS_ARRAY_MAX) /* a key set's first size: at most half full */
-#define ARRAY_BACK (DV_OWNERS_ARRAY_MAX / 2) /* a set this small goes back to an array */
+#define MIN_CAP   16
+#define REC       1                         /* bit 0 of a slot's pid: v is a record */
+#define SET_MIN   (4 * DV_OWNERS_ARRAY_MAX) /* a key set's first size: at most half full */
+#define SET_BACK  (DV_OWNERS_ARRAY_MAX / 2) /* a set this small goes back to an array */
+#define ARRAY_MIN 4
 
 void dv_owners_init(dv_owners *o) {
     memset(o, 0, sizeof(*o));
 }
 
-static inline bool is_set(const dv_owner_slot *s) {
-    return s->cap > DV_OWNERS_ARRAY_MAX;
+/* The stored form of a pid id: 63 bits, never 0. */
+static inline uint64_t pid_norm(uint64_t pid) {
+    pid &= ~(uint64_t)REC;
+    return pid ? pid : 2;
 }
 
-static void slot_clear_keys(dv_owners *o, dv_owner_slot *s) {
-    if (s->cap) {
-        dv_free(s->k.many);
-        o->heap -= (size_t)s->cap * sizeof(uint64_t);
-    }
+static inline uint64_t key_norm(uint64_t key) {
+    return key ? key : 1;
+}
+
+static inline dv_owner_rec *rec_of(const dv_owner_slot *s) {
+    return (s->pid & REC) ? (dv_owner_rec *)(uintptr_t)s->v : NULL;
+}
+
+static inline bool is_set(const dv_owner_rec *r) {
+    return r->cap > DV_OWNERS_ARRAY_MAX;
+}
+
+static inline size_t rec_size(uint32_t cap) {
+    return sizeof(dv_owner_rec) + (size_t)cap * sizeof(uint64_t);
+}
+
+static void rec_free(dv_owners *o, dv_owner_rec *r) {
+    o->heap -= rec_size(r->cap);
+    dv_free(r);
 }
 
 void dv_owners_free(dv_owners *o) {
     for (size_t i = 0; i < o->cap; i++)
-        if (o->slots[i].pid)
-            slot_clear_keys(o, &o->slots[i]);
+        if (o->slots[i].pid & REC)
+            rec_free(o, rec_of(&o->slots[i]));
     if (o->slots)
         dv_pages_free(o->slots, o->cap * sizeof(dv_owner_slot));
     dv_owners_init(o);
-}
-
-static inline uint64_t norm(uint64_t id) {
-    return id ? id : 1;
 }
 
 /* ---------------------------------------------------------------- key sets
@@ -55,10 +69,6 @@ static size_t set_find(const uint64_t *set, uint32_t cap, uint64_t key) {
     return i;
 }
 
-static void set_insert_new(uint64_t *set, uint32_t cap, uint64_t key) {
-    set[set_find(set, cap, key)] = key;
-}
-
 static void set_delete_at(uint64_t *set, uint32_t cap, size_t i) {
     size_t mask = cap - 1;
     for (size_t j = (i + 1) & mask; set[j]; j = (j + 1) & mask) {
@@ -72,25 +82,34 @@ static void set_delete_at(uint64_t *set, uint32_t cap, size_t i) {
     set[i] = 0;
 }
 
-/* Moves s's keys to ncap places: an array (ncap <= DV_OWNERS_ARRAY_MAX, n <= ncap) or a set. */
-static int rebuild(dv_owners *o, dv_owner_slot *s, uint32_t ncap) {
-    uint64_t *nk = dv_calloc(ncap, sizeof(uint64_t));
-    if (!nk)
-        return DV_ENOMEM;
-    const uint64_t *old = s->cap ? s->k.many : &s->k.one;
-    size_t nold = s->cap ? s->cap : 1, m = 0;
-    for (size_t i = 0; i < nold; i++) {
-        if (!old[i])
+/* A record of ncap places (an array when ncap <= DV_OWNERS_ARRAY_MAX, else a set) holding
+ * the n keys in places[0..nplaces) (zeros skipped). NULL on allocation failure. */
+static dv_owner_rec *rec_new(dv_owners *o, uint32_t ncap, const uint64_t *places, size_t nplaces) {
+    dv_owner_rec *r = dv_calloc(1, rec_size(ncap));
+    if (!r)
+        return NULL;
+    r->cap = ncap;
+    for (size_t i = 0; i < nplaces; i++) {
+        if (!places[i])
             continue;
-        if (ncap > DV_OWNERS_ARRAY_MAX)
-            set_insert_new(nk, ncap, old[i]);
+        if (is_set(r))
+            r->k[set_find(r->k, ncap, places[i])] = places[i];
         else
-            nk[m++] = old[i];
+            r->k[r->n] = places[i];
+        r->n++;
     }
-    slot_clear_keys(o, s);
-    o->heap += (size_t)ncap * sizeof(uint64_t);
-    s->k.many = nk;
-    s->cap = ncap;
+    o->heap += rec_size(ncap);
+    return r;
+}
+
+/* Moves slot s's record to one of ncap places. */
+static int rec_rebuild(dv_owners *o, dv_owner_slot *s, uint32_t ncap) {
+    dv_owner_rec *r = rec_of(s);
+    dv_owner_rec *nr = rec_new(o, ncap, r->k, is_set(r) ? r->cap : r->n);
+    if (!nr)
+        return DV_ENOMEM;
+    rec_free(o, r);
+    s->v = (uint64_t)(uintptr_t)nr;
     return DV_OK;
 }
 
@@ -100,7 +119,11 @@ static inline size_t home(const dv_owners *o, uint64_t pid) {
     return (size_t)dv_mix64(pid) & (o->cap - 1);
 }
 
-/* The slot of pid, or NULL. */
+static inline uint64_t slot_pid(const dv_owner_slot *s) {
+    return s->pid & ~(uint64_t)REC;
+}
+
+/* The slot of pid (normalised), or NULL. */
 static dv_owner_slot *find(const dv_owners *o, uint64_t pid) {
     if (!o->count)
         return NULL;
@@ -109,7 +132,7 @@ static dv_owner_slot *find(const dv_owners *o, uint64_t pid) {
         dv_owner_slot *s = &o->slots[i];
         if (!s->pid)
             return NULL;
-        if (s->pid == pid)
+        if (slot_pid(s) == pid)
             return s;
     }
 }
@@ -124,7 +147,7 @@ static int resize(dv_owners *o, size_t ncap) {
     for (size_t i = 0; i < o->cap; i++) {
         if (!o->slots[i].pid)
             continue;
-        size_t j = (size_t)dv_mix64(o->slots[i].pid) & mask;
+        size_t j = (size_t)dv_mix64(slot_pid(&o->slots[i])) & mask;
         while (ns[j].pid)
             j = (j + 1) & mask;
         ns[j] = o->slots[i];
@@ -136,11 +159,12 @@ static int resize(dv_owners *o, size_t ncap) {
     return DV_OK;
 }
 
-/* Empties slot i, shifting back the slots after it that probed past it. */
+/* Empties slot i (its record already freed), shifting back the slots after it that probed
+ * past it. */
 static void delete_at(dv_owners *o, size_t i) {
     size_t mask = o->cap - 1;
     for (size_t j = (i + 1) & mask; o->slots[j].pid; j = (j + 1) & mask) {
-        size_t h = home(o, o->slots[j].pid);
+        size_t h = home(o, slot_pid(&o->slots[j]));
         /* slot j may move to i when its home is not in the cyclic range (i, j] */
         bool stays = i < j ? (h > i && h <= j) : (h > i || h <= j);
         if (!stays) {
@@ -157,46 +181,57 @@ static void delete_at(dv_owners *o, size_t i) {
     }
 }
 
-/* Adds key (not held yet) to s. */
+static bool slot_has(const dv_owner_slot *s, uint64_t key) {
+    const dv_owner_rec *r = rec_of(s);
+    if (!r)
+        return s->v == key;
+    if (is_set(r))
+        return r->k[set_find(r->k, r->cap, key)] == key;
+    for (uint32_t i = 0; i < r->n; i++)
+        if (r->k[i] == key)
+            return true;
+    return false;
+}
+
+/* Adds key (not held yet) to the process of slot s. */
 static int slot_add(dv_owners *o, dv_owner_slot *s, uint64_t key) {
-    if (s->n == UINT32_MAX / 4)
-        return DV_ENOMEM;
-    if (is_set(s)) {
-        if ((s->n + 1) * 2 > s->cap && rebuild(o, s, s->cap * 2))
+    dv_owner_rec *r = rec_of(s);
+    if (!r) { /* one key inline: a record of two */
+        uint64_t two[2] = {s->v, key};
+        if (!(r = rec_new(o, ARRAY_MIN, two, 2)))
             return DV_ENOMEM;
-        set_insert_new(s->k.many, s->cap, key);
-    } else if (s->n < s->cap) {
-        s->k.many[s->n] = key;
-    } else if (s->n < DV_OWNERS_ARRAY_MAX) { /* the inline key or a full array: grow */
-        if (rebuild(o, s, s->cap ? s->cap * 2 : 4))
-            return DV_ENOMEM;
-        s->k.many[s->n] = key;
-    } else { /* a full array of the most: a set */
-        if (rebuild(o, s, SET_MIN))
-            return DV_ENOMEM;
-        set_insert_new(s->k.many, s->cap, key);
+        s->pid |= REC;
+        s->v = (uint64_t)(uintptr_t)r;
+        o->keys++;
+        return DV_OK;
     }
-    s->n++;
+    if (r->n >= UINT32_MAX / 4)
+        return DV_ENOMEM;
+    uint32_t ncap = 0;
+    if (is_set(r))
+        ncap = (r->n + 1) * 2 > r->cap ? r->cap * 2 : 0;
+    else if (r->n == r->cap)
+        ncap = r->cap < DV_OWNERS_ARRAY_MAX ? r->cap * 2 : SET_MIN;
+    if (ncap) {
+        if (rec_rebuild(o, s, ncap))
+            return DV_ENOMEM;
+        r = rec_of(s);
+    }
+    if (is_set(r))
+        r->k[set_find(r->k, r->cap, key)] = key;
+    else
+        r->k[r->n] = key;
+    r->n++;
     o->keys++;
     return DV_OK;
 }
 
 int dv_owners_add(dv_owners *o, uint64_t pid, uint64_t key) {
-    pid = norm(pid);
-    key = norm(key);
+    pid = pid_norm(pid);
+    key = key_norm(key);
     dv_owner_slot *s = find(o, pid);
-    if (s) {
-        if (is_set(s)) {
-            if (s->k.many[set_find(s->k.many, s->cap, key)] == key)
-                return DV_OK;
-        } else {
-            const uint64_t *k = s->cap ? s->k.many : &s->k.one;
-            for (uint32_t i = 0; i < s->n; i++)
-                if (k[i] == key)
-                    return DV_OK;
-        }
-        return slot_add(o, s, key);
-    }
+    if (s)
+        return slot_has(s, key) ? DV_OK : slot_add(o, s, key);
     if ((o->count + 1) * 4 > o->cap * 3) {
         if (resize(o, o->cap ? o->cap * 2 : MIN_CAP))
             return DV_ENOMEM;
@@ -204,68 +239,80 @@ int dv_owners_add(dv_owners *o, uint64_t pid, uint64_t key) {
     size_t mask = o->cap - 1, i = home(o, pid);
     while (o->slots[i].pid)
         i = (i + 1) & mask;
-    o->slots[i] = (dv_owner_slot){.pid = pid, .n = 1, .cap = 0, .k.one = key};
+    o->slots[i] = (dv_owner_slot){.pid = pid, .v = key};
     o->count++;
     o->keys++;
     return DV_OK;
 }
 
 bool dv_owners_remove(dv_owners *o, uint64_t pid, uint64_t key) {
-    key = norm(key);
-    dv_owner_slot *s = find(o, norm(pid));
+    key = key_norm(key);
+    dv_owner_slot *s = find(o, pid_norm(pid));
     if (!s)
         return false;
-    if (is_set(s)) {
-        size_t i = set_find(s->k.many, s->cap, key);
-        if (s->k.many[i] != key)
+    dv_owner_rec *r = rec_of(s);
+    if (!r) {
+        if (s->v != key)
             return false;
-        set_delete_at(s->k.many, s->cap, i);
-    } else {
-        uint64_t *k = s->cap ? s->k.many : &s->k.one;
-        uint32_t i = 0;
-        while (i < s->n && k[i] != key)
-            i++;
-        if (i == s->n)
-            return false;
-        k[i] = k[s->n - 1];
-        k[s->n - 1] = 0;
-    }
-    s->n--;
-    o->keys--;
-    if (s->n == 0) {
-        slot_clear_keys(o, s);
+        o->keys--;
         delete_at(o, (size_t)(s - o->slots));
-    } else if (s->n == 1 && s->cap) { /* back to one inline key */
+        return true;
+    }
+    if (is_set(r)) {
+        size_t i = set_find(r->k, r->cap, key);
+        if (r->k[i] != key)
+            return false;
+        set_delete_at(r->k, r->cap, i);
+    } else {
+        uint32_t i = 0;
+        while (i < r->n && r->k[i] != key)
+            i++;
+        if (i == r->n)
+            return false;
+        r->k[i] = r->k[r->n - 1];
+        r->k[r->n - 1] = 0;
+    }
+    r->n--;
+    o->keys--;
+    if (r->n == 1) { /* back to one key inline */
         uint64_t last = 0;
         for (size_t i = 0; !last; i++)
-            last = s->k.many[i];
-        slot_clear_keys(o, s);
-        s->cap = 0;
-        s->k.one = last;
-    } else if (is_set(s) && s->n <= ARRAY_BACK) {
-        rebuild(o, s, DV_OWNERS_ARRAY_MAX); /* on failure it stays a set, which is fine */
+            last = r->k[i];
+        rec_free(o, r);
+        s->pid &= ~(uint64_t)REC;
+        s->v = last;
+    } else if (is_set(r) && r->n <= SET_BACK) {
+        rec_rebuild(o, s, DV_OWNERS_ARRAY_MAX); /* on failure it stays a set, which is fine */
     }
     return true;
 }
 
 size_t dv_owners_get(const dv_owners *o, uint64_t pid, const uint64_t **places, size_t *nplaces) {
-    dv_owner_slot *s = find(o, norm(pid));
+    const dv_owner_slot *s = find(o, pid_norm(pid));
+    const dv_owner_rec *r = s ? rec_of(s) : NULL;
     if (!s) {
         *places = NULL;
         *nplaces = 0;
         return 0;
     }
-    *places = s->cap ? s->k.many : &s->k.one;
-    *nplaces = is_set(s) ? s->cap : s->n;
-    return s->n;
+    if (!r) {
+        *places = &s->v;
+        *nplaces = 1;
+        return 1;
+    }
+    *places = r->k;
+    *nplaces = is_set(r) ? r->cap : r->n;
+    return r->n;
 }
 
 bool dv_owners_drop(dv_owners *o, uint64_t pid) {
-    dv_owner_slot *s = find(o, norm(pid));
+    dv_owner_slot *s = find(o, pid_norm(pid));
     if (!s)
         return false;
-    o->keys -= s->n;
-    slot_clear_keys(o, s);
+    dv_owner_rec *r = rec_of(s);
+    o->keys -= r ? r->n : 1;
+    if (r)
+        rec_free(o, r);
     delete_at(o, (size_t)(s - o->slots));
     return true;
 }

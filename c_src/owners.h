@@ -9,10 +9,11 @@
  * together at the process's exit).
  *
  * Layout: an open-addressing table (linear probing, backward-shift deletion, no tombstones)
- * of 24-byte slots, one per process. A process holding one key keeps it in its slot; up to
- * ARRAY_MAX keys go to a small array, more to a hash set of their own (the same scheme), so
- * adding, finding and removing a key is O(1) however many keys a process holds. Key ids of
- * 0 are stored as 1 (0 marks an empty place in a key set), as pid ids are.
+ * of 16-byte slots, one per process: the pid id and, for a process holding one key, the key
+ * (the low bit of the stored pid id tells which; pid ids keep 63 bits). A process holding
+ * more keys points to a record of its own: up to DV_OWNERS_ARRAY_MAX keys in an array, more
+ * in a hash set (the same scheme), so adding, finding and removing a key is O(1) however many
+ * keys a process holds. Key ids of 0 are stored as 1 (0 marks an empty place in a key set).
  *
  * Not thread-safe: the NIF calls it under the replica's lock.
  */
@@ -26,22 +27,22 @@
 #define DV_OWNERS_ARRAY_MAX 16
 
 typedef struct {
-    uint64_t pid; /* 0: empty (a pid hash of 0 is stored as 1) */
-    uint32_t n;   /* keys held (>= 1 in a used slot) */
-    uint32_t cap; /* places in k.many: 0 (the one key inline), an array of up to
-                   * DV_OWNERS_ARRAY_MAX, or a larger power of two: a hash set */
-    union {
-        uint64_t one;
-        uint64_t *many;
-    } k;
+    uint64_t pid; /* 0: empty; else the pid id with bit 0 set when v points to a record */
+    uint64_t v;   /* the one key, or a dv_owner_rec * */
 } dv_owner_slot;
+
+typedef struct {
+    uint32_t n;   /* keys held (>= 2) */
+    uint32_t cap; /* places in k: an array (<= DV_OWNERS_ARRAY_MAX) or a hash set */
+    uint64_t k[];
+} dv_owner_rec;
 
 typedef struct {
     dv_owner_slot *slots;
     size_t cap;   /* slots (0 or a power of two) */
     size_t count; /* processes */
     size_t keys;  /* (process, key) pairs */
-    size_t heap;  /* bytes of the key arrays */
+    size_t heap;  /* bytes of the records */
 } dv_owners;
 
 void dv_owners_init(dv_owners *o);

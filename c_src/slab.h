@@ -5,7 +5,7 @@
  * installs enif_alloc) that is most of the cost of a big join: per-block headers, locks on
  * the dirty schedulers' shared instance, frees routed back to the allocating thread. The
  * slab carves blocks out of chunks from dv_pages_alloc (small chunks from the VM's allocator,
- * 2 MiB ones mapped with huge pages): a size rounds up to one of 20 classes (slab.c), each
+ * 2 MiB ones mapped with huge pages): a size rounds up to one of 24 classes (slab.c), each
  * class keeps a free list of released blocks for reuse, a new block is a pointer bump, and
  * freeing the map frees a few chunks.
  *
@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #define DV_SLAB_MAX_BLOCK 1024
-#define DV_SLAB_CLASSES   20 /* slab.c: class_size */
+#define DV_SLAB_CLASSES   24 /* slab.c: class_size */
 #define DV_SLAB_MIN_CHUNK ((size_t)4 << 10)
 #define DV_SLAB_MAX_CHUNK ((size_t)2 << 20) /* DV_PAGES_MIN: mapped, huge pages */
 
