@@ -39,6 +39,7 @@ static const uint16_t class_size[DV_SLAB_CLASSES] = {16,  32,  48,  64,  80,  96
                                                      320, 384, 448, 512, 640, 768, 896, 1024};
 
 #define STEP_CLASSES 16 /* the classes every 16 bytes */
+_Static_assert(DV_SLAB_CLASSES <= 32, "dv_slab.nonempty has a bit per class");
 
 /* The class of n (1 <= n <= DV_SLAB_MAX_BLOCK). */
 static inline size_t class_of(size_t n) {
@@ -96,6 +97,33 @@ static void big_release(dv_slab *s, void *p, size_t n) {
     dv_free(b);
 }
 
+static inline void push(dv_slab *s, size_t k, void *p) {
+    *(void **)p = s->free[k];
+    s->free[k] = p;
+    s->nonempty |= (uint32_t)1 << k;
+}
+
+static inline void *pop(dv_slab *s, size_t k) {
+    void *p = s->free[k];
+    s->free[k] = *(void **)p;
+    if (!s->free[k])
+        s->nonempty &= ~((uint32_t)1 << k);
+    return p;
+}
+
+/* Gives the n bytes at p (a multiple of 16, below DV_SLAB_MAX_BLOCK + 16) to the free lists,
+ * largest classes first: no byte is lost. */
+static void carve(dv_slab *s, uint8_t *p, size_t n) {
+    while (n >= class_size[0]) {
+        size_t k = class_of(n < DV_SLAB_MAX_BLOCK ? n : DV_SLAB_MAX_BLOCK);
+        if (class_size[k] > n)
+            k--;
+        push(s, k, p);
+        p += class_size[k];
+        n -= class_size[k];
+    }
+}
+
 /* A new chunk with room for at least `need` bytes; the rest of the old one is given to the
  * free lists, so no byte is lost. A chunk is about an eighth of what the slab holds (a power
  * of two from MIN to MAX), so the unused end of the newest chunk stays below about an eighth
@@ -109,16 +137,7 @@ static bool new_chunk(dv_slab *s, size_t need) {
     dv_slab_chunk *c = size >= DV_PAGES_MIN ? dv_pages_alloc(size) : dv_alloc(size);
     if (!c)
         return false;
-    size_t rest = (size_t)(s->bump_end - s->bump);
-    while (rest >= class_size[0]) { /* rest < need <= MAX_BLOCK: into the largest classes */
-        size_t k = class_of(rest);
-        if (class_size[k] > rest)
-            k--;
-        *(void **)s->bump = s->free[k];
-        s->free[k] = s->bump;
-        s->bump += class_size[k];
-        rest -= class_size[k];
-    }
+    carve(s, s->bump, (size_t)(s->bump_end - s->bump));
     c->next = s->chunks;
     c->size = size;
     s->chunks = c;
@@ -132,14 +151,22 @@ void *dv_slab_alloc(dv_slab *s, size_t n) {
     if (SLAB_PASSTHROUGH || n == 0 || n > DV_SLAB_MAX_BLOCK)
         return big_alloc(s, n ? n : 1);
     size_t k = class_of(n), size = class_size[k];
-    void *p = s->free[k];
-    if (p) {
-        s->free[k] = *(void **)p;
-        return p;
+    if (s->free[k])
+        return pop(s, k);
+    if ((size_t)(s->bump_end - s->bump) < size) {
+        /* before growing: a released block of a larger class, split (blocks of a key shape
+         * that went away serve the next shape, even a smaller one) */
+        uint32_t larger = s->nonempty & ~(((uint32_t)2 << k) - 1);
+        if (larger) {
+            size_t j = (size_t)__builtin_ctz(larger);
+            uint8_t *p = pop(s, j);
+            carve(s, p + size, class_size[j] - size);
+            return p;
+        }
+        if (!new_chunk(s, size))
+            return NULL;
     }
-    if ((size_t)(s->bump_end - s->bump) < size && !new_chunk(s, size))
-        return NULL;
-    p = s->bump;
+    void *p = s->bump;
     s->bump += size;
     return p;
 }
@@ -151,9 +178,7 @@ void dv_slab_release(dv_slab *s, void *p, size_t n) {
         big_release(s, p, n ? n : 1);
         return;
     }
-    size_t k = class_of(n);
-    *(void **)p = s->free[k];
-    s->free[k] = p;
+    push(s, class_of(n), p);
 }
 
 size_t dv_slab_held(const dv_slab *s) {

@@ -11,7 +11,9 @@
  *
  * Blocks above DV_SLAB_MAX_BLOCK bytes are allocated one by one (with a small header that
  * links them, so dv_slab_free_all frees them too). Chunks are not given back before the map
- * is freed or cleared; released blocks are reused by blocks of the same size class.
+ * is freed or cleared; released blocks are reused by blocks of their size class and, before
+ * the slab takes a new chunk, split for smaller ones (so the blocks of a key shape that went
+ * away serve the next, smaller one).
  *
  * Built with AddressSanitizer, every block is allocated one by one, so ASan sees each
  * block's lifetime; the slab's own logic is tested without it (test/c/test_slab.c, also
@@ -34,6 +36,7 @@ typedef struct dv_slab_big dv_slab_big;
 
 typedef struct {
     void *free[DV_SLAB_CLASSES]; /* released blocks of each size class (linked through them) */
+    uint32_t nonempty;           /* bit k: free[k] is not empty */
     uint8_t *bump, *bump_end;    /* the unused rest of the newest chunk */
     dv_slab_chunk *chunks;
     dv_slab_big *big;

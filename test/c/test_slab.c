@@ -86,6 +86,32 @@ Test(slab, random_alloc_release_keeps_blocks_apart_and_intact) {
     cr_assert_eq(live_blocks, 0, "free_all gave back every chunk and big block");
 }
 
+Test(slab, released_larger_blocks_are_split_before_the_slab_grows) {
+    SKIP_IF_PASSTHROUGH();
+    enum { N = 3000 };
+    static uint8_t *p[N];
+    dv_slab s;
+    dv_slab_init(&s);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_not_null(p[i] = dv_slab_alloc(&s, 160));
+    size_t held = dv_slab_held(&s);
+    for (size_t i = 0; i < N; i++)
+        dv_slab_release(&s, p[i], 160);
+    /* a smaller shape takes their place: 144 bytes from each, 16 left on the 16-byte list */
+    for (size_t i = 0; i < N; i++) {
+        cr_assert_not_null(p[i] = dv_slab_alloc(&s, 144));
+        memset(p[i], (int)(i & 0xff), 144);
+    }
+    for (size_t i = 0; i < N; i++)
+        cr_assert_not_null(dv_slab_alloc(&s, 16));
+    cr_assert_eq(dv_slab_held(&s), held, "no new chunk: the released blocks were split");
+    for (size_t i = 0; i < N; i++) /* and the split blocks do not overlap */
+        for (size_t b = 0; b < 144; b++)
+            cr_assert_eq(p[i][b], (uint8_t)(i & 0xff));
+    dv_slab_free_all(&s);
+    cr_assert_eq(live_blocks, 0);
+}
+
 Test(slab, released_blocks_are_reused_by_their_size_class) {
     SKIP_IF_PASSTHROUGH();
     dv_slab s;
