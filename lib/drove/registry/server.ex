@@ -145,7 +145,6 @@ defmodule Drove.Registry.Server do
       me: {name, node()},
       auto: Keyword.get(opts, :members) == :auto,
       listeners: Keyword.get(opts, :listeners, []),
-      recent: {MapSet.new(), MapSet.new()},
       parent: Drove.Replicator.parent(),
       creations: %{}
     }
@@ -221,12 +220,10 @@ defmodule Drove.Registry.Server do
     s = link(s, pid)
 
     # A remote registration of the same key joined since the caller's write may have won
-    # it, and the caller's table write may have landed after ours: check with the replica,
-    # but only for keys a remote change touched lately (the common case costs nothing).
-    case recent_remote?(s, key) && Native.get(s.handle, Native.key({:key, key})) do
-      false ->
-        notify(s, {:register, s.name, key, pid, value})
-
+    # it, and the caller's table write may have landed after ours: check with the replica.
+    # (A registrant sends this only after such a lost race, or when there are listeners,
+    # or for another pid: the common registration costs this process nothing.)
+    case Native.get(s.handle, Native.key({:key, key})) do
       {:ok, {^pid, _}} ->
         notify(s, {:register, s.name, key, pid, value})
 
@@ -300,15 +297,14 @@ defmodule Drove.Registry.Server do
 
   def handle_info(:sync_tick, s) do
     Process.send_after(self(), :sync_tick, s.repl.interval)
-    # keys touched by remote changes two ticks ago can no longer race a local registration
-    {:noreply, %{s | repl: Replicator.tick(s.repl), recent: {MapSet.new(), elem(s.recent, 0)}}}
+    {:noreply, %{s | repl: Replicator.tick(s.repl)}}
   end
 
   def handle_info(msg, s) do
     case Replicator.handle_info(msg, s.repl) do
       {:ok, repl, diffs} ->
         s = %{s | repl: repl}
-        {:noreply, Enum.reduce(diffs, s, &apply_remote_diff/2)}
+        {:noreply, Enum.reduce(diffs, s, &apply_diff/2)}
 
       :unknown ->
         {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
@@ -328,15 +324,6 @@ defmodule Drove.Registry.Server do
   end
 
   # ------------------------------------------------------------------ diffs
-
-  defp apply_remote_diff({_, {:key, key}, _} = d, s), do: apply_diff(d, touched(s, key))
-  defp apply_remote_diff({_, {:key, key}} = d, s), do: apply_diff(d, touched(s, key))
-  defp apply_remote_diff(d, s), do: apply_diff(d, s)
-
-  defp touched(%{recent: {now, old}} = s, key), do: %{s | recent: {MapSet.put(now, key), old}}
-
-  defp recent_remote?(%{recent: {now, old}}, key),
-    do: MapSet.member?(now, key) or MapSet.member?(old, key)
 
   defp apply_diff({:add, {:key, key}, {pid, value}}, s) when is_pid(pid) do
     cond do
