@@ -58,10 +58,39 @@ typedef struct {
     dv_entry *e;
 } kslot;
 
-typedef struct {
-    uint64_t hash;
-    dv_elem *x;
-} dslot;
+/* A dot-table slot (8 bytes): the element's address (8-byte aligned, below 2^48) with the
+ * low DSLOT_HBITS bits of its dot hash in the spare bits: 3 below the address, 16 above it.
+ * Those bits are the home slot of tables up to 2^DSLOT_HBITS slots (so moving slots on a
+ * delete or a resize reads no element) and a fingerprint (a probe reads an element only when
+ * they match). 0 is an empty slot. User-space addresses stay below 2^48 on x86-64 and AArch64
+ * unless a process asks the kernel for more; entry_new and elem_new treat one that does not
+ * fit as a failed allocation. */
+typedef uint64_t dslot;
+
+#define DSLOT_HBITS 19
+#define DSLOT_HMASK ((((uint64_t)1) << DSLOT_HBITS) - 1)
+#define DSLOT_ADDR  (((((uint64_t)1) << 48) - 1) & ~(uint64_t)7)
+
+static inline dv_elem *dslot_x(dslot s) {
+    return (dv_elem *)(uintptr_t)(s & DSLOT_ADDR);
+}
+
+static inline dslot dslot_of(const dv_elem *x, uint64_t h) {
+    return (uint64_t)(uintptr_t)x | (h & 7) | ((h & DSLOT_HMASK) >> 3) << 48;
+}
+
+/* The low DSLOT_HBITS bits of the slot's dot hash. */
+static inline uint64_t dslot_h(dslot s) {
+    return (s & 7) | (s >> 48) << 3;
+}
+
+static inline bool dslot_fp_matches(dslot s, uint64_t h) {
+    return dslot_h(s) == (h & DSLOT_HMASK);
+}
+
+static inline bool addr_fits(const void *p) {
+    return ((uint64_t)(uintptr_t)p & ~DSLOT_ADDR) == 0;
+}
 
 /* What a join remembers of a key before changing it, to report read changes. */
 typedef struct {
@@ -104,6 +133,14 @@ static inline uint64_t key_hash(const uint8_t *k, uint32_t klen) {
 static inline uint64_t dot_hash(dv_dot d) {
     uint64_t run = dv_mix64(d.rid ^ dv_mix64(d.ctr >> DOT_RUN_BITS));
     return (run & ~(uint64_t)DOT_RUN_MASK) | (d.ctr & DOT_RUN_MASK);
+}
+
+/* The home of a dot-table slot in a table of mask + 1 slots: from the bits the slot keeps,
+ * or, for tables larger than they cover, from its element's dot. */
+static inline size_t dslot_home(dslot s, size_t mask) {
+    if (mask <= DSLOT_HMASK)
+        return (size_t)dslot_h(s) & mask;
+    return (size_t)dot_hash(dslot_x(s)->dot) & mask;
 }
 
 static inline bool dot_eq(dv_dot a, dv_dot b) {
@@ -283,6 +320,10 @@ static void keys_repoint(dv_map *m, const dv_entry *e, dv_entry *ne, uint64_t h)
 static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint32_t vlen) {
     size_t size = entry_size(klen, vlen);
     dv_entry *e = dv_slab_alloc(&m->slab, size);
+    if (e && !addr_fits(entry_inl(e))) { /* see dslot */
+        dv_slab_release(&m->slab, e, size);
+        e = NULL;
+    }
     if (!e)
         return NULL;
     e->elems = NULL;
@@ -335,10 +376,10 @@ static int dots_resize(dv_map *m, size_t ncap) {
     if (!nd)
         return DV_ENOMEM;
     for (size_t i = 0; i < m->dcap; i++) {
-        if (!m->dots[i].x)
+        if (!m->dots[i])
             continue;
-        size_t j = m->dots[i].hash & (ncap - 1);
-        while (nd[j].x)
+        size_t j = dslot_home(m->dots[i], ncap - 1);
+        while (nd[j])
             j = (j + 1) & (ncap - 1);
         nd[j] = m->dots[i];
     }
@@ -361,11 +402,11 @@ static dv_elem *dots_get(const dv_map *m, dv_dot d) {
     uint64_t h = dot_hash(d);
     size_t mask = m->dcap - 1, i = h & mask;
     for (;;) {
-        const dslot *s = &m->dots[i];
-        if (!s->x)
+        dslot s = m->dots[i];
+        if (!s)
             return NULL;
-        if (s->hash == h && dot_eq(s->x->dot, d))
-            return s->x;
+        if (dslot_fp_matches(s, h) && dot_eq(dslot_x(s)->dot, d))
+            return dslot_x(s);
         i = (i + 1) & mask;
     }
 }
@@ -374,38 +415,37 @@ static dv_elem *dots_get(const dv_map *m, dv_dot d) {
 static void dots_insert(dv_map *m, dv_elem *x) {
     uint64_t h = dot_hash(x->dot);
     size_t mask = m->dcap - 1, i = h & mask;
-    while (m->dots[i].x)
+    while (m->dots[i])
         i = (i + 1) & mask;
-    m->dots[i].hash = h;
-    m->dots[i].x = x;
+    m->dots[i] = dslot_of(x, h);
     m->dcount++;
 }
 
 /* The slot that holds x now holds y (same dot). */
 static void dots_repoint(dv_map *m, const dv_elem *x, dv_elem *y) {
-    size_t mask = m->dcap - 1, i = dot_hash(x->dot) & mask;
-    while (m->dots[i].x != x)
+    uint64_t h = dot_hash(x->dot);
+    size_t mask = m->dcap - 1, i = h & mask;
+    while (dslot_x(m->dots[i]) != x)
         i = (i + 1) & mask;
-    m->dots[i].x = y;
+    m->dots[i] = dslot_of(y, h);
 }
 
 static void dots_delete(dv_map *m, dv_elem *x) {
     size_t mask = m->dcap - 1, i = dot_hash(x->dot) & mask;
-    while (m->dots[i].x != x)
+    while (dslot_x(m->dots[i]) != x)
         i = (i + 1) & mask;
     size_t j = i;
     for (;;) {
         j = (j + 1) & mask;
-        if (!m->dots[j].x)
+        if (!m->dots[j])
             break;
-        size_t home = m->dots[j].hash & mask;
+        size_t home = dslot_home(m->dots[j], mask);
         if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
             m->dots[i] = m->dots[j];
             i = j;
         }
     }
-    m->dots[i].x = NULL;
-    m->dots[i].hash = 0;
+    m->dots[i] = 0;
     m->dcount--;
 }
 
@@ -423,6 +463,10 @@ static void elem_fill(dv_elem *x, dv_dot dot, uint64_t ts, const uint8_t *v, uin
 /* A separate element block (not attached). */
 static dv_elem *elem_new(dv_map *m, dv_dot dot, uint64_t ts, const uint8_t *v, uint32_t vlen) {
     dv_elem *x = dv_slab_alloc(&m->slab, sizeof(dv_elem) + vlen);
+    if (x && !addr_fits(x)) { /* see dslot */
+        dv_slab_release(&m->slab, x, sizeof(dv_elem) + vlen);
+        x = NULL;
+    }
     if (!x)
         return NULL;
     x->entry = NULL;
@@ -806,7 +850,7 @@ static int join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
             if ((rc = dv_ctx_from_ranges(&rctx, d->ranges, d->nranges)) != DV_OK)
                 goto out;
             for (size_t i = 0; i < m->dcap; i++) {
-                dv_elem *x = m->dots[i].x;
+                dv_elem *x = dslot_x(m->dots[i]);
                 bool has;
                 if (!x || !dv_ctx_contains(&rctx, x->dot))
                     continue;
@@ -907,7 +951,7 @@ static int map_as_delta(const dv_map *o, dv_delta *d, dv_ranges *rs) {
     }
     size_t k = 0;
     for (size_t i = 0; i < o->dcap; i++) {
-        const dv_elem *x = o->dots[i].x;
+        const dv_elem *x = dslot_x(o->dots[i]);
         if (!x)
             continue;
         dv_elem_view *v = &d->elems[k++];
@@ -1316,10 +1360,10 @@ static int chunk_range_end(chunker *c, const dv_range *R, uint64_t lo, size_t ma
 static void dots_prefetch_elem(const dv_map *m, dv_dot d) {
     uint64_t h = dot_hash(d);
     size_t mask = m->dcap - 1, i = h & mask;
-    for (const dslot *s = &m->dots[i]; s->x; s = &m->dots[i = (i + 1) & mask]) {
-        if (s->hash == h) {
-            PREFETCH(s->x);
-            PREFETCH((const uint8_t *)s->x + sizeof(dv_elem));
+    for (dslot s = m->dots[i]; s; s = m->dots[i = (i + 1) & mask]) {
+        if (dslot_fp_matches(s, h)) {
+            PREFETCH(dslot_x(s));
+            PREFETCH((const uint8_t *)dslot_x(s) + sizeof(dv_elem));
             return;
         }
     }
@@ -1573,7 +1617,7 @@ bool dv_map_equal(const dv_map *a, const dv_map *b) {
     if (memcmp(a->digest, b->digest, sizeof(a->digest)) != 0)
         return false;
     for (size_t i = 0; i < a->dcap; i++) {
-        const dv_elem *x = a->dots[i].x;
+        const dv_elem *x = dslot_x(a->dots[i]);
         if (!x)
             continue;
         const dv_elem *y = dots_get(b, x->dot);
