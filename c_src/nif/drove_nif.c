@@ -574,12 +574,13 @@ static ERL_NIF_TERM set_owner_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 
 /* A registry's entries are {:key, key} => {pid, value}. The replica keeps which keys each
  * pid holds (owners.h), so that the registry finds the keys of an exited process, of keys/2
- * and of an unlink decision without a table of its own. A pid is identified by its canonical
- * external format: NEW_PID_EXT with the node name as a UTF-8 atom, exactly the bytes that
- * term_to_binary({pid, value}, [:deterministic, minor_version: 2]) writes after its 3-byte
- * tuple header (131, 104, 2). The index may hold more pairs than are true (a key since won by
- * another process, say): whatever it yields is checked against the map, whose winner for the
- * key must start with those bytes. */
+ * and of an unlink decision without a table of its own. The index files a pid under a 64-bit
+ * id from the VM's internal hash of the pid term (pid_key: stable within this VM, no
+ * encoding). The index may hold more pairs than are true (a key since won by another
+ * process, say): whatever it yields is checked against the map, whose winner for the key must
+ * start with the pid's canonical external format: NEW_PID_EXT with the node name as a UTF-8
+ * atom, exactly the bytes that term_to_binary({pid, value}, [:deterministic, minor_version:
+ * 2]) writes after its 3-byte tuple header (131, 104, 2). */
 
 #define PID_CANON_MAX    (1 + 3 + 4 * 255 + 12) /* tag, atom header, 255 UTF-8 chars, 3 u32 */
 #define VALUE_PREFIX_MAX (3 + PID_CANON_MAX)
@@ -587,8 +588,15 @@ static ERL_NIF_TERM set_owner_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 typedef struct {
     uint8_t b[VALUE_PREFIX_MAX]; /* 131, 104, 2, then the canonical pid */
     size_t n;
-    uint64_t hash; /* of the canonical pid (b + 3) */
+    uint64_t hash; /* pid_key of the pid */
 } pid_id;
+
+/* The index id of a pid term (t must be a pid). */
+static uint64_t pid_key(ErlNifEnv *env, ERL_NIF_TERM t) {
+    (void)env;
+    return (uint64_t)enif_hash(ERL_NIF_INTERNAL_HASH, t, 0x5bd1e995) << 32 |
+           (uint64_t)(uint32_t)enif_hash(ERL_NIF_INTERNAL_HASH, t, 0x27d4eb2f);
+}
 
 /* Length of the canonical pid at p (a NEW_PID_EXT with a UTF-8 atom), or 0. */
 static size_t canon_pid_len(const uint8_t *p, size_t n) {
@@ -602,13 +610,6 @@ static size_t canon_pid_len(const uint8_t *p, size_t n) {
     else
         return 0;
     return len <= n && len <= PID_CANON_MAX ? len : 0;
-}
-
-static void pid_id_finish(pid_id *id) {
-    id->b[0] = 131;
-    id->b[1] = 104;
-    id->b[2] = 2;
-    id->hash = dv_hash64(id->b + 3, id->n - 3);
 }
 
 /* The id of a pid term: from enif_term_to_binary (whose atoms may be Latin-1 encoded),
@@ -671,23 +672,19 @@ static bool pid_id_of(ErlNifEnv *env, ERL_NIF_TERM t, pid_id *id) {
         o += ulen;
         memcpy(id->b + o, name + alen, 12);
         id->n = o + 12;
-        pid_id_finish(id);
+        id->b[0] = 131;
+        id->b[1] = 104;
+        id->b[2] = 2;
+        id->hash = pid_key(env, t);
     }
     enif_release_binary(&b);
     return ok;
 }
 
-/* The id of the pid a registry value {pid, value} starts with (its bytes as stored). */
-static bool pid_id_of_value(const ErlNifBinary *v, pid_id *id) {
-    if (v->size < 4 || v->data[0] != 131 || v->data[1] != 104 || v->data[2] != 2)
-        return false;
-    size_t len = canon_pid_len(v->data + 3, v->size - 3);
-    if (!len)
-        return false;
-    memcpy(id->b + 3, v->data + 3, len);
-    id->n = 3 + len;
-    pid_id_finish(id);
-    return true;
+/* Whether v encodes a registry value {pid, value} (the pid canonically). */
+static bool is_pid_pair(const ErlNifBinary *v) {
+    return v->size >= 4 && v->data[0] == 131 && v->data[1] == 104 && v->data[2] == 2 &&
+           canon_pid_len(v->data + 3, v->size - 3) > 0;
 }
 
 static inline bool held_by(const dv_read *rd, const pid_id *id) {
@@ -696,16 +693,16 @@ static inline bool held_by(const dv_read *rd, const pid_id *id) {
 
 DIRTY_FALLBACK(register)
 
-/* register(replica, key_bin, value_bin) -> :ok | {:exists, current_value}
+/* register(replica, key_bin, value_bin, pid) -> :ok | {:exists, current_value}
  * put_new for a registry entry: value_bin must encode {pid, value}; on success the key is
- * filed under the pid (owners.h). The index entry is made first: if the put then fails, the
+ * filed under pid (owners.h). The index entry is made first: if the put then fails, the
  * index holds one pair too many, which its readers ignore. */
 static ERL_NIF_TERM register_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k, v;
-    pid_id id;
-    if (!replica_key_value(env, argv, &r, &k, &v) || !pid_id_of_value(&v, &id))
+    if (!replica_key_value(env, argv, &r, &k, &v) || !is_pid_pair(&v) || !enif_is_pid(env, argv[3]))
         return enif_make_badarg(env);
+    uint64_t pid = pid_key(env, argv[3]);
     if (!dirty && v.size > DIRTY_VALUE_BYTES)
         return enif_schedule_nif(env, "register", ERL_NIF_DIRTY_JOB_CPU_BOUND, register_dirty, argc,
                                  argv);
@@ -721,7 +718,7 @@ static ERL_NIF_TERM register_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         enif_mutex_unlock(r->lock);
         return enif_make_tuple2(env, A_EXISTS, cur);
     }
-    int rc = dv_owners_add(&r->owners, id.hash, dv_map_key_hash(k.data, (uint32_t)k.size));
+    int rc = dv_owners_add(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));
     bool changed = false;
     if (rc == DV_OK)
         rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
@@ -731,8 +728,11 @@ static ERL_NIF_TERM register_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 
 /* The (replica, key_bin, pid) arguments of own/disown. */
 static bool replica_key_pid(ErlNifEnv *env, const ERL_NIF_TERM argv[], replica **r, ErlNifBinary *k,
-                            pid_id *id) {
-    return get_replica(env, argv[0], r) && get_bin(env, argv[1], k) && pid_id_of(env, argv[2], id);
+                            uint64_t *pid) {
+    if (!get_replica(env, argv[0], r) || !get_bin(env, argv[1], k) || !enif_is_pid(env, argv[2]))
+        return false;
+    *pid = pid_key(env, argv[2]);
+    return true;
 }
 
 DIRTY_FALLBACK(own)
@@ -742,11 +742,11 @@ DIRTY_FALLBACK(own)
 static ERL_NIF_TERM own_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k;
-    pid_id id;
-    if (!replica_key_pid(env, argv, &r, &k, &id))
+    uint64_t pid;
+    if (!replica_key_pid(env, argv, &r, &k, &pid))
         return enif_make_badarg(env);
     LOCK_REPLICA(own, env, r, argc, argv, dirty);
-    int rc = dv_owners_add(&r->owners, id.hash, dv_map_key_hash(k.data, (uint32_t)k.size));
+    int rc = dv_owners_add(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));
     enif_mutex_unlock(r->lock);
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
 }
@@ -757,11 +757,11 @@ DIRTY_FALLBACK(disown)
 static ERL_NIF_TERM disown_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k;
-    pid_id id;
-    if (!replica_key_pid(env, argv, &r, &k, &id))
+    uint64_t pid;
+    if (!replica_key_pid(env, argv, &r, &k, &pid))
         return enif_make_badarg(env);
     LOCK_REPLICA(disown, env, r, argc, argv, dirty);
-    dv_owners_remove(&r->owners, id.hash, dv_map_key_hash(k.data, (uint32_t)k.size));
+    dv_owners_remove(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));
     enif_mutex_unlock(r->lock);
     return A_OK;
 }
@@ -1358,7 +1358,7 @@ static ErlNifFunc funcs[] = {
     {"put_new", 3, put_new_nif, 0},
     {"holds", 3, holds_nif, 0},
     {"remove_value", 3, remove_value_nif, 0},
-    {"register", 3, register_nif, 0},
+    {"register", 4, register_nif, 0},
     /* normal, trylock else rescheduled dirty: O(keys of the pid); owned_keys and owns are
      * rescheduled dirty above DIRTY_OWNED_KEYS keys */
     {"own", 3, own_nif, 0},

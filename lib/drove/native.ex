@@ -58,7 +58,7 @@ defmodule Drove.Native do
   def remove_values(_r, _pairs), do: nif()
   # the registry's pid -> keys index (c_src/owners.h)
   @doc false
-  def register(_r, _k, _v), do: nif()
+  def register(_r, _k, _v, _pid), do: nif()
   @doc false
   def own(_r, _k, _pid), do: nif()
   @doc false

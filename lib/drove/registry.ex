@@ -409,7 +409,7 @@ defmodule Drove.Registry do
     vb = Native.value({pid, value})
 
     # put_new, and the key filed under pid in the replica's index
-    case Native.register(h, kb, vb) do
+    case Native.register(h, kb, vb, pid) do
       :ok ->
         :ets.insert(keys_table(registry), {key, member(registry), {pid, value}})
         registered(registry, server, h, kb, vb, {pid, key, value})

@@ -553,7 +553,7 @@ defmodule Drove.PropertyTest do
         {:remove_value, [h, Native.key(:k), Native.value(:v)]},
         {:remove_values, [h, [{Native.key(:k), Native.value(:v)}]]},
         {:set_owner, [h, self()]},
-        {:register, [h, Native.key({:key, :r}), Native.value({self(), :v})]},
+        {:register, [h, Native.key({:key, :r}), Native.value({self(), :v}), self()]},
         {:own, [h, Native.key({:key, :r}), self()]},
         {:disown, [h, Native.key({:key, :r}), self()]},
         {:owned_keys, [h, self()]},
@@ -591,7 +591,9 @@ defmodule Drove.PropertyTest do
       pv = Native.value({self(), :v})
 
       for bad <- [Native.value({:not_a_pid, :v}), Native.value(self()), binary_part(pv, 0, 8), ""] do
-        assert_raise ArgumentError, fn -> Native.register(h, Native.key({:key, :bad}), bad) end
+        assert_raise ArgumentError, fn ->
+          Native.register(h, Native.key({:key, :bad}), bad, self())
+        end
       end
 
       assert_raise ArgumentError, fn -> Native.drop_owned(h, [self(), :not_a_pid]) end
@@ -603,7 +605,12 @@ defmodule Drove.PropertyTest do
       assert Native.get(h, Native.key(:k)) == {:ok, :final}
       # the index still works: a registration, its keys, and its removal
       _ = Native.drop_owned(h, [self()])
-      assert Native.register(h, Native.key({:key, :mine}), pv) == :ok
+
+      assert_raise ArgumentError, fn ->
+        Native.register(h, Native.key({:key, :bad}), pv, :not_a_pid)
+      end
+
+      assert Native.register(h, Native.key({:key, :mine}), pv, self()) == :ok
       assert {:key, :mine} in Native.owned_keys(h, self())
       assert Native.owns(h, self())
       assert {{:key, :mine}, self()} in Native.drop_owned(h, [self()])

@@ -128,4 +128,43 @@ defmodule Drove.RegistryTest do
     assert GenServer.call(reg, {:set_members, [reg, {reg, :"other@127.0.0.1"}]}) == :ok
     assert GenServer.call(reg, :members) == Enum.sort([{reg, node()}, {reg, :"other@127.0.0.1"}])
   end
+
+  # The replica's pid -> keys index (c_src/owners.h) checks what it finds against the
+  # canonical external format of the pid, re-encoded in C from enif_term_to_binary, whose
+  # node atoms may be Latin-1: pids of nodes named in ASCII and in Latin-1, short and long.
+  test "the pid index finds the keys of pids of any node name" do
+    alias Drove.Native
+    h = Native.replica_new(1, self(), false)
+
+    names = [
+      "a@b",
+      "n\xF6de@h\xF4st",
+      String.duplicate("x", 200) <> "@h",
+      String.duplicate("\xE9", 200) <> "@h"
+    ]
+
+    # ATOM_EXT: the node name as Latin-1 bytes
+    remote =
+      for name <- names,
+          do:
+            :erlang.binary_to_term(
+              <<131, 88, 100, byte_size(name)::16>> <> name <> <<5::32, 0::32, 7::32>>
+            )
+
+    pids = [self() | remote]
+
+    for {pid, i} <- Enum.with_index(pids) do
+      assert Native.register(h, Native.key({:key, i}), Native.value({pid, i}), pid) == :ok
+      assert Native.register(h, Native.key({:key, {i, 2}}), Native.value({pid, i}), pid) == :ok
+    end
+
+    for {pid, i} <- Enum.with_index(pids) do
+      assert Enum.sort(Native.owned_keys(h, pid)) == Enum.sort([{:key, i}, {:key, {i, 2}}])
+      assert Native.owns(h, pid)
+    end
+
+    assert length(Native.drop_owned(h, pids)) == 2 * length(pids)
+    assert Native.to_list(h) == []
+    for pid <- pids, do: refute(Native.owns(h, pid))
+  end
 end

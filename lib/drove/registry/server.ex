@@ -113,6 +113,9 @@ defmodule Drove.Registry.Server do
   @impl true
   def init(opts) do
     Process.flag(:trap_exit, true)
+    # exits arrive in bursts (tens of thousands of {:EXIT, ...} queued): kept off the heap,
+    # they are not copied by every garbage collection while they wait
+    Process.flag(:message_queue_data, :off_heap)
     name = Keyword.fetch!(opts, :name)
     table_opts = [:named_table, :set, :public, read_concurrency: true]
     :ets.new(name, table_opts)
