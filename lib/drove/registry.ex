@@ -32,7 +32,7 @@ defmodule Drove.Registry do
       `{:name_conflict, {key, value}, registry, winner_pid}` from its own node.
     * `register/3` returns `{:ok, registry_pid}` as Horde does.
     * There is no `:"pids_\#{name}"` table: which keys a process holds is indexed inside the
-      replica, in C (`c_src/owners.h`, about 40 bytes per registration instead of an ETS row
+      replica, in C (`c_src/owners.h`, 20–30 bytes per registration instead of an ETS row
       of about 100). `keys/2` reads it, for local and remote pids alike.
   """
 
