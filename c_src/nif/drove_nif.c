@@ -1022,15 +1022,32 @@ typedef struct {
     ErlNifEnv *env;
     tf_atom_cache *atoms;
     ERL_NIF_TERM list;
+    /* optional: the joined delta's elements, already decoded (kt/vt[i] of d->elems[i]) */
+    const dv_delta *d;
+    const ERL_NIF_TERM *kt, *vt;
 } diff_ctx;
 
 static void diff_to_list(void *ud, const uint8_t *key, uint32_t klen, const dv_read *now) {
     diff_ctx *c = ud;
-    ERL_NIF_TERM k = decode_term(c->env, c->atoms, key, klen);
-    ERL_NIF_TERM e =
-        now ? enif_make_tuple3(c->env, A_ADD, k, decode_term(c->env, c->atoms, now->val, now->vlen))
-            : enif_make_tuple2(c->env, A_REMOVE, k);
+    size_t i = 0, n = now && c->d ? c->d->nelems : 0;
+    while (i < n &&
+           !(c->d->elems[i].dot.rid == now->dot.rid && c->d->elems[i].dot.ctr == now->dot.ctr))
+        i++;
+    ERL_NIF_TERM e;
+    if (i < n) /* the winner came in the delta: its terms are decoded already */
+        e = enif_make_tuple3(c->env, A_ADD, c->kt[i], c->vt[i]);
+    else if (now)
+        e = enif_make_tuple3(c->env, A_ADD, decode_term(c->env, c->atoms, key, klen),
+                             decode_term(c->env, c->atoms, now->val, now->vlen));
+    else
+        e = enif_make_tuple2(c->env, A_REMOVE, decode_term(c->env, c->atoms, key, klen));
     c->list = enif_make_list_cell(c->env, e, c->list);
+}
+
+/* Decodes a complete external term of a peer's delta into *t: false if it is not one. */
+static bool decode_valid(ErlNifEnv *env, tf_atom_cache *atoms, const uint8_t *p, size_t n,
+                         ERL_NIF_TERM *t) {
+    return n > 0 && (tf_decode(env, atoms, p, n, t) || enif_binary_to_term(env, p, n, t, 0) == n);
 }
 
 /* Every key and value of a peer's delta must be a complete external term. */
@@ -1073,6 +1090,41 @@ static bool claims_unissued_dots(const dv_map *m, const dv_delta *d) {
 
 DIRTY_FALLBACK(join)
 
+/* Deltas of at most this many elements (the eager pushes) are joined on a normal scheduler
+ * by join_small: their keys and values are decoded once, under the lock, into the caller's
+ * env, both to validate them and to report the diffs. */
+#define JOIN_DECODE_ONCE 64
+
+static ERL_NIF_TERM join_small(ErlNifEnv *env, replica *r, dv_delta *d, bool want, int argc,
+                               const ERL_NIF_TERM argv[]) {
+    if (!spin_trylock(r->lock)) {
+        dv_delta_free(d);
+        return enif_schedule_nif(env, "join", ERL_NIF_DIRTY_JOB_CPU_BOUND, join_dirty, argc, argv);
+    }
+    ERL_NIF_TERM kt[JOIN_DECODE_ONCE], vt[JOIN_DECODE_ONCE];
+    int rc = claims_unissued_dots(r->map, d) ? DV_ECORRUPT : DV_OK;
+    bool valid = true;
+    for (size_t i = 0; rc == DV_OK && valid && i < d->nelems; i++) {
+        const dv_elem_view *x = &d->elems[i];
+        valid = decode_valid(env, &r->atoms, x->key, x->klen, &kt[i]) &&
+                decode_valid(env, &r->atoms, x->val, x->vlen, &vt[i]);
+    }
+    diff_ctx c = {env, &r->atoms, enif_make_list(env, 0), d, kt, vt};
+    if (rc == DV_OK && valid)
+        rc = dv_map_join(r->map, d, want ? diff_to_list : NULL, &c);
+    enif_mutex_unlock(r->lock);
+    size_t n = d->nelems;
+    dv_delta_free(d);
+    if (!valid)
+        return enif_make_tuple2(env, A_ERROR, A_BAD_TERM);
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    return enif_make_tuple3(env, A_OK, reverse(env, c.list), enif_make_uint64(env, n));
+}
+
+/* join(replica, delta_bin, want_diffs) -> {:ok, diffs, n_elements} | {:error, reason}.
+ * A bad message changes nothing. Size-dispatched: big messages are joined dirty; small ones
+ * (JOIN_DECODE_ONCE) by join_small. */
 static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary b;
@@ -1086,6 +1138,8 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     int rc = dv_decode_delta(b.data, b.size, &d); /* outside the lock: pure */
     if (rc != DV_OK)
         return error_tuple(env, rc);
+    if (!dirty && d.nelems <= JOIN_DECODE_ONCE)
+        return join_small(env, r, &d, want, argc, argv);
     if (!delta_terms_valid(&d)) {
         dv_delta_free(&d);
         return enif_make_tuple2(env, A_ERROR, A_BAD_TERM);
@@ -1101,7 +1155,7 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         dv_delta_free(&d);
         return error_tuple(env, DV_ECORRUPT);
     }
-    diff_ctx c = {env, &r->atoms, enif_make_list(env, 0)};
+    diff_ctx c = {env, &r->atoms, enif_make_list(env, 0), NULL, NULL, NULL};
     rc = dv_map_join(r->map, &d, want ? diff_to_list : NULL, &c);
     enif_mutex_unlock(r->lock);
     size_t n = d.nelems;
@@ -1111,8 +1165,6 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     return enif_make_tuple3(env, A_OK, reverse(env, c.list), enif_make_uint64(env, n));
 }
 
-/* join(replica, delta_bin, want_diffs) -> {:ok, diffs, n_elements} | {:error, reason}.
- * A bad message changes nothing. Size-dispatched: big messages are joined dirty. */
 /* ------------------------------------------------------------------ anti-entropy */
 
 DIRTY_FALLBACK(ctx)
@@ -1224,7 +1276,7 @@ static ERL_NIF_TERM sync_finish_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
         dv_ctx_free(&peer);
         return error_tuple(env, rc);
     }
-    diff_ctx dc = {env, &r->atoms, enif_make_list(env, 0)};
+    diff_ctx dc = {env, &r->atoms, enif_make_list(env, 0), NULL, NULL, NULL};
     emit_ctx c = {env, enif_make_list(env, 0)};
     dv_buf rem;
     dv_buf_init(&rem);

@@ -67,6 +67,37 @@ defmodule Drove.CRDTTest do
     assert {:remove, :from_a} in diffs(ta)
   end
 
+  # Small deltas (the eager pushes) are decoded once, under the lock, both to validate them
+  # and to report the diffs (join_small in drove_nif.c).
+  test "a small delta is refused whole when one of its terms is bad; else its diffs are exact" do
+    alias Drove.Native
+    a = Native.replica_new(1, self(), false)
+    b = Native.replica_new(2, self(), false)
+    :ok = Native.put(a, Native.key(:k1), Native.value({self(), 1}))
+    :ok = Native.put(a, Native.key({:k, 2}), Native.value(%{v: 2}))
+    :ok = Native.put(a, Native.key("k3"), Native.value(:v3))
+    {[chunk], _} = Native.take_outbox(a, 1_048_576)
+    {pos, _} = :binary.match(chunk, Native.value(:v3))
+    # the version byte of the third value: the message still decodes, the term does not
+    bad =
+      binary_part(chunk, 0, pos) <>
+        <<130>> <> binary_part(chunk, pos + 1, byte_size(chunk) - pos - 1)
+
+    assert Native.join(b, bad, true) == {:error, :bad_term}
+    assert Native.to_list(b) == []
+    assert {:ok, diffs, 3} = Native.join(b, chunk, true)
+
+    assert Enum.sort(diffs) ==
+             Enum.sort([{:add, :k1, {self(), 1}}, {:add, {:k, 2}, %{v: 2}}, {:add, "k3", :v3}])
+
+    # a later delta: a remove and an overwrite, reported from the map and from the delta
+    :ok = Native.delete(a, Native.key(:k1))
+    :ok = Native.put(a, Native.key("k3"), Native.value(:v4))
+    {[chunk2], _} = Native.take_outbox(a, 1_048_576)
+    assert {:ok, diffs2, 1} = Native.join(b, chunk2, true)
+    assert Enum.sort(diffs2) == Enum.sort([{:remove, :k1}, {:add, "k3", :v4}])
+  end
+
   test "wrong argument types raise ArgumentError" do
     assert_raise ArgumentError, fn -> Drove.Native.put(make_ref(), "k", "v") end
     assert_raise ArgumentError, fn -> Drove.Native.get(:not_a_handle, "k") end
