@@ -130,6 +130,26 @@ static ERL_NIF_TERM bin_term(ErlNifEnv *env, const uint8_t *p, size_t n) {
     return t;
 }
 
+/* The next byte string of a buffer written with dv_buf_bytes (varint length + bytes) into
+ * *s, *n; false at its end. */
+static bool next_bytes(const uint8_t **p, const uint8_t *end, const uint8_t **s, size_t *n) {
+    uint64_t len = 0;
+    if (*p >= end)
+        return false;
+    for (int shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t byte = *(*p)++;
+        len |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80))
+            break;
+    }
+    if (len > (uint64_t)(end - *p))
+        return false;
+    *s = *p;
+    *n = (size_t)len;
+    *p += len;
+    return true;
+}
+
 /* Decode stored external-format bytes (validated on the way in): the fast decoder for the
  * common shapes, enif_binary_to_term for the rest (term_fast.h). */
 static ERL_NIF_TERM decode_term(ErlNifEnv *env, tf_atom_cache *atoms, const uint8_t *p, size_t n) {
@@ -642,22 +662,24 @@ static bool pid_id_of(ErlNifEnv *env, ERL_NIF_TERM t, pid_id *id) {
     }
     const uint8_t *name = p + 2 + hdr;
     ok = ok && 2 + hdr + alen + 12 == b.size && alen <= 4 * 255;
+    uint8_t u[4 * 255];
+    size_t ulen = 0;
     if (ok) {
-        uint8_t u[4 * 255];
-        size_t ulen = 0;
         for (size_t i = 0; i < alen; i++) {
             uint8_t c = name[i];
+            if (ulen + 2 > sizeof(u)) { /* more than an atom can hold */
+                ok = false;
+                break;
+            }
             if (latin1 && c >= 0x80) {
-                if (ulen + 2 > sizeof(u)) {
-                    ok = false;
-                    break;
-                }
                 u[ulen++] = (uint8_t)(0xC0 | (c >> 6));
                 u[ulen++] = (uint8_t)(0x80 | (c & 0x3F));
             } else {
                 u[ulen++] = c;
             }
         }
+    }
+    if (ok) {
         size_t o = 3;
         id->b[o++] = 88;
         if (ulen < 256) {
@@ -871,17 +893,9 @@ static ERL_NIF_TERM drop_owned_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             break;
         }
         dv_owners_drop(&r->owners, id.hash);
-        const uint8_t *p = found.p, *end = found.p + found.n;
-        while (rc == DV_OK && p < end) { /* dv_buf_bytes: varint length + bytes */
-            uint64_t klen = 0;
-            for (int shift = 0; p < end; shift += 7) {
-                uint8_t byte = *p++;
-                klen |= (uint64_t)(byte & 0x7f) << shift;
-                if (!(byte & 0x80))
-                    break;
-            }
-            const uint8_t *k = p;
-            p += klen;
+        const uint8_t *p = found.p, *k;
+        size_t klen;
+        while (rc == DV_OK && next_bytes(&p, found.p + found.n, &k, &klen)) {
             bool changed = false;
             rc = dv_map_remove_prefix_log(r->map, k, (uint32_t)klen, id.b, (uint32_t)id.n,
                                           cur_log(r), &changed);
@@ -920,19 +934,9 @@ static ERL_NIF_TERM reverse(ErlNifEnv *env, ERL_NIF_TERM list) {
 /* The read value now of each locally changed key: [{:add, k, v} | {:remove, k}] */
 static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *changed) {
     ERL_NIF_TERM list = enif_make_list(env, 0);
-    const uint8_t *p = changed->p, *end = changed->p + changed->n;
-    while (p < end) { /* our own encoding (dv_buf_bytes): varint length + bytes */
-        uint64_t len = 0;
-        for (int shift = 0; p < end; shift += 7) {
-            uint8_t byte = *p++;
-            len |= (uint64_t)(byte & 0x7f) << shift;
-            if (!(byte & 0x80))
-                break;
-        }
-        if (len > (uint64_t)(end - p))
-            break;
-        const uint8_t *k = p;
-        p += len;
+    const uint8_t *p = changed->p, *k;
+    size_t len;
+    while (next_bytes(&p, changed->p + changed->n, &k, &len)) {
         dv_read rd;
         ERL_NIF_TERM kt = decode_term(env, &r->atoms, k, len);
         if (dv_map_get(r->map, k, (uint32_t)len, &rd))
