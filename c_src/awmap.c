@@ -213,6 +213,15 @@ static void to_read(const dv_elem *w, dv_read *r) {
     r->dot = w->dot;
 }
 
+/* Calls fn with e's key and read value (nothing for an entry without elements). */
+static int visit(const dv_entry *e, dv_iter_fn fn, void *ud) {
+    if (!e->elems)
+        return 0;
+    dv_read r;
+    to_read(winner(e), &r);
+    return fn(ud, entry_key(e), e->klen, &r);
+}
+
 uint64_t dv_hlc_next(uint64_t last, uint64_t now_ms) {
     uint64_t phys = now_ms > (DV_MAX_TS >> 16) ? DV_MAX_TS : now_ms << 16;
     if (phys > last)
@@ -1154,12 +1163,7 @@ int dv_map_keys_with_hash(const dv_map *m, uint64_t h, dv_iter_fn fn, void *ud) 
         return 0;
     size_t mask = m->kcap - 1;
     for (size_t i = khome(m, h); m->keys[i].e; i = (i + 1) & mask) {
-        const dv_entry *e = m->keys[i].e;
-        if (m->keys[i].hash != h || !e->elems)
-            continue;
-        dv_read r;
-        to_read(winner(e), &r);
-        int rc = fn(ud, entry_key(e), e->klen, &r);
+        int rc = m->keys[i].hash == h ? visit(m->keys[i].e, fn, ud) : 0;
         if (rc)
             return rc;
     }
@@ -1597,12 +1601,7 @@ int dv_map_apply_peer_removals(dv_map *m, const dv_ctx *peer_ctx, const dv_manif
 
 int dv_map_foreach(const dv_map *m, dv_iter_fn fn, void *ud) {
     for (size_t i = 0; i < m->kcap; i++) {
-        const dv_entry *e = m->keys[i].e;
-        if (!e || !e->elems)
-            continue;
-        dv_read r;
-        to_read(winner(e), &r);
-        int rc = fn(ud, entry_key(e), e->klen, &r);
+        int rc = m->keys[i].e ? visit(m->keys[i].e, fn, ud) : 0;
         if (rc)
             return rc;
     }

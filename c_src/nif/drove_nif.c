@@ -757,36 +757,32 @@ static bool replica_key_pid(ErlNifEnv *env, const ERL_NIF_TERM argv[], replica *
     return true;
 }
 
-DIRTY_FALLBACK(own)
+/* own(replica, key_bin, pid) -> :ok | {:error, reason}: files key under pid (a registry
+ * showing an entry it learned from a peer). disown(replica, key_bin, pid) -> :ok: pid no
+ * longer holds key. Normal: O(1). */
+#define OWNER_CHANGE(name, change)                                                                 \
+    DIRTY_FALLBACK(name)                                                                           \
+    static ERL_NIF_TERM name##_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],           \
+                                    bool dirty) {                                                  \
+        replica *r;                                                                                \
+        ErlNifBinary k;                                                                            \
+        uint64_t pid;                                                                              \
+        if (!replica_key_pid(env, argv, &r, &k, &pid))                                             \
+            return enif_make_badarg(env);                                                          \
+        LOCK_REPLICA(name, env, r, argc, argv, dirty);                                             \
+        int rc = change(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));               \
+        enif_mutex_unlock(r->lock);                                                                \
+        return rc == DV_OK ? A_OK : error_tuple(env, rc);                                          \
+    }
 
-/* own(replica, key_bin, pid) -> :ok: files key under pid (a registry showing an entry it
- * learned from a peer). Normal: O(keys of pid). */
-static ERL_NIF_TERM own_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
-    replica *r;
-    ErlNifBinary k;
-    uint64_t pid;
-    if (!replica_key_pid(env, argv, &r, &k, &pid))
-        return enif_make_badarg(env);
-    LOCK_REPLICA(own, env, r, argc, argv, dirty);
-    int rc = dv_owners_add(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));
-    enif_mutex_unlock(r->lock);
-    return rc == DV_OK ? A_OK : error_tuple(env, rc);
+/* dv_owners_remove as an OWNER_CHANGE: a pair that is not there is not an error */
+static int owners_forget(dv_owners *o, uint64_t pid, uint64_t key) {
+    dv_owners_remove(o, pid, key);
+    return DV_OK;
 }
 
-DIRTY_FALLBACK(disown)
-
-/* disown(replica, key_bin, pid) -> :ok: pid no longer holds key. Normal: O(keys of pid). */
-static ERL_NIF_TERM disown_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
-    replica *r;
-    ErlNifBinary k;
-    uint64_t pid;
-    if (!replica_key_pid(env, argv, &r, &k, &pid))
-        return enif_make_badarg(env);
-    LOCK_REPLICA(disown, env, r, argc, argv, dirty);
-    dv_owners_remove(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));
-    enif_mutex_unlock(r->lock);
-    return A_OK;
-}
+OWNER_CHANGE(own, dv_owners_add)
+OWNER_CHANGE(disown, owners_forget)
 
 typedef struct {
     ErlNifEnv *env;
