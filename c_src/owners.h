@@ -1,12 +1,14 @@
 /* owners.h - which keys each process holds: the registry's pid -> keys index.
  *
  * A registry must find the keys of a process when it exits (to remove them), for keys/2, and
- * to know whether it still holds any. Both ids are 64-bit hashes: a process is the hash of
- * its pid's canonical external format (drove_nif.c), a key the map's hash of its key bytes
- * (dv_map_key_hash). Whoever reads the index checks what it finds against the map (the
- * winner of each key must carry the pid), so two pids with one hash only share a record;
- * two keys of one process with one 64-bit hash share an entry (they are found and removed
- * together at the process's exit).
+ * to know whether it still holds any. Both ids are 64-bit hashes: a process is the VM's
+ * internal hash of its pid term (pid_key in drove_nif.c), a key the map's hash of its key
+ * bytes (dv_map_key_hash). Whoever reads the index checks what it finds against the map (the
+ * winner of each key must carry the pid). Two keys of one process with one hash share an
+ * entry (they are found and removed together at the process's exit); two live processes with
+ * one id share a record, and the first to exit takes the other's keys out of the index with
+ * its own (the other's registrations would then outlive it). With 64-bit ids neither is
+ * expected in the life of a cluster.
  *
  * Layout: an open-addressing table (linear probing, backward-shift deletion, no tombstones)
  * of 16-byte slots, one per process: the pid id and, for a process holding one key, the key
