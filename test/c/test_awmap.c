@@ -651,15 +651,24 @@ Test(awmap, remove_value_removes_only_matching_elements) {
 
 typedef struct {
     int calls;
-    char key[32];
-    char val[32];
-} hash_hits;
+    int gone;
+    char last_key[32];
+    char last_val[32];
+} diffs;
 
+static void on_diff(void *ud, const uint8_t *key, uint32_t klen, const dv_read *now) {
+    diffs *d = ud;
+    d->calls++;
+    snprintf(d->last_key, sizeof(d->last_key), "%.*s", (int)klen, (const char *)key);
+    if (now)
+        snprintf(d->last_val, sizeof(d->last_val), "%.*s", (int)now->vlen, (const char *)now->val);
+    else
+        d->gone++;
+}
+
+/* dv_map_keys_with_hash's visitor: records each key found as on_diff does */
 static int record_hit(void *ud, const uint8_t *key, uint32_t klen, const dv_read *r) {
-    hash_hits *h = ud;
-    h->calls++;
-    snprintf(h->key, sizeof(h->key), "%.*s", (int)klen, (const char *)key);
-    snprintf(h->val, sizeof(h->val), "%.*s", (int)r->vlen, (const char *)r->val);
+    on_diff(ud, key, klen, r);
     return 0;
 }
 
@@ -715,13 +724,13 @@ Test(awmap, keys_with_hash_finds_the_key_of_a_hash) {
     for (int i = 0; i < 2000; i += 7) {
         snprintf(k, sizeof(k), "key%d", i);
         snprintf(v, sizeof(v), "val%d", i);
-        hash_hits h = {0};
+        diffs h = {0};
         cr_assert_eq(dv_map_keys_with_hash(m, dv_map_key_hash(K(k)), record_hit, &h), 0);
         cr_assert_eq(h.calls, 1);
-        cr_assert_str_eq(h.key, k);
-        cr_assert_str_eq(h.val, v);
+        cr_assert_str_eq(h.last_key, k);
+        cr_assert_str_eq(h.last_val, v);
     }
-    hash_hits none = {0};
+    diffs none = {0};
     cr_assert_eq(dv_map_keys_with_hash(m, dv_map_key_hash(K("absent")), record_hit, &none), 0);
     cr_assert_eq(none.calls, 0);
     cr_assert_eq(dv_map_remove(m, K("key14"), NULL, NULL), DV_OK);
@@ -832,23 +841,6 @@ Test(awmap, duplicate_dot_in_a_delta_is_harmless) {
     dv_map_free(before);
     dv_map_free(b);
     ASSERT_NO_LEAK();
-}
-
-typedef struct {
-    int calls;
-    int gone;
-    char last_key[32];
-    char last_val[32];
-} diffs;
-
-static void on_diff(void *ud, const uint8_t *key, uint32_t klen, const dv_read *now) {
-    diffs *d = ud;
-    d->calls++;
-    snprintf(d->last_key, sizeof(d->last_key), "%.*s", (int)klen, (const char *)key);
-    if (now)
-        snprintf(d->last_val, sizeof(d->last_val), "%.*s", (int)now->vlen, (const char *)now->val);
-    else
-        d->gone++;
 }
 
 Test(awmap, join_reports_read_changes) {
