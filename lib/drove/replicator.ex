@@ -446,6 +446,9 @@ defmodule Drove.Replicator do
     # is not empty. Linked to the owner; stopped synchronously before the owner's last flush.
     require Logger
 
+    # how long a push waits for more writes once one has just left
+    @coalesce_ms 1
+
     @spec start_link(reference(), pid(), pos_integer()) :: pid()
     def start_link(handle, owner, max_bytes) do
       spawn_link(fn -> loop(%{handle: handle, owner: owner, max: max_bytes, targets: []}) end)
@@ -470,29 +473,46 @@ defmodule Drove.Replicator do
           case Native.take_outbox(s.handle, s.max, s.targets != []) do
             {:error, reason} ->
               Logger.error("Drove flusher: outbox: #{inspect(reason)}")
+              loop(s)
 
             {[], []} ->
-              :ok
+              loop(s)
 
             {:dropped, _diffs} ->
               Kernel.send(self(), :drove_flush)
+              loop(s)
 
             {chunks, _diffs} ->
               for c <- chunks, t <- s.targets do
                 :erlang.send(t, {:drove_delta, s.owner, c}, [:noconnect])
               end
 
-              # poll again: writes made meanwhile go in one batch (see take_outbox)
-              Kernel.send(self(), :drove_flush)
+              # poll again after a pause: the writes made meanwhile go in one message (see
+              # take_outbox). A lone write leaves at once; under a burst of writes each push
+              # carries a millisecond's worth, which is what makes a burst cheap to send and
+              # to join (a push per write or two costs both nodes more than the writes).
+              pause(s, System.monotonic_time(:millisecond) + @coalesce_ms)
           end
-
-          loop(s)
 
         {:targets, targets} ->
           loop(%{s | targets: targets})
 
         :stop ->
           :ok
+      end
+    end
+
+    defp pause(s, until) do
+      receive do
+        {:targets, targets} ->
+          pause(%{s | targets: targets}, until)
+
+        :stop ->
+          :ok
+      after
+        max(until - System.monotonic_time(:millisecond), 0) ->
+          Kernel.send(self(), :drove_flush)
+          loop(s)
       end
     end
   end
