@@ -254,16 +254,14 @@ defmodule Drove.Registry.Server do
   def handle_info({:EXIT, pid, reason}, s) do
     # Exits come in bursts (a node's agents stopping): take every one already queued and
     # drop their registrations with one native call.
-    exits = drain_exits([{pid, reason}], 10_000)
-    {local, remote} = Enum.split_with(exits, fn {p, _} -> node(p) == node() end)
-    {gone, alive} = local |> Enum.map(&elem(&1, 0)) |> Enum.split_with(&(not Process.alive?(&1)))
+    {gone, forged, stop} = drain_exits({pid, reason}, s, [], [], nil, 10_000)
     # an exit signal comes from a process that is exiting; an {:EXIT, pid, _} naming a live
     # registrant is a message anyone could send (a peer knows every registered pid): its
     # registrations stay (relinked: the link went if it was a real signal). Registrants are
     # local: an exit naming a process of another node is made up too.
-    alive = Enum.filter(alive, &Native.owns(s.handle, &1))
-    Enum.each(alive, &Process.link/1)
-    forged = alive ++ for({p, _} <- remote, do: p)
+    Enum.each(forged, fn p ->
+      if node(p) == node() and Native.owns(s.handle, p), do: Process.link(p)
+    end)
 
     s =
       Enum.reduce(forged, s, &%{&2 | repl: Replicator.bad_message(&2.repl, {:exit_of_live, &1})})
@@ -272,9 +270,9 @@ defmodule Drove.Registry.Server do
 
     # the parent (supervisor) or the flusher going away stops this process; a late exit of a
     # process that unregistered everything (and so was unlinked) is ignored
-    case Enum.find(exits, fn {p, _} -> p == s.parent or p == s.repl.flusher end) do
+    case stop do
       nil -> {:noreply, s}
-      {_, reason} -> {:stop, reason, s}
+      reason -> {:stop, reason, s}
     end
   end
 
@@ -396,6 +394,19 @@ defmodule Drove.Registry.Server do
 
   # The replica's winner for `key` is `pid`: show it, and evict whoever the table held.
   defp adopt(s, key, pid, value) do
+    row = {key, {s.name, node(pid)}, {pid, value}}
+
+    # the common case, a key the table does not show yet: one table call
+    if :ets.insert_new(Reg.keys_table(s.name), row) do
+      :ok = Native.own(s.handle, Native.key({:key, key}), pid)
+      notify(s, {:register, s.name, key, pid, value})
+      if node(pid) == node(), do: link(s, pid), else: s
+    else
+      replace(s, key, pid, value)
+    end
+  end
+
+  defp replace(s, key, pid, value) do
     previous = current_row(s, key)
     show(s, key, pid, value)
 
@@ -428,9 +439,7 @@ defmodule Drove.Registry.Server do
 
   # Deletes the row of key only if it still shows pid's registration: a registrant writes
   # its row from its own process, and may just have registered the key anew.
-  defp delete_row(s, key, pid) do
-    table = Reg.keys_table(s.name)
-
+  defp delete_row(table, key, pid) do
     case :ets.lookup(table, key) do
       [{_, _, {^pid, _}} = row] -> :ets.delete_object(table, row)
       _ -> true
@@ -470,7 +479,7 @@ defmodule Drove.Registry.Server do
 
     case current_row(s, key) do
       {^pid, _} ->
-        delete_row(s, key, pid)
+        delete_row(Reg.keys_table(s.name), key, pid)
         notify(s, {:unregister, s.name, key, pid})
 
       _ ->
@@ -481,13 +490,22 @@ defmodule Drove.Registry.Server do
     s
   end
 
-  defp drain_exits(acc, 0), do: Enum.reverse(acc)
+  # Sorts one exit and takes the next queued one, up to n: `gone` are local processes that
+  # exited, `forged` pids named by an exit that cannot be a real one (alive, or remote),
+  # `stop` the reason of the parent's or the flusher's exit.
+  defp drain_exits({p, reason}, s, gone, forged, stop, n) do
+    {gone, forged, stop} =
+      cond do
+        p == s.parent or p == s.repl.flusher -> {gone, forged, stop || reason}
+        node(p) != node() -> {gone, [p | forged], stop}
+        Process.alive?(p) -> {gone, [p | forged], stop}
+        true -> {[p | gone], forged, stop}
+      end
 
-  defp drain_exits(acc, n) do
     receive do
-      {:EXIT, p, r} -> drain_exits([{p, r} | acc], n - 1)
+      {:EXIT, p, r} when n > 1 -> drain_exits({p, r}, s, gone, forged, stop, n - 1)
     after
-      0 -> Enum.reverse(acc)
+      0 -> {gone, forged, stop}
     end
   end
 
@@ -495,10 +513,12 @@ defmodule Drove.Registry.Server do
 
   # `gone`: local processes that exited. The replica drops every registration they held
   # (its pid -> keys index knows which) and answers the keys whose winner went.
-  defp processes_gone(s, gone) do
+  defp processes_gone(%{listeners: ls} = s, gone) do
+    table = Reg.keys_table(s.name)
+
     for {{:key, key}, pid} <- Native.drop_owned(s.handle, gone) do
-      delete_row(s, key, pid)
-      notify(s, {:unregister, s.name, key, pid})
+      delete_row(table, key, pid)
+      if ls != [], do: notify(s, {:unregister, s.name, key, pid})
     end
 
     s
