@@ -89,6 +89,30 @@ defmodule Drove.Test.RegistryPeer do
     end
   end
 
+  @doc """
+  Spawns a process per {prefix, i}, all at once, each registering its key and then waiting
+  (a burst of registrations from many processes); returns how many registered.
+  """
+  @spec spawn_each(atom(), term(), Range.t()) :: non_neg_integer()
+  def spawn_each(registry, prefix, range) do
+    parent = self()
+
+    for i <- range do
+      spawn(fn ->
+        send(parent, {:each, match?({:ok, _}, Drove.Registry.register(registry, {prefix, i}, i))})
+        receive do: (:stop -> :ok)
+      end)
+    end
+
+    Enum.count(range, fn _ ->
+      receive do
+        {:each, ok} -> ok
+      after
+        10_000 -> false
+      end
+    end)
+  end
+
   @doc "How many of {prefix, i} this node finds, and whether each is alive."
   @spec found(atom(), term(), Range.t()) :: non_neg_integer()
   def found(registry, prefix, range) do
