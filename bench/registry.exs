@@ -133,7 +133,7 @@ run = fn kind, n, tag ->
 end
 
 for n <- [10_000, 50_000] do
-  runs = 3
+  runs = 5
   d = for i <- 1..runs, do: run.(:drove, n, {:d, n, i})
   p = for i <- 1..runs, do: run.(:pg, n, {:p, n, i})
   med = fn list, k -> Bench.median(Enum.map(list, & &1[k])) end
