@@ -119,11 +119,12 @@ defmodule Drove.Registry.Server do
     name = Keyword.fetch!(opts, :name)
     table_opts = [:named_table, :set, :public, read_concurrency: true]
     :ets.new(name, table_opts)
-    # read by every lookup, and written by every registrant from its own process: behind one
-    # table lock, registrants on different schedulers queue for it (50k processes registering
-    # at once: ~3.7 us of CPU per insert; 0.4-1 us with write_concurrency: :auto, for lookups
-    # ~15% slower)
-    :ets.new(Reg.keys_table(name), table_opts ++ [write_concurrency: :auto])
+    # read by every lookup (a via call is one), written once per registration. Not
+    # write_concurrency: it makes registrants on different schedulers stop queueing for the
+    # table lock (50k processes registering at once: 0.4-1 us of CPU per insert instead of
+    # ~3.7), but every lookup then takes a bucket lock too, 15-20% slower (and read_concurrency
+    # is what keeps hot names cheap to read from many cores at once)
+    :ets.new(Reg.keys_table(name), table_opts)
     :ets.new(Reg.members_table(name), table_opts)
     :persistent_term.put({Reg, :keys, name}, :"keys_#{name}")
     # registrants tell this process of each registration only when it has listeners to notify
