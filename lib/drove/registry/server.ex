@@ -122,8 +122,9 @@ defmodule Drove.Registry.Server do
     # read by every lookup (a via call is one), written once per registration. Not
     # write_concurrency: it makes registrants on different schedulers stop queueing for the
     # table lock (50k processes registering at once: 0.4-1 us of CPU per insert instead of
-    # ~3.7), but every lookup then takes a bucket lock too, 15-20% slower (and read_concurrency
-    # is what keeps hot names cheap to read from many cores at once)
+    # ~3.7), but every lookup then takes a bucket lock too, 15-20% slower, and bench/registry.exs
+    # did not show the burst any faster (1.05-1.30x :pg with it, 1.05-1.21x without). And
+    # read_concurrency is what keeps hot names cheap to read from many cores at once.
     :ets.new(Reg.keys_table(name), table_opts)
     :ets.new(Reg.members_table(name), table_opts)
     :persistent_term.put({Reg, :keys, name}, :"keys_#{name}")
