@@ -309,6 +309,33 @@ defmodule Drove.BadPeerTest do
     C.wait_until(fn -> not Map.has_key?(Map.new(Native.to_list(t.handle)), {:key, :victim}) end)
   end
 
+  test "an exit message from a live process that holds nothing here is ignored, not counted" do
+    t = registry_target()
+    {:registered_name, name} = Process.info(t.pid, :registered_name)
+    test = self()
+
+    registrant =
+      spawn(fn ->
+        {:ok, _} = R.register(name, :held, 1)
+        send(test, :registered)
+        Process.sleep(:infinity)
+      end)
+
+    assert_receive :registered, 5000
+    # what a process calling Process.exit(registry, reason) makes the registry receive
+    bystander = spawn(fn -> Process.sleep(:infinity) end)
+    before = t.bad.()
+
+    capture_log(fn ->
+      send_all(t, [{:EXIT, bystander, :normal}, {:EXIT, registrant, :forged}], 1)
+    end)
+
+    # t.bad is a call: every message sent before it has been handled
+    assert t.bad.() == before + 1
+    assert R.lookup(name, :held) == [{registrant, 1}]
+    t.serves.()
+  end
+
   @tag :cluster
   test "two real nodes: a bad peer does not disturb replication between good ones" do
     [a, b] = C.start_nodes(2)

@@ -263,9 +263,10 @@ defmodule Drove.Registry.Server do
     # registrant is a message anyone could send (a peer knows every registered pid): its
     # registrations stay (relinked: the link went if it was a real signal). Registrants are
     # local: an exit naming a process of another node is made up too.
-    Enum.each(forged, fn p ->
-      if node(p) == node() and Native.owns(s.handle, p), do: Process.link(p)
-    end)
+    # (a live local process that holds nothing here, say one that called Process.exit/2 on
+    # this process, is no registrant: ignored)
+    forged = Enum.filter(forged, &(node(&1) != node() or Native.owns(s.handle, &1)))
+    Enum.each(forged, &if(node(&1) == node(), do: Process.link(&1)))
 
     s =
       Enum.reduce(forged, s, &%{&2 | repl: Replicator.bad_message(&2.repl, {:exit_of_live, &1})})
@@ -506,10 +507,15 @@ defmodule Drove.Registry.Server do
         true -> {[p | gone], forged, stop}
       end
 
-    receive do
-      {:EXIT, p, r} when n > 1 -> drain_exits({p, r}, s, gone, forged, stop, n - 1)
-    after
-      0 -> {gone, forged, stop}
+    # (no receive once n are taken: one that cannot match would scan the whole queue)
+    if n > 1 do
+      receive do
+        {:EXIT, p, r} -> drain_exits({p, r}, s, gone, forged, stop, n - 1)
+      after
+        0 -> {gone, forged, stop}
+      end
+    else
+      {gone, forged, stop}
     end
   end
 
@@ -520,10 +526,10 @@ defmodule Drove.Registry.Server do
   defp processes_gone(%{listeners: ls} = s, gone) do
     table = Reg.keys_table(s.name)
 
-    for {{:key, key}, pid} <- Native.drop_owned(s.handle, gone) do
+    Enum.each(Native.drop_owned(s.handle, gone), fn {{:key, key}, pid} ->
       delete_row(table, key, pid)
       if ls != [], do: notify(s, {:unregister, s.name, key, pid})
-    end
+    end)
 
     s
   end
