@@ -595,15 +595,24 @@ static int log_flush(dv_outbox *log, uint64_t rid, dv_map **to, size_t nto) {
     return n;
 }
 
+/* Two replicas (rids 1 and 2) that each wrote "k", a the value va at 1000 and b the value vb
+ * at 2000, and joined each other's log: both hold both elements, vb reads. */
+static void concurrent_pair(const char *va, const char *vb, dv_map **a, dv_map **b, dv_outbox *la,
+                            dv_outbox *lb) {
+    *a = dv_map_new(1);
+    *b = dv_map_new(2);
+    dv_outbox_init(la);
+    dv_outbox_init(lb);
+    cr_assert_eq(dv_map_put_log(*a, K("k"), K(va), 1000, la, NULL), DV_OK);
+    cr_assert_eq(dv_map_put_log(*b, K("k"), K(vb), 2000, lb, NULL), DV_OK);
+    log_flush(la, 1, b, 1);
+    log_flush(lb, 2, a, 1);
+}
+
 Test(awmap, remove_value_removes_only_matching_elements) {
-    dv_map *a = dv_map_new(1), *b = dv_map_new(2);
+    dv_map *a, *b;
     dv_outbox la, lb;
-    dv_outbox_init(&la);
-    dv_outbox_init(&lb);
-    cr_assert_eq(dv_map_put_log(a, K("k"), K("from-a"), 1000, &la, NULL), DV_OK);
-    cr_assert_eq(dv_map_put_log(b, K("k"), K("from-b"), 2000, &lb, NULL), DV_OK);
-    log_flush(&la, 1, &b, 1);
-    log_flush(&lb, 2, &a, 1);
+    concurrent_pair("from-a", "from-b", &a, &b, &la, &lb);
     cr_assert_eq(dv_map_elements(a), 2);
     ASSERT_READS(a, "k", "from-b");
 
@@ -673,14 +682,9 @@ static int record_hit(void *ud, const uint8_t *key, uint32_t klen, const dv_read
 }
 
 Test(awmap, remove_prefix_removes_elements_starting_with_it) {
-    dv_map *a = dv_map_new(1), *b = dv_map_new(2);
+    dv_map *a, *b;
     dv_outbox la, lb;
-    dv_outbox_init(&la);
-    dv_outbox_init(&lb);
-    cr_assert_eq(dv_map_put_log(a, K("k"), K("pidA:1"), 1000, &la, NULL), DV_OK);
-    cr_assert_eq(dv_map_put_log(b, K("k"), K("pidB:2"), 2000, &lb, NULL), DV_OK);
-    log_flush(&la, 1, &b, 1);
-    log_flush(&lb, 2, &a, 1);
+    concurrent_pair("pidA:1", "pidB:2", &a, &b, &la, &lb);
     ASSERT_READS(a, "k", "pidB:2");
 
     bool changed = true;

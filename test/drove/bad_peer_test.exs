@@ -65,6 +65,22 @@ defmodule Drove.BadPeerTest do
 
   defp targets, do: [crdt_target(), registry_target()]
 
+  # A process that registers key in the registry target and stays; {registry name, its pid}
+  defp spawn_registrant(t, key, value) do
+    {:registered_name, name} = Process.info(t.pid, :registered_name)
+    test = self()
+
+    registrant =
+      spawn(fn ->
+        {:ok, _} = R.register(name, key, value)
+        send(test, {:registered, self()})
+        Process.sleep(:infinity)
+      end)
+
+    assert_receive {:registered, ^registrant}, 5000
+    {name, registrant}
+  end
+
   # contents, digest and context of the replica
   defp state(t),
     do: {Native.digest(t.handle), Native.ctx(t.handle), Enum.sort(Native.to_list(t.handle))}
@@ -285,17 +301,7 @@ defmodule Drove.BadPeerTest do
 
   test "a forged exit message naming a live registrant does not unregister it" do
     t = registry_target()
-    {:registered_name, name} = Process.info(t.pid, :registered_name)
-    test = self()
-
-    registrant =
-      spawn(fn ->
-        {:ok, _} = R.register(name, :victim, 1)
-        send(test, :registered)
-        Process.sleep(:infinity)
-      end)
-
-    assert_receive :registered, 5000
+    {name, registrant} = spawn_registrant(t, :victim, 1)
     before = state(t)
 
     log = capture_log(fn -> send_all(t, [{:EXIT, registrant, :forged}], 1) end)
@@ -311,17 +317,7 @@ defmodule Drove.BadPeerTest do
 
   test "an exit message from a live process that holds nothing here is ignored, not counted" do
     t = registry_target()
-    {:registered_name, name} = Process.info(t.pid, :registered_name)
-    test = self()
-
-    registrant =
-      spawn(fn ->
-        {:ok, _} = R.register(name, :held, 1)
-        send(test, :registered)
-        Process.sleep(:infinity)
-      end)
-
-    assert_receive :registered, 5000
+    {name, registrant} = spawn_registrant(t, :held, 1)
     # what a process calling Process.exit(registry, reason) makes the registry receive
     bystander = spawn(fn -> Process.sleep(:infinity) end)
     before = t.bad.()
