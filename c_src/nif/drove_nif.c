@@ -52,13 +52,29 @@ typedef struct {
                           * push to (anti-entropy gives a neighbour that comes later everything) */
     tf_atom_cache atoms; /* for decoding keys and values, used under the lock */
     dv_owners owners;    /* pid -> keys of the registry's {pid, value} entries (owners.h) */
+    /* Registry mode (watch/2): every local process filed in owners is watched by a resource
+     * monitor, and its exit drops its registrations in replica_down, run by the exiting
+     * process itself. A local pid has an owners entry exactly while it is monitored: its last
+     * key stays filed when it unregisters (the index may hold pairs that are no longer true),
+     * and only its exit removes the entry. */
+    bool watching;
+    ErlNifPid watcher; /* the registry process: sent :drove_gone when `gone` fills */
+    dv_buf gone;       /* (ErlNifPid, key) of the registrations that exits dropped, for its table */
+    /* Exits whose down callback found the replica lock busy: their pids wait here (a down
+     * callback cannot reschedule itself, and must not block a scheduler behind a dirty join)
+     * until take_gone drops them. pend_lock guards pend and rung, and is held only for O(1). */
+    ErlNifMutex *pend_lock;
+    dv_buf pend;
+    bool rung;         /* :drove_gone sent and not yet answered by a take_gone */
+    uint64_t deferred; /* exits queued in pend so far (info's exits_deferred) */
 } replica;
 
 static ErlNifResourceType *REPLICA;
 
-static ERL_NIF_TERM A_OK, A_ERROR, A_NIL, A_TRUE, A_FALSE, A_ADD, A_REMOVE, A_FLUSH;
+static ERL_NIF_TERM A_OK, A_ERROR, A_NIL, A_TRUE, A_FALSE, A_ADD, A_REMOVE, A_FLUSH, A_GONE,
+    A_NOPROC, A_NOT_LOCAL;
 static ERL_NIF_TERM A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD, A_RID, A_REPLICAS, A_CLOUD, A_OUTBOX,
-    A_HLC, A_ENOMEM, A_BAD_TERM, A_EXISTS, A_DROPPED, A_FALLBACK;
+    A_HLC, A_ENOMEM, A_BAD_TERM, A_EXISTS, A_DROPPED, A_FALLBACK, A_DEFERRED;
 
 static void *nif_alloc(size_t n) {
     return enif_alloc(n);
@@ -79,8 +95,12 @@ static void replica_dtor(ErlNifEnv *env, void *obj) {
         dv_outbox_free(&r->log[i]);
         dv_buf_free(&r->changed[i]);
     }
+    dv_buf_free(&r->gone);
+    dv_buf_free(&r->pend);
     if (r->lock)
         enif_mutex_destroy(r->lock);
+    if (r->pend_lock)
+        enif_mutex_destroy(r->pend_lock);
 }
 
 static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
@@ -242,13 +262,16 @@ static ERL_NIF_TERM replica_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         dv_buf_init(&r->changed[i]);
     }
     dv_owners_init(&r->owners);
+    dv_buf_init(&r->gone);
+    dv_buf_init(&r->pend);
     r->lock = enif_mutex_create("drove_replica");
+    r->pend_lock = enif_mutex_create("drove_replica_exits");
     r->map = dv_map_new(rid);
     r->owner = owner;
     r->has_owner = true;
     r->track = enif_compare(argv[2], A_TRUE) == 0;
     r->logging = true;
-    if (!r->lock || !r->map) {
+    if (!r->lock || !r->pend_lock || !r->map) {
         enif_release_resource(r); /* the destructor frees what was made */
         return error_tuple(env, DV_ENOMEM);
     }
@@ -713,12 +736,46 @@ static inline bool held_by(const dv_read *rd, const pid_id *id) {
     return rd->vlen >= id->n && memcmp(rd->val, id->b, id->n) == 0;
 }
 
+/* In registry mode, makes sure the local process lp is watched before it is filed under pid
+ * (the caller then files it): monitors it if it has no owners entry yet. With the lock held.
+ * Returns A_OK (watched before, or *fresh set with *mon the new monitor), A_NOPROC (it is not
+ * alive: nothing may be filed under it) or A_NOT_LOCAL. Outside registry mode: A_OK. */
+static ERL_NIF_TERM watch_for_filing(ErlNifEnv *env, replica *r, ERL_NIF_TERM pid_term,
+                                     uint64_t pid, bool *fresh, ErlNifMonitor *mon) {
+    *fresh = false;
+    if (!r->watching)
+        return A_OK;
+    ErlNifPid lp;
+    if (!enif_get_local_pid(env, pid_term, &lp))
+        return A_NOT_LOCAL;
+    const uint64_t *places;
+    size_t nplaces;
+    if (dv_owners_get(&r->owners, pid, &places, &nplaces) > 0)
+        return A_OK;
+    if (enif_monitor_process(env, r, &lp, mon) != 0)
+        return A_NOPROC;
+    *fresh = true;
+    return A_OK;
+}
+
+/* Files key under pid after watch_for_filing; a failure takes back a monitor just made. */
+static int file_key(ErlNifEnv *env, replica *r, uint64_t pid, uint64_t key, bool fresh,
+                    const ErlNifMonitor *mon) {
+    int rc = dv_owners_add(&r->owners, pid, key);
+    if (rc != DV_OK && fresh)
+        enif_demonitor_process(env, r, mon);
+    return rc;
+}
+
 DIRTY_FALLBACK(register)
 
-/* register(replica, key_bin, value_bin, pid) -> :ok | {:exists, current_value}
+/* register(replica, key_bin, value_bin, pid) -> :ok | {:exists, current_value} | :noproc |
+ * :not_local
  * put_new for a registry entry: value_bin must encode {pid, value}; on success the key is
  * filed under pid (owners.h). The index entry is made first: if the put then fails, the
- * index holds one pair too many, which its readers ignore. */
+ * index holds one pair too many, which its readers ignore. In registry mode (watch/2) pid
+ * must be a live local process (:not_local, :noproc otherwise, and nothing is written); it is
+ * monitored from its first registration on. */
 static ERL_NIF_TERM register_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifBinary k, v;
@@ -740,7 +797,14 @@ static ERL_NIF_TERM register_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         enif_mutex_unlock(r->lock);
         return enif_make_tuple2(env, A_EXISTS, cur);
     }
-    int rc = dv_owners_add(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));
+    bool fresh;
+    ErlNifMonitor mon = {{0}};
+    ERL_NIF_TERM w = watch_for_filing(env, r, argv[3], pid, &fresh, &mon);
+    if (w != A_OK) {
+        enif_mutex_unlock(r->lock);
+        return w;
+    }
+    int rc = file_key(env, r, pid, dv_map_key_hash(k.data, (uint32_t)k.size), fresh, &mon);
     bool changed = false;
     if (rc == DV_OK)
         rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
@@ -757,32 +821,52 @@ static bool replica_key_pid(ErlNifEnv *env, const ERL_NIF_TERM argv[], replica *
     return true;
 }
 
-/* own(replica, key_bin, pid) -> :ok | {:error, reason}: files key under pid (a registry
- * showing an entry it learned from a peer). disown(replica, key_bin, pid) -> :ok: pid no
- * longer holds key. Normal: O(1). */
-#define OWNER_CHANGE(name, change)                                                                 \
-    DIRTY_FALLBACK(name)                                                                           \
-    static ERL_NIF_TERM name##_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],           \
-                                    bool dirty) {                                                  \
-        replica *r;                                                                                \
-        ErlNifBinary k;                                                                            \
-        uint64_t pid;                                                                              \
-        if (!replica_key_pid(env, argv, &r, &k, &pid))                                             \
-            return enif_make_badarg(env);                                                          \
-        LOCK_REPLICA(name, env, r, argc, argv, dirty);                                             \
-        int rc = change(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));               \
-        enif_mutex_unlock(r->lock);                                                                \
-        return rc == DV_OK ? A_OK : error_tuple(env, rc);                                          \
-    }
+DIRTY_FALLBACK(own)
 
-/* dv_owners_remove as an OWNER_CHANGE: a pair that is not there is not an error */
-static int owners_forget(dv_owners *o, uint64_t pid, uint64_t key) {
-    dv_owners_remove(o, pid, key);
-    return DV_OK;
+/* own(replica, key_bin, pid) -> :ok | :noproc | {:error, reason}: files key
+ * under pid (a registry showing an entry it learned from a peer). In registry mode a local
+ * pid is watched as by register (:noproc when it is gone: nothing is filed); remote pids are
+ * filed unwatched (their node's registry watches them). Normal: O(1). */
+static ERL_NIF_TERM own_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k;
+    uint64_t pid;
+    if (!replica_key_pid(env, argv, &r, &k, &pid))
+        return enif_make_badarg(env);
+    LOCK_REPLICA(own, env, r, argc, argv, dirty);
+    bool fresh;
+    ErlNifMonitor mon = {{0}};
+    ERL_NIF_TERM w = watch_for_filing(env, r, argv[2], pid, &fresh, &mon);
+    int rc = DV_OK;
+    if (w == A_OK || w == A_NOT_LOCAL)
+        rc = file_key(env, r, pid, dv_map_key_hash(k.data, (uint32_t)k.size), fresh, &mon);
+    enif_mutex_unlock(r->lock);
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    return w == A_NOPROC ? A_NOPROC : A_OK;
 }
 
-OWNER_CHANGE(own, dv_owners_add)
-OWNER_CHANGE(disown, owners_forget)
+DIRTY_FALLBACK(disown)
+
+/* disown(replica, key_bin, pid) -> :ok: pid no longer holds key (a pair that is not there is
+ * not an error). In registry mode the last key of a local pid stays filed: its entry is what
+ * says it is monitored, and its exit removes it. Normal: O(1). */
+static ERL_NIF_TERM disown_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    ErlNifBinary k;
+    uint64_t pid;
+    ErlNifPid lp;
+    if (!replica_key_pid(env, argv, &r, &k, &pid))
+        return enif_make_badarg(env);
+    LOCK_REPLICA(disown, env, r, argc, argv, dirty);
+    const uint64_t *places;
+    size_t nplaces;
+    if (!r->watching || !enif_get_local_pid(env, argv[2], &lp) ||
+        dv_owners_get(&r->owners, pid, &places, &nplaces) > 1)
+        dv_owners_remove(&r->owners, pid, dv_map_key_hash(k.data, (uint32_t)k.size));
+    enif_mutex_unlock(r->lock);
+    return A_OK;
+}
 
 typedef struct {
     ErlNifEnv *env;
@@ -852,11 +936,56 @@ static int collect_key(void *ud, const uint8_t *key, uint32_t klen, const dv_rea
     return 0;
 }
 
+/* Receives each key whose read value a drop_pid removed. */
+typedef void (*dropped_fn)(void *ud, const uint8_t *key, size_t klen);
+
+/* For an exited process: removes every element whose value it holds (its registrations,
+ * winners or not; logged for the push like any local remove), forgets its index entry, and
+ * calls out() with each key whose read value went. scratch is a buffer to reuse. With the
+ * lock held; the caller wakes the owner (maybe_notify). */
+static int drop_pid(replica *r, const pid_id *id, dv_buf *scratch, dropped_fn out, void *ud) {
+    const uint64_t *places;
+    size_t nplaces;
+    dv_owners_get(&r->owners, id->hash, &places, &nplaces);
+    dv_buf_reset(scratch);
+    for (size_t i = 0; i < nplaces; i++)
+        if (places[i])
+            dv_map_keys_with_hash(r->map, places[i], collect_key, scratch);
+    if (scratch->oom)
+        return DV_ENOMEM;
+    dv_owners_drop(&r->owners, id->hash);
+    const uint8_t *p = scratch->p, *k;
+    size_t klen;
+    while (next_bytes(&p, scratch->p + scratch->n, &k, &klen)) {
+        bool changed = false;
+        int rc = dv_map_remove_prefix_log(r->map, k, (uint32_t)klen, id->b, (uint32_t)id->n,
+                                          cur_log(r), &changed);
+        if (rc != DV_OK)
+            return rc;
+        if (changed) {
+            note_change(r, k, klen);
+            out(ud, k, klen);
+        }
+    }
+    return DV_OK;
+}
+
+typedef struct {
+    ErlNifEnv *env;
+    replica *r;
+    ERL_NIF_TERM pid;
+    ERL_NIF_TERM list;
+} drop_list_ctx;
+
+static void dropped_to_list(void *ud, const uint8_t *key, size_t klen) {
+    drop_list_ctx *c = ud;
+    ERL_NIF_TERM t = decode_term(c->env, &c->r->atoms, key, klen);
+    c->list = enif_make_list_cell(c->env, enif_make_tuple2(c->env, t, c->pid), c->list);
+}
+
 /* drop_owned(replica, [pid]) -> [{key, pid}]
- * For exited processes: removes every element whose value is held by one of the pids (their
- * registrations, winners or not; logged for the push like any local remove), forgets the
- * pids, and answers the keys whose read value went. The list is checked whole before anything
- * changes. Dirty: O(pids + their keys). */
+ * For exited processes: drop_pid for each, answering the keys whose read value went. The list
+ * is checked whole before anything changes. Dirty: O(pids + their keys). */
 static ERL_NIF_TERM drop_owned_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     replica *r;
@@ -867,9 +996,9 @@ static ERL_NIF_TERM drop_owned_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     while (enif_get_list_cell(env, tail, &head, &tail))
         if (!enif_is_pid(env, head))
             return enif_make_badarg(env);
-    ERL_NIF_TERM out = enif_make_list(env, 0);
-    dv_buf found;
-    dv_buf_init(&found);
+    drop_list_ctx c = {env, r, 0, enif_make_list(env, 0)};
+    dv_buf scratch;
+    dv_buf_init(&scratch);
     int rc = DV_OK;
     enif_mutex_lock(r->lock);
     tail = argv[1];
@@ -877,35 +1006,169 @@ static ERL_NIF_TERM drop_owned_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         pid_id id;
         if (!pid_id_of(env, head, &id))
             continue; /* not encodable canonically (owners.h): it holds nothing here */
-        const uint64_t *places;
-        size_t nplaces;
-        dv_owners_get(&r->owners, id.hash, &places, &nplaces);
-        dv_buf_reset(&found);
-        for (size_t i = 0; i < nplaces; i++)
-            if (places[i])
-                dv_map_keys_with_hash(r->map, places[i], collect_key, &found);
-        if (found.oom) {
-            rc = DV_ENOMEM;
-            break;
-        }
-        dv_owners_drop(&r->owners, id.hash);
-        const uint8_t *p = found.p, *k;
-        size_t klen;
-        while (rc == DV_OK && next_bytes(&p, found.p + found.n, &k, &klen)) {
-            bool changed = false;
-            rc = dv_map_remove_prefix_log(r->map, k, (uint32_t)klen, id.b, (uint32_t)id.n,
-                                          cur_log(r), &changed);
-            if (rc == DV_OK && changed) {
-                note_change(r, k, klen);
-                out = enif_make_list_cell(
-                    env, enif_make_tuple2(env, decode_term(env, &r->atoms, k, klen), head), out);
-            }
-        }
+        c.pid = head;
+        rc = drop_pid(r, &id, &scratch, dropped_to_list, &c);
     }
     maybe_notify(env, r);
     enif_mutex_unlock(r->lock);
-    dv_buf_free(&found);
-    return rc == DV_OK ? out : error_tuple(env, rc);
+    dv_buf_free(&scratch);
+    return rc == DV_OK ? c.list : error_tuple(env, rc);
+}
+
+/* ------------------------------------------------------------------ exits (registry mode) */
+
+typedef struct {
+    replica *r;
+    ErlNifPid pid;
+} gone_ctx;
+
+/* Records a key an exit dropped in r->gone: the pid, then the key bytes. */
+static void dropped_to_gone(void *ud, const uint8_t *key, size_t klen) {
+    gone_ctx *c = ud;
+    dv_buf_put(&c->r->gone, &c->pid, sizeof(c->pid));
+    dv_buf_bytes(&c->r->gone, key, klen);
+}
+
+/* Drops the registrations of the exited local process p into r->gone. With the lock held. */
+static void drop_exited(ErlNifEnv *env, replica *r, const ErlNifPid *p, dv_buf *scratch) {
+    pid_id id;
+    if (!pid_id_of(env, enif_make_pid(env, p), &id))
+        return;
+    gone_ctx c = {r, *p};
+    if (drop_pid(r, &id, scratch, dropped_to_gone, &c) != DV_OK)
+        r->gone.oom = true; /* reported by the next take_gone */
+}
+
+/* Whether the watcher must be told (:drove_gone) now; marks it told. */
+static bool ring_once(replica *r) {
+    enif_mutex_lock(r->pend_lock);
+    bool ring = !r->rung;
+    r->rung = true;
+    enif_mutex_unlock(r->pend_lock);
+    return ring;
+}
+
+/* The resource's down callback: a watched process exited. Run by the exiting process on its
+ * scheduler, so a burst of exits is dropped by the exiting processes themselves, in parallel
+ * and as they happen; the registry process only deletes table rows, a batch per wake-up. If
+ * the lock is busy, the pid is queued for the next take_gone instead of blocking. */
+static void replica_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon) {
+    (void)mon;
+    replica *r = obj;
+    bool ring;
+    if (spin_trylock(r->lock)) {
+        if (!r->watching) {
+            enif_mutex_unlock(r->lock);
+            return;
+        }
+        dv_buf scratch;
+        dv_buf_init(&scratch);
+        size_t before = r->gone.n;
+        drop_exited(env, r, pid, &scratch);
+        maybe_notify(env, r);
+        ring = r->gone.n != before || r->gone.oom;
+        ErlNifPid watcher = r->watcher;
+        enif_mutex_unlock(r->lock);
+        dv_buf_free(&scratch);
+        if (ring && ring_once(r))
+            enif_send(env, &watcher, NULL, A_GONE);
+        return;
+    }
+    enif_mutex_lock(r->pend_lock);
+    dv_buf_put(&r->pend, pid, sizeof(*pid));
+    r->deferred++;
+    ring = !r->rung;
+    r->rung = true;
+    ErlNifPid watcher = r->watcher; /* set once by watch/2, before any monitor exists */
+    enif_mutex_unlock(r->pend_lock);
+    if (ring)
+        enif_send(env, &watcher, NULL, A_GONE);
+}
+
+/* watch(replica, registry_pid) -> :ok: registry mode from now on (see replica). Normal. */
+static ERL_NIF_TERM watch_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    ErlNifPid pid;
+    if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &pid))
+        return enif_make_badarg(env);
+    enif_mutex_lock(r->lock);
+    enif_mutex_lock(r->pend_lock);
+    r->watcher = pid;
+    r->watching = true;
+    enif_mutex_unlock(r->pend_lock);
+    enif_mutex_unlock(r->lock);
+    return A_OK;
+}
+
+/* unwatch(replica) -> :ok: exits of watched processes no longer drop anything (the registry
+ * that used the replica is gone). Normal. */
+static ERL_NIF_TERM unwatch_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    enif_mutex_lock(r->lock);
+    r->watching = false;
+    enif_mutex_unlock(r->lock);
+    return A_OK;
+}
+
+/* Above this many queued exits or recorded keys, take_gone runs dirty. */
+#define DIRTY_GONE_PIDS  64
+#define DIRTY_GONE_BYTES (64 * 1024)
+
+DIRTY_FALLBACK(take_gone)
+
+/* take_gone(replica) -> [{key, pid}] | {:error, reason}
+ * The registrations that exits dropped since the last call (first dropping those of the exits
+ * queued while the lock was busy); the next exit sends :drove_gone again. Normal below
+ * DIRTY_GONE_PIDS queued exits and DIRTY_GONE_BYTES of keys, else rescheduled dirty. */
+static ERL_NIF_TERM take_gone_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
+                                   bool dirty) {
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    LOCK_REPLICA(take_gone, env, r, argc, argv, dirty);
+    enif_mutex_lock(r->pend_lock);
+    if (!dirty &&
+        (r->pend.n > DIRTY_GONE_PIDS * sizeof(ErlNifPid) || r->gone.n > DIRTY_GONE_BYTES)) {
+        enif_mutex_unlock(r->pend_lock);
+        enif_mutex_unlock(r->lock);
+        return enif_schedule_nif(env, "take_gone", ERL_NIF_DIRTY_JOB_CPU_BOUND, take_gone_dirty,
+                                 argc, argv);
+    }
+    dv_buf pend = r->pend;
+    dv_buf_init(&r->pend);
+    r->rung = false;
+    enif_mutex_unlock(r->pend_lock);
+    dv_buf scratch;
+    dv_buf_init(&scratch);
+    for (size_t o = 0; r->watching && o + sizeof(ErlNifPid) <= pend.n; o += sizeof(ErlNifPid)) {
+        ErlNifPid p;
+        memcpy(&p, pend.p + o, sizeof(p));
+        drop_exited(env, r, &p, &scratch);
+    }
+    dv_buf_free(&scratch);
+    dv_buf_free(&pend);
+    maybe_notify(env, r);
+    bool oom = r->gone.oom;
+    ERL_NIF_TERM list = enif_make_list(env, 0);
+    const uint8_t *p = r->gone.p, *end = r->gone.p + r->gone.n, *k;
+    size_t klen;
+    while (!oom && p + sizeof(ErlNifPid) <= end) {
+        ErlNifPid pid;
+        memcpy(&pid, p, sizeof(pid));
+        p += sizeof(pid);
+        if (!next_bytes(&p, end, &k, &klen))
+            break;
+        ERL_NIF_TERM key = decode_term(env, &r->atoms, k, klen);
+        list = enif_make_list_cell(env, enif_make_tuple2(env, key, enif_make_pid(env, &pid)), list);
+    }
+    dv_buf_free(&r->gone);
+    dv_buf_init(&r->gone);
+    enif_mutex_unlock(r->lock);
+    return oom ? error_tuple(env, DV_ENOMEM) : list;
 }
 
 /* ------------------------------------------------------------------ outbox */
@@ -1337,9 +1600,12 @@ static ERL_NIF_TERM info_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
     LOCK_REPLICA(info, env, r, argc, argv, dirty);
-    ERL_NIF_TERM keys[8] = {A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD,
-                            A_RID,  A_REPLICAS, A_CLOUD,  A_OUTBOX};
-    ERL_NIF_TERM vals[8] = {
+    enif_mutex_lock(r->pend_lock);
+    uint64_t deferred = r->deferred;
+    enif_mutex_unlock(r->pend_lock);
+    ERL_NIF_TERM keys[9] = {A_SIZE,     A_ELEMENTS, A_MEMORY, A_PAYLOAD, A_RID,
+                            A_REPLICAS, A_CLOUD,    A_OUTBOX, A_DEFERRED};
+    ERL_NIF_TERM vals[9] = {
         enif_make_uint64(env, dv_map_size(r->map)),
         enif_make_uint64(env, dv_map_elements(r->map)),
         enif_make_uint64(env, dv_map_memory(r->map) + dv_owners_memory(&r->owners)),
@@ -1348,10 +1614,11 @@ static ERL_NIF_TERM info_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         enif_make_uint64(env, dv_map_ctx(r->map)->n),
         enif_make_uint64(env, dv_ctx_cloud_dots(dv_map_ctx(r->map))),
         enif_make_uint64(env, dv_outbox_ops(&r->log[r->cur])),
+        enif_make_uint64(env, deferred),
     };
     enif_mutex_unlock(r->lock);
     ERL_NIF_TERM m;
-    enif_make_map_from_arrays(env, keys, vals, 8, &m);
+    enif_make_map_from_arrays(env, keys, vals, 9, &m);
     return m;
 }
 
@@ -1362,8 +1629,8 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
     (void)info;
     static const dv_allocator a = {nif_alloc, nif_realloc, nif_free};
     dv_set_allocator(&a);
-    REPLICA =
-        enif_open_resource_type(env, NULL, "drove_replica", replica_dtor, ERL_NIF_RT_CREATE, NULL);
+    ErlNifResourceTypeInit init = {.dtor = replica_dtor, .down = replica_down};
+    REPLICA = enif_open_resource_type_x(env, "drove_replica", &init, ERL_NIF_RT_CREATE, NULL);
     if (!REPLICA || dv_ring_nif_load(env) != 0)
         return -1;
     A_OK = mk_atom(env, "ok");
@@ -1374,6 +1641,9 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
     A_ADD = mk_atom(env, "add");
     A_REMOVE = mk_atom(env, "remove");
     A_FLUSH = mk_atom(env, "drove_flush");
+    A_GONE = mk_atom(env, "drove_gone");
+    A_NOPROC = mk_atom(env, "noproc");
+    A_NOT_LOCAL = mk_atom(env, "not_local");
     A_SIZE = mk_atom(env, "size");
     A_ELEMENTS = mk_atom(env, "elements");
     A_MEMORY = mk_atom(env, "memory");
@@ -1388,6 +1658,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
     A_EXISTS = mk_atom(env, "exists");
     A_DROPPED = mk_atom(env, "dropped");
     A_FALLBACK = mk_atom(env, "fallback");
+    A_DEFERRED = mk_atom(env, "exits_deferred");
     return 0;
 }
 
@@ -1417,6 +1688,10 @@ static ErlNifFunc funcs[] = {
     {"disown", 3, disown_nif, 0},
     {"owned_keys", 2, owned_keys_nif, 0},
     {"owns", 2, owns_nif, 0},
+    {"take_gone", 1, take_gone_nif, 0},
+    /* normal: O(1) */
+    {"watch", 2, watch_nif, 0},
+    {"unwatch", 1, unwatch_nif, 0},
     {"set_owner", 2, set_owner_nif, 0},
     {"set_logging", 2, set_logging_nif, 0},
     {"info", 1, info_nif, 0},

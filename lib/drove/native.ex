@@ -69,6 +69,13 @@ defmodule Drove.Native do
   def owns(_r, _pid), do: nif()
   @doc false
   def drop_owned(_r, _pids), do: nif()
+  # registry mode: local registrants watched by resource monitors, their exits dropped in C
+  @doc false
+  def watch(_r, _registry_pid), do: nif()
+  @doc false
+  def unwatch(_r), do: nif()
+  @doc false
+  def take_gone(_r), do: nif()
   @doc false
   def set_owner(_r, _pid), do: nif()
   @doc false

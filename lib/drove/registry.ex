@@ -34,6 +34,15 @@ defmodule Drove.Registry do
     * There is no `:"pids_\#{name}"` table: which keys a process holds is indexed inside the
       replica, in C (`c_src/owners.h`, 20–30 bytes per registration instead of an ETS row
       of about 100). `keys/2` reads it, for local and remote pids alike.
+    * Registrants are not linked to the registry process: the replica watches each with a
+      resource monitor, and a registrant's exit removes its registrations in C, in the
+      exiting process itself (Horde links every registrant to its registry process, which
+      then handles one `{:EXIT, ...}` message per exit). What the link gave is kept: when
+      the registry process stops, its local registrants get its exit reason as an exit
+      signal (from the registry process when it stops normally, from a guard process when
+      it is killed, then with reason `:killed`).
+    * Only local processes can be registered (`register_name/2` of another node's pid
+      answers `:no`): a process is watched by its own node.
   """
 
   import Kernel, except: [send: 2]
@@ -149,7 +158,7 @@ defmodule Drove.Registry do
         :ok = Native.remove_value(h, kb, Native.value({pid, value}))
         :ets.delete_object(keys_table(registry), {key, member(registry), {pid, value}})
         :ok = Native.disown(h, kb, pid)
-        Kernel.send(server, {:unregistered, pid, key, value})
+        if notify?(registry), do: Kernel.send(server, {:unregistered, pid, key, value})
         :ok
 
       _ ->
@@ -178,10 +187,9 @@ defmodule Drove.Registry do
     case :ets.lookup(keys_table(registry), key) do
       [{^key, member, {^pid, old}}] ->
         new = callback.(old)
-        %{handle: h, server: server} = instance!(registry)
+        %{handle: h} = instance!(registry)
         :ok = Native.put(h, Native.key({:key, key}), Native.value({pid, new}))
         :ets.insert(keys_table(registry), {key, member, {pid, new}})
-        Kernel.send(server, {:updated, pid, key, new})
         {new, old}
 
       _ ->
@@ -408,12 +416,18 @@ defmodule Drove.Registry do
     kb = Native.key({:key, key})
     vb = Native.value({pid, value})
 
-    # put_new, and the key filed under pid in the replica's index
+    # put_new, and the key filed under pid in the replica's index (which watches pid from
+    # its first registration on: its exit drops its registrations)
     case Native.register(h, kb, vb, pid) do
       :ok ->
-        :ets.insert(keys_table(registry), {key, member(registry), {pid, value}})
-        registered(registry, server, h, kb, vb, {pid, key, value})
+        registered(registry, server, h, {kb, vb}, {key, member(registry), {pid, value}})
         {:ok, server}
+
+      :noproc ->
+        {:error, :noproc}
+
+      :not_local ->
+        {:error, :not_local}
 
       {:exists, {^pid, _}} ->
         {:error, {:already_registered, pid}}
@@ -437,21 +451,30 @@ defmodule Drove.Registry do
     end
   end
 
-  # After a registration: the registrant is linked to the registry process (which traps
-  # exits and drops the keys of a registrant that exits). A process registering itself links
-  # itself, and then checks that its value still wins the key in the replica: a concurrent
-  # registration of the same key joined from another node between the put and the table
-  # write may have won it, and the registry process may already have shown the winner,
-  # which this table write then hid. Only in that case (or when there are listeners to tell,
-  # or the registrant is another process) does the registry process hear of it, and it
-  # resolves the conflict as it does for a remote one. So a registration costs no message
-  # and no wake-up of the registry process.
-  defp registered(registry, server, h, kb, vb, {pid, key, value}) do
-    if pid == self() and not notify?(registry) do
-      Process.link(server)
-      unless Native.holds(h, kb, vb), do: Kernel.send(server, {:registered, pid, key, value})
-    else
+  # After a registration in the replica: write the row. Another row for the key may be there:
+  # a concurrent registration of the same key, joined from another node after our put, that
+  # won it and that the registry process showed; or the row of a holder that exited, whose
+  # registration its exit dropped from the replica but whose row is not deleted yet. The
+  # replica tells which (`holds`); a registration found lost, at once or after the write (the
+  # same race again), goes to the registry process, which resolves it as it does a remote
+  # conflict. A row written first needs nothing more: a winner joined later finds it and
+  # evicts it. So a registration costs no message and no wake-up of the registry process
+  # (unless it has listeners to tell). The registrant is watched by the replica since
+  # Native.register; a process registered by another may have exited before its row was
+  # written (after its exit dropped the registration): the row is then reaped.
+  defp registered(registry, server, h, {kb, vb}, {key, _member, {pid, value}} = row) do
+    table = keys_table(registry)
+
+    shown =
+      :ets.insert_new(table, row) or
+        (Native.holds(h, kb, vb) and :ets.insert(table, row) and Native.holds(h, kb, vb))
+
+    if not shown or notify?(registry) do
       Kernel.send(server, {:registered, pid, key, value})
+    end
+
+    if pid != self() and not Process.alive?(pid) do
+      :ok = GenServer.call(server, {:reap, key, pid})
     end
   end
 

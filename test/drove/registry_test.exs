@@ -1,6 +1,7 @@
 defmodule Drove.RegistryTest do
   use ExUnit.Case, async: true
 
+  alias Drove.Native
   alias Drove.Registry, as: R
   alias Drove.Test.Named
 
@@ -54,6 +55,94 @@ defmodule Drove.RegistryTest do
     assert_receive {:unregister, ^reg, :temp, ^pid}
     assert R.lookup(reg, :temp) == []
     assert R.count(reg) == 0
+  end
+
+  test "a killed registry process takes its registrants with it, as a link would", %{reg: reg} do
+    test = self()
+    {:ok, plain} = Task.start(fn -> {:ok, _} = R.register(reg, :plain, 1) && wait_stop() end)
+
+    {:ok, trapping} =
+      Task.start(fn ->
+        Process.flag(:trap_exit, true)
+        {:ok, _} = R.register(reg, :trapping, 2)
+        send(test, :registered)
+        receive do: ({:EXIT, _from, reason} -> send(test, {:trapped, reason}))
+      end)
+
+    assert_receive :registered
+    refs = for p <- [plain, trapping], do: Process.monitor(p)
+    wait_until(fn -> R.count(reg) == 2 end)
+    old = Process.whereis(reg)
+    Process.exit(old, :kill)
+
+    [plain_ref, trapping_ref] = refs
+    assert_receive {:DOWN, ^plain_ref, :process, ^plain, :killed}
+    assert_receive {:trapped, :killed}
+    assert_receive {:DOWN, ^trapping_ref, :process, ^trapping, :normal}
+    # restarted by its supervisor, without them
+    wait_until(fn -> (p = Process.whereis(reg)) != nil and p != old end)
+    assert R.lookup(reg, :plain) == [] and R.lookup(reg, :trapping) == []
+  end
+
+  test "register_name of a process that is gone or of another node answers :no", %{reg: reg} do
+    {dead, ref} = spawn_monitor(fn -> :ok end)
+    assert_receive {:DOWN, ^ref, :process, ^dead, :normal}
+    assert R.register_name({reg, :dead}, dead) == :no
+
+    assert R.register_name({reg, :remote}, Drove.Test.Gen.foreign_pid(:"x@127.0.0.1", 1, 1)) ==
+             :no
+
+    assert R.count(reg) == 0
+
+    # another live local process: registered, and watched like one registering itself
+    other = spawn(&wait_stop/0)
+    assert R.register_name({reg, :other}, other) == :yes
+    assert R.lookup(reg, :other) == [{other, nil}]
+    send(other, :stop)
+    wait_until(fn -> R.lookup(reg, :other) == [] and R.count(reg) == 0 end)
+  end
+
+  test "exits that find the replica locked are queued, and still drop their registrations",
+       %{reg: reg} do
+    {_server, h} = Drove.Handles.lookup(reg)
+    # a replica big enough that to_list/1 (a dirty job) holds its lock for milliseconds
+    for i <- 1..200_000,
+        do: :ok = Native.put(h, Native.key({:meta, {:filler, i}}), Native.value(:v))
+
+    deferred =
+      Enum.reduce_while(1..20, 0, fn round, _ ->
+        pids =
+          for i <- 1..200 do
+            spawn(fn -> {:ok, _} = R.register(reg, {:busy, round, i}, nil) && wait_stop() end)
+          end
+
+        wait_until(fn -> R.count(reg) == 200 end)
+        walk = Task.async(fn -> Native.to_list(h) end)
+        Enum.each(pids, &Process.exit(&1, :kill))
+        Task.await(walk, 30_000)
+        # every registration goes, whichever way its exit was handled
+        wait_until(fn -> R.count(reg) == 0 end)
+        assert Enum.all?(1..200, &(R.lookup(reg, {:busy, round, &1}) == []))
+        left = for {{:key, k}, _} <- Native.to_list(h), do: k
+        assert left == []
+
+        case R.info(reg).exits_deferred do
+          0 -> {:cont, 0}
+          n -> {:halt, n}
+        end
+      end)
+
+    assert deferred > 0, "no exit found the lock busy in 20 rounds"
+  end
+
+  defp wait_stop, do: receive(do: (:stop -> :ok))
+
+  defp wait_until(f, tries \\ 500) do
+    cond do
+      f.() -> :ok
+      tries == 0 -> flunk("condition not met")
+      true -> Process.sleep(10) && wait_until(f, tries - 1)
+    end
   end
 
   test "select, match, count_match, dispatch, update_value", %{reg: reg} do
@@ -133,7 +222,6 @@ defmodule Drove.RegistryTest do
   # canonical external format of the pid, re-encoded in C from enif_term_to_binary, whose
   # node atoms may be Latin-1: pids of nodes named in ASCII and in Latin-1, short and long.
   test "the pid index finds the keys of pids of any node name" do
-    alias Drove.Native
     h = Native.replica_new(1, self(), false)
 
     names = [

@@ -1,13 +1,18 @@
 defmodule Drove.Registry.Server do
   @moduledoc false
   # The process registered under the registry's name: owns the ETS tables and the replica,
-  # links local registrants, applies remote changes to the tables, resolves conflicts,
-  # hides the entries of disconnected nodes, and runs the replication protocol.
+  # deletes the rows of exited registrants, applies remote changes to the tables, resolves
+  # conflicts, hides the entries of disconnected nodes, and runs the replication protocol.
   #
   # Replica keys: {:key, key} => {pid, value}; {:member, {name, node}} => 1;
   # {:meta, key} => value. Callers write their own registrations (Drove.Registry); this
-  # process learns of them by message. The replica also indexes the keys of each pid shown
-  # in the keys table (Native.own/disown, c_src/owners.h): for exits, keys/2 and unlinking.
+  # process hears of one only when it has listeners to tell or a conflict to settle. The
+  # replica also indexes the keys of each pid shown in the keys table (Native.own/disown,
+  # c_src/owners.h), and watches every local registrant with a resource monitor
+  # (Native.watch): a registrant's exit drops its registrations in C, run by the exiting
+  # process, and this process is sent :drove_gone to delete the rows (take_gone).
+  # Registrants are not linked to this process: a guard process (guard/3) gives them the
+  # exit signal a link would when this process dies, however it dies.
   use GenServer
   require Logger
 
@@ -133,6 +138,9 @@ defmodule Drove.Registry.Server do
 
     <<rid::64>> = :crypto.strong_rand_bytes(8)
     handle = Native.replica_new(rid, self(), false)
+    :ok = Native.watch(handle, self())
+    server = self()
+    guard = spawn_link(fn -> guard(server, handle) end)
     Handles.register(name, self(), handle)
     :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
 
@@ -153,6 +161,7 @@ defmodule Drove.Registry.Server do
       auto: Keyword.get(opts, :members) == :auto,
       listeners: Keyword.get(opts, :listeners, []),
       parent: Drove.Replicator.parent(),
+      guard: guard,
       creations: %{}
     }
 
@@ -199,7 +208,7 @@ defmodule Drove.Registry.Server do
       s.handle
       |> Native.info()
       |> Map.merge(Replicator.info(s.repl))
-      |> Map.merge(%{members: current_members(s), linked: length(linked(s))})
+      |> Map.merge(%{members: current_members(s)})
 
     {:reply, info, s}
   end
@@ -224,8 +233,6 @@ defmodule Drove.Registry.Server do
 
   @impl true
   def handle_info({:registered, pid, key, value}, s) do
-    s = link(s, pid)
-
     # A remote registration of the same key joined since the caller's write may have won
     # it, and the caller's table write may have landed after ours: check with the replica.
     # (A registrant sends this only after such a lost race, or when there are listeners,
@@ -250,34 +257,28 @@ defmodule Drove.Registry.Server do
 
   def handle_info({:unregistered, pid, key, _value}, s) do
     notify(s, {:unregister, s.name, key, pid})
-    {:noreply, maybe_unlink(s, pid)}
+    {:noreply, s}
   end
 
-  def handle_info({:updated, _pid, _key, _value}, s), do: {:noreply, s}
+  # Exits of registrants: dropped from the replica already (by the exiting processes, see
+  # Native.watch); their rows are deleted here, the whole batch at once.
+  def handle_info(:drove_gone, s) do
+    case Native.take_gone(s.handle) do
+      {:error, reason} -> raise "Drove.Registry native error: #{inspect(reason)}"
+      gone -> {:noreply, rows_gone(s, gone)}
+    end
+  end
 
+  # The parent (supervisor), the flusher or the guard going away stops this process. Nothing
+  # else is linked to it but processes that linked themselves: their exits, and {:EXIT, _, _}
+  # messages anyone could send (a peer knows every registered pid), say nothing about
+  # registrations, which go only when the registrant's monitor fires.
   def handle_info({:EXIT, pid, reason}, s) do
-    # Exits come in bursts (a node's agents stopping): take every one already queued and
-    # drop their registrations with one native call.
-    {gone, forged, stop} = drain_exits({pid, reason}, s, [], [], nil, 10_000)
-    # an exit signal comes from a process that is exiting; an {:EXIT, pid, _} naming a live
-    # registrant is a message anyone could send (a peer knows every registered pid): its
-    # registrations stay (relinked: the link went if it was a real signal). Registrants are
-    # local: an exit naming a process of another node is made up too.
-    # (a live local process that holds nothing here, say one that called Process.exit/2 on
-    # this process, is no registrant: ignored)
-    forged = Enum.filter(forged, &(node(&1) != node() or Native.owns(s.handle, &1)))
-    Enum.each(forged, &if(node(&1) == node(), do: Process.link(&1)))
-
-    s =
-      Enum.reduce(forged, s, &%{&2 | repl: Replicator.bad_message(&2.repl, {:exit_of_live, &1})})
-
-    s = processes_gone(s, gone)
-
-    # the parent (supervisor) or the flusher going away stops this process; a late exit of a
-    # process that unregistered everything (and so was unlinked) is ignored
-    case stop do
-      nil -> {:noreply, s}
-      reason -> {:stop, reason, s}
+    cond do
+      pid == s.parent or pid == s.repl.flusher or pid == s.guard -> {:stop, reason, s}
+      # made up: a process of another node exiting is not a local registrant's exit
+      node(pid) != node() -> {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:exit, pid})}}
+      true -> {:noreply, s}
     end
   end
 
@@ -318,15 +319,43 @@ defmodule Drove.Registry.Server do
   end
 
   @impl true
-  def terminate(_reason, s) do
-    # this registry stops: its registrations go, everywhere (linked registrants get the
-    # exit signal anyway)
-    Native.drop_owned(s.handle, linked(s))
-
+  def terminate(reason, s) do
+    # this registry stops: its registrations go, everywhere, and its registrants get the exit
+    # signal a link to this process would give them (as in Horde, whose registrants are
+    # linked); the guard does that instead if this process is killed
+    :ok = Native.unwatch(s.handle)
+    registrants = local_registrants(s.handle)
+    Native.drop_owned(s.handle, registrants)
     Native.delete(s.handle, Native.key({:member, s.me}))
     Replicator.terminate(s.repl)
     Handles.unregister(s.name, self())
+    Enum.each(registrants, &Process.exit(&1, reason))
     :ok
+  end
+
+  # Linked to the registry process and trapping exits: when it dies without its terminate/2
+  # (killed), gives each local process still registered in its replica the exit signal a
+  # link would have, then goes too. (The signal comes from this process, not from the
+  # registry's pid.) Its own death stops the registry process.
+  defp guard(server, handle) do
+    Process.flag(:trap_exit, true)
+
+    receive do
+      {:EXIT, ^server, reason} ->
+        :ok = Native.unwatch(handle)
+        reason = if reason == :kill, do: :killed, else: reason
+        Enum.each(local_registrants(handle), &Process.exit(&1, reason))
+    end
+  end
+
+  defp local_registrants(handle) do
+    handle
+    |> Native.to_list()
+    |> Enum.flat_map(fn
+      {{:key, _}, {pid, _}} when is_pid(pid) and node(pid) == node() -> [pid]
+      _ -> []
+    end)
+    |> Enum.uniq()
   end
 
   # ------------------------------------------------------------------ diffs
@@ -336,6 +365,7 @@ defmodule Drove.Registry.Server do
       node(pid) == node() and not Process.alive?(pid) ->
         # a registration of a process of this node that is gone (an earlier incarnation
         # of this registry, or a race with its exit): this node owns it, so removes it
+        # (own/3 answers :noproc for one that exits from now on)
         reap(s, key, pid)
 
       node(pid) != node() and Map.get(s.creations, node(pid)) != creation(pid) ->
@@ -400,14 +430,14 @@ defmodule Drove.Registry.Server do
   # The replica's winner for `key` is `pid`: show it, and evict whoever the table held.
   defp adopt(s, key, pid, value) do
     row = {key, {s.name, node(pid)}, {pid, value}}
+    table = Reg.keys_table(s.name)
 
-    # the common case, a key the table does not show yet: one table call
-    if :ets.insert_new(Reg.keys_table(s.name), row) do
-      :ok = Native.own(s.handle, Native.key({:key, key}), pid)
-      notify(s, {:register, s.name, key, pid, value})
-      if node(pid) == node(), do: link(s, pid), else: s
-    else
-      replace(s, key, pid, value)
+    # the common case, a key the table does not show yet: one table call (filed first: a
+    # local process is watched from then on, and one already gone is reaped instead)
+    cond do
+      own(s, key, pid) == :noproc -> reap(s, key, pid)
+      :ets.insert_new(table, row) -> notify(s, {:register, s.name, key, pid, value}) && s
+      true -> replace(s, key, pid, value)
     end
   end
 
@@ -422,11 +452,21 @@ defmodule Drove.Registry.Server do
       {old, old_value} ->
         s = evict(s, key, old, old_value, pid)
         notify(s, {:register, s.name, key, pid, value})
-        if node(pid) == node(), do: link(s, pid), else: s
+        s
 
       nil ->
         notify(s, {:register, s.name, key, pid, value})
-        if node(pid) == node(), do: link(s, pid), else: s
+        s
+    end
+  end
+
+  # Files key under pid in the replica's index (a local pid is watched from then on):
+  # :ok, or :noproc for a local process that is gone (nothing filed).
+  defp own(s, key, pid) do
+    case Native.own(s.handle, Native.key({:key, key}), pid) do
+      :ok -> :ok
+      :noproc -> :noproc
+      {:error, reason} -> raise "Drove.Registry native error: #{inspect(reason)}"
     end
   end
 
@@ -439,7 +479,9 @@ defmodule Drove.Registry.Server do
 
   defp show(s, key, pid, value) do
     :ets.insert(Reg.keys_table(s.name), {key, {s.name, node(pid)}, {pid, value}})
-    :ok = Native.own(s.handle, Native.key({:key, key}), pid)
+
+    # a local winner that exited meanwhile: its exit dropped what it had filed, not this
+    if own(s, key, pid) == :noproc, do: reap(s, key, pid)
   end
 
   # Deletes the row of key only if it still shows pid's registration: a registrant writes
@@ -495,63 +537,19 @@ defmodule Drove.Registry.Server do
     s
   end
 
-  # Sorts one exit and takes the next queued one, up to n: `gone` are local processes that
-  # exited, `forged` pids named by an exit that cannot be a real one (alive, or remote),
-  # `stop` the reason of the parent's or the flusher's exit.
-  defp drain_exits({p, reason}, s, gone, forged, stop, n) do
-    {gone, forged, stop} =
-      cond do
-        p == s.parent or p == s.repl.flusher -> {gone, forged, stop || reason}
-        node(p) != node() -> {gone, [p | forged], stop}
-        Process.alive?(p) -> {gone, [p | forged], stop}
-        true -> {[p | gone], forged, stop}
-      end
+  # `gone`: the registrations that exits dropped from the replica (take_gone): delete the rows
+  # that still show them, and tell the listeners.
+  defp rows_gone(s, []), do: s
 
-    # (no receive once n are taken: one that cannot match would scan the whole queue)
-    if n > 1 do
-      receive do
-        {:EXIT, p, r} -> drain_exits({p, r}, s, gone, forged, stop, n - 1)
-      after
-        0 -> {gone, forged, stop}
-      end
-    else
-      {gone, forged, stop}
-    end
-  end
-
-  defp processes_gone(s, []), do: s
-
-  # `gone`: local processes that exited. The replica drops every registration they held
-  # (its pid -> keys index knows which) and answers the keys whose winner went.
-  defp processes_gone(%{listeners: ls} = s, gone) do
+  defp rows_gone(%{listeners: ls} = s, gone) do
     table = Reg.keys_table(s.name)
 
-    Enum.each(Native.drop_owned(s.handle, gone), fn {{:key, key}, pid} ->
+    Enum.each(gone, fn {{:key, key}, pid} ->
       delete_row(table, key, pid)
       if ls != [], do: notify(s, {:unregister, s.name, key, pid})
     end)
 
     s
-  end
-
-  # Registrants are linked to this process; a process is one (linked) while it holds a key
-  # here: the replica's index says which, no set of pids is kept beside it. Linking twice is a
-  # no-op, and linking a process that already exited delivers {:EXIT, pid, :noproc}, which
-  # cleans up.
-  defp link(s, pid) do
-    Process.link(pid)
-    s
-  end
-
-  defp maybe_unlink(s, pid) do
-    unless Native.owns(s.handle, pid), do: Process.unlink(pid)
-    s
-  end
-
-  # The local registrants linked to this process.
-  defp linked(s) do
-    {:links, links} = Process.info(self(), :links)
-    for p <- links, is_pid(p), node(p) == node(), Native.owns(s.handle, p), do: p
   end
 
   # ------------------------------------------------------------------ nodes
