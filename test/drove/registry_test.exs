@@ -135,6 +135,57 @@ defmodule Drove.RegistryTest do
     assert deferred > 0, "no exit found the lock busy in 20 rounds"
   end
 
+  test "concurrent registrations: one winner per key, one monitor per registrant", %{reg: reg} do
+    test = self()
+
+    pids =
+      for p <- 1..40 do
+        spawn(fn ->
+          receive do: (:go -> :ok)
+          # half of them hold a key of their own; all contend for 30 shared ones (yielding
+          # between registrations interleaves them)
+          own = if p <= 20, do: [R.register(reg, {:own, p}, p)], else: []
+
+          won =
+            for k <- Enum.shuffle(1..30),
+                :erlang.yield(),
+                match?({:ok, _}, R.register(reg, {:k, k}, p)),
+                do: k
+
+          # some give their keys back (still watched: their exit must be seen) and register
+          # again, which must not watch them twice
+          again =
+            if rem(p, 3) == 0 and won != [] do
+              Enum.each(won, &R.unregister(reg, {:k, &1}))
+              {:ok, _} = R.register(reg, {:again, p}, p)
+            end
+
+          send(test, {:done, self(), won != [] or own != [] or again != nil})
+          wait_stop()
+        end)
+      end
+
+    Enum.each(pids, &send(&1, :go))
+    registered = Map.new(pids, &(assert_receive({:done, ^&1, any}, 10_000) && {&1, any}))
+    assert Enum.count(registered, &elem(&1, 1)) > 1
+
+    for pid <- pids do
+      {:monitored_by, by} = Process.info(pid, :monitored_by)
+      # the replica's monitor shows as a reference; only processes that registered have one
+      assert Enum.count(by, &is_reference/1) == if(registered[pid], do: 1, else: 0)
+    end
+
+    for k <- 1..30 do
+      case R.lookup(reg, {:k, k}) do
+        [{pid, p}] -> assert pid in pids and rem(p, 3) != 0
+        [] -> :ok
+      end
+    end
+
+    Enum.each(pids, &Process.exit(&1, :kill))
+    wait_until(fn -> R.count(reg) == 0 end)
+  end
+
   defp wait_stop, do: receive(do: (:stop -> :ok))
 
   defp wait_until(f, tries \\ 500) do
