@@ -193,14 +193,12 @@ static bool valid_term(ErlNifEnv *scratch, tf_atom_cache *atoms, const uint8_t *
            (tf_decode(scratch, atoms, p, n, &t) || enif_binary_to_term(scratch, p, n, &t, 0) == n);
 }
 
-/* Lock for a normal-scheduler call. Critical sections of single-key calls last well under a
- * microsecond, so spin on trylock first; if the lock stays held (a dirty job joining a big
- * delta, say), re-run the call as a dirty job instead of blocking a normal scheduler. The
- * spin lasts about what that rescheduling costs (1000 pauses: 10-60 us by CPU model): a
- * holder is also delayed by an index doubling or by the OS preempting its thread. With 200
- * pauses, 50k processes registering at once on 2 cores went dirty 5-9% of the time (info's
- * lock_busy); with 1000, 3-4%. */
-#define SPIN_TRIES 1000
+/* Lock for a normal-scheduler call. Critical sections of single-key calls last about a
+ * microsecond, so spin on trylock a little first; if the lock stays held (another scheduler's
+ * call, a holder preempted by the OS or growing an index, a dirty job joining a big delta),
+ * yield and try again, then re-run the call as a dirty job (busy_reschedule) instead of
+ * blocking a normal scheduler. */
+#define SPIN_TRIES 200
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -219,39 +217,74 @@ static bool spin_trylock(ErlNifMutex *m) {
     return false;
 }
 
-/* A call that finds the lock busy is rescheduled dirty (and counted). */
-static ERL_NIF_TERM busy_reschedule(ErlNifEnv *env, replica *r, const char *name,
-                                    ERL_NIF_TERM (*dirty_fn)(ErlNifEnv *, int,
-                                                             const ERL_NIF_TERM[]),
-                                    int argc, const ERL_NIF_TERM argv[]) {
+typedef ERL_NIF_TERM (*nif_call)(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+
+/* A call that finds the lock busy first yields its scheduler (the process is put back in the
+ * run queue: the holder, on another scheduler or preempted by the OS, goes on meanwhile) and
+ * tries again there, up to LOCK_YIELDS times; then it is rescheduled dirty (counted: info's
+ * lock_busy), where it blocks on the lock. Going dirty costs more than a yield under load:
+ * a dirty thread must be woken and given a core, and spins after its job. 50k processes
+ * registering at once on 2 cores: 5.5-9% of the calls went dirty after 200 pauses of spin and
+ * no yield (3-4% after 1000), 0.3-1.8% with 4 yields; the dirty schedulers were busy 6-19% of
+ * the burst, then 2-5%. */
+#define LOCK_YIELDS  4
+#define MAX_NIF_ARGS 8
+
+static _Thread_local int lock_yields; /* the yields so far of the call this thread runs */
+
+static ERL_NIF_TERM busy_reschedule(ErlNifEnv *env, replica *r, const char *name, nif_call retry_fn,
+                                    nif_call dirty_fn, int argc, const ERL_NIF_TERM argv[]) {
+    if (retry_fn && lock_yields < LOCK_YIELDS && argc < MAX_NIF_ARGS) {
+        ERL_NIF_TERM args[MAX_NIF_ARGS];
+        memcpy(args, argv, (size_t)argc * sizeof(*args));
+        args[argc] = enif_make_int(env, lock_yields + 1);
+        enif_consume_timeslice(env, 100);
+        return enif_schedule_nif(env, name, 0, retry_fn, argc + 1, args);
+    }
     __atomic_fetch_add(&r->busy, 1, __ATOMIC_RELAXED);
     return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, dirty_fn, argc, argv);
 }
 
-#define LOCK_OR_RESCHEDULE(env, r, name, dirty_fn, argc, argv)                                     \
+/* name##_retry: the call again after a yield, its last argument the yields so far. */
+static ERL_NIF_TERM retry_call(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
+                               ERL_NIF_TERM (*impl)(ErlNifEnv *, int, const ERL_NIF_TERM[], bool)) {
+    int n = LOCK_YIELDS;
+    enif_get_int(env, argv[argc - 1], &n);
+    lock_yields = n;
+    ERL_NIF_TERM t = impl(env, argc - 1, argv, false);
+    lock_yields = 0;
+    return t;
+}
+
+#define LOCK_OR_RESCHEDULE(env, r, name, retry_fn, dirty_fn, argc, argv)                           \
     do {                                                                                           \
         if (!spin_trylock((r)->lock))                                                              \
-            return busy_reschedule(env, r, name, dirty_fn, argc, argv);                            \
+            return busy_reschedule(env, r, name, retry_fn, dirty_fn, argc, argv);                  \
     } while (0)
 
-/* Takes the replica lock in name##_impl: blocking on a dirty scheduler, trylock (else
- * reschedule as name##_dirty) on a normal one. */
+/* Takes the replica lock in name##_impl: blocking on a dirty scheduler, trylock (else yield
+ * and retry as name##_retry, then reschedule as name##_dirty) on a normal one. */
 #define LOCK_REPLICA(name, env, r, argc, argv, dirty)                                              \
     do {                                                                                           \
         if (dirty)                                                                                 \
             enif_mutex_lock((r)->lock);                                                            \
         else                                                                                       \
-            LOCK_OR_RESCHEDULE(env, r, #name, name##_dirty, argc, argv);                           \
+            LOCK_OR_RESCHEDULE(env, r, #name, name##_retry, name##_dirty, argc, argv);             \
     } while (0)
 
 /* For a call written once as name##_impl(env, argc, argv, bool dirty): name##_nif runs on a
- * normal scheduler (the one in the function table) and name##_dirty is what it reschedules
- * itself as when the replica lock is busy or the job is big. */
+ * normal scheduler (the one in the function table), name##_retry is it again after a yield
+ * for the lock, and name##_dirty is what it reschedules itself as when the replica lock stays
+ * busy or the job is big. */
 #define DIRTY_FALLBACK(name)                                                                       \
     static ERL_NIF_TERM name##_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],           \
                                     bool dirty);                                                   \
     static ERL_NIF_TERM name##_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {        \
         return name##_impl(env, argc, argv, true);                                                 \
+    }                                                                                              \
+    __attribute__((unused)) static ERL_NIF_TERM name##_retry(ErlNifEnv *env, int argc,             \
+                                                             const ERL_NIF_TERM argv[]) {          \
+        return retry_call(env, argc, argv, name##_impl);                                           \
     }                                                                                              \
     static ERL_NIF_TERM name##_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {          \
         return name##_impl(env, argc, argv, false);                                                \
@@ -409,7 +442,7 @@ static ERL_NIF_TERM term_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
     if (dirty) {
         enif_mutex_lock(r->lock);
     } else if (!spin_trylock(r->lock)) {
-        res = busy_reschedule(env, r, name, dirty_fn, argc, argv);
+        res = busy_reschedule(env, r, name, NULL, dirty_fn, argc, argv);
         goto out;
     }
     if (op == OP_GET) {
@@ -1243,7 +1276,7 @@ static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     if (dirty) {
         enif_mutex_lock(r->lock);
     } else {
-        LOCK_OR_RESCHEDULE(env, r, "take_outbox", take_outbox_dirty, argc, argv);
+        LOCK_OR_RESCHEDULE(env, r, "take_outbox", take_outbox_retry, take_outbox_dirty, argc, argv);
         if (ship && dv_outbox_ops(&r->log[r->cur]) > DIRTY_OUTBOX_OPS) {
             enif_mutex_unlock(r->lock);
             return enif_schedule_nif(env, "take_outbox", ERL_NIF_DIRTY_JOB_CPU_BOUND,

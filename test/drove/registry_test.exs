@@ -135,6 +135,46 @@ defmodule Drove.RegistryTest do
     assert deferred > 0, "no exit found the lock busy in 20 rounds"
   end
 
+  test "registrations that find the replica locked yield, then go dirty, and all succeed",
+       %{reg: reg} do
+    {_server, h} = Drove.Handles.lookup(reg)
+    # a replica big enough that to_list/1 (a dirty job) holds its lock for milliseconds
+    for i <- 1..200_000,
+        do: :ok = Native.put(h, Native.key({:meta, {:filler, i}}), Native.value(:v))
+
+    test = self()
+
+    busy =
+      Enum.reduce_while(1..20, 0, fn round, _ ->
+        walk = Task.async(fn -> Native.to_list(h) end)
+
+        pids =
+          for i <- 1..100 do
+            spawn(fn ->
+              send(test, {:reg, self(), R.register(reg, {:locked, round, i}, i)})
+              wait_stop()
+            end)
+          end
+
+        Task.await(walk, 30_000)
+
+        for {pid, i} <- Enum.with_index(pids, 1) do
+          assert_receive {:reg, ^pid, {:ok, _}}, 10_000
+          assert R.lookup(reg, {:locked, round, i}) == [{pid, i}]
+        end
+
+        Enum.each(pids, &Process.exit(&1, :kill))
+
+        case R.info(reg).lock_busy do
+          0 -> {:cont, 0}
+          n -> {:halt, n}
+        end
+      end)
+
+    assert busy > 0, "no registration found the lock busy past its yields in 20 rounds"
+    wait_until(fn -> R.count(reg) == 0 end)
+  end
+
   test "concurrent registrations: one winner per key, one monitor per registrant", %{reg: reg} do
     test = self()
 
