@@ -11,7 +11,7 @@ defmodule Drove.Registry.Server do
   # c_src/owners.h), and watches every local registrant with a resource monitor
   # (Native.watch): a registrant's exit drops its registrations in C, run by the exiting
   # process, and this process is sent :drove_gone to delete the rows (take_gone).
-  # Registrants are not linked to this process: a guard process (guard/3) gives them the
+  # Registrants are not linked to this process: a guard process (guard/2) gives them the
   # exit signal a link would when this process dies, however it dies.
   use GenServer
   require Logger
