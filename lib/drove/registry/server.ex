@@ -428,23 +428,29 @@ defmodule Drove.Registry.Server do
     %{s | repl: Replicator.bad_message(s.repl, {:unexpected_entry, other})}
   end
 
-  # The replica's winner for `key` is `pid`: show it, and evict whoever the table held.
+  # The replica's winner for `key` is `pid`: show it, and evict whoever the table held. It is
+  # filed first (a local process is watched from then on; one already gone is reaped instead).
   defp adopt(s, key, pid, value) do
-    row = {key, {s.name, node(pid)}, {pid, value}}
-    table = Reg.keys_table(s.name)
+    if own(s, key, pid) == :noproc do
+      reap(s, key, pid)
+    else
+      table = Reg.keys_table(s.name)
+      row = {key, {s.name, node(pid)}, {pid, value}}
 
-    # the common case, a key the table does not show yet: one table call (filed first: a
-    # local process is watched from then on, and one already gone is reaped instead)
-    cond do
-      own(s, key, pid) == :noproc -> reap(s, key, pid)
-      :ets.insert_new(table, row) -> notify(s, {:register, s.name, key, pid, value}) && s
-      true -> replace(s, key, pid, value)
+      # the common case, a key the table does not show yet: one table call
+      if :ets.insert_new(table, row) do
+        notify(s, {:register, s.name, key, pid, value})
+        s
+      else
+        replace(s, table, row)
+      end
     end
   end
 
-  defp replace(s, key, pid, value) do
+  # Writes `row` (a registration already filed) over the row the table held for its key.
+  defp replace(s, table, {key, _member, {pid, value}} = row) do
     previous = current_row(s, key)
-    show(s, key, pid, value)
+    :ets.insert(table, row)
 
     case previous do
       {^pid, _} ->
