@@ -104,13 +104,10 @@ defmodule Drove.RegistryTest do
 
   test "exits that find the replica locked are queued, and still drop their registrations",
        %{reg: reg} do
-    {_server, h} = Drove.Handles.lookup(reg)
-    # a replica big enough that to_list/1 (a dirty job) holds its lock for milliseconds
-    for i <- 1..200_000,
-        do: :ok = Native.put(h, Native.key({:meta, {:filler, i}}), Native.value(:v))
+    h = big_replica(reg)
 
     deferred =
-      Enum.reduce_while(1..20, 0, fn round, _ ->
+      rounds_until(reg, :exits_deferred, fn round ->
         pids =
           for i <- 1..200 do
             spawn(fn -> {:ok, _} = R.register(reg, {:busy, round, i}, nil) && wait_stop() end)
@@ -125,11 +122,6 @@ defmodule Drove.RegistryTest do
         assert Enum.all?(1..200, &(R.lookup(reg, {:busy, round, &1}) == []))
         left = for {{:key, k}, _} <- Native.to_list(h), do: k
         assert left == []
-
-        case R.info(reg).exits_deferred do
-          0 -> {:cont, 0}
-          n -> {:halt, n}
-        end
       end)
 
     assert deferred > 0, "no exit found the lock busy in 20 rounds"
@@ -137,15 +129,11 @@ defmodule Drove.RegistryTest do
 
   test "registrations that find the replica locked yield, then go dirty, and all succeed",
        %{reg: reg} do
-    {_server, h} = Drove.Handles.lookup(reg)
-    # a replica big enough that to_list/1 (a dirty job) holds its lock for milliseconds
-    for i <- 1..200_000,
-        do: :ok = Native.put(h, Native.key({:meta, {:filler, i}}), Native.value(:v))
-
+    h = big_replica(reg)
     test = self()
 
     busy =
-      Enum.reduce_while(1..20, 0, fn round, _ ->
+      rounds_until(reg, :lock_busy, fn round ->
         walk = Task.async(fn -> Native.to_list(h) end)
 
         pids =
@@ -164,11 +152,6 @@ defmodule Drove.RegistryTest do
         end
 
         Enum.each(pids, &Process.exit(&1, :kill))
-
-        case R.info(reg).lock_busy do
-          0 -> {:cont, 0}
-          n -> {:halt, n}
-        end
       end)
 
     assert busy > 0, "no registration found the lock busy past its yields in 20 rounds"
@@ -224,6 +207,29 @@ defmodule Drove.RegistryTest do
 
     Enum.each(pids, &Process.exit(&1, :kill))
     wait_until(fn -> R.count(reg) == 0 end)
+  end
+
+  # The registry's replica, made big enough that to_list/1 (a dirty job) holds its lock for
+  # milliseconds.
+  defp big_replica(reg) do
+    {_server, h} = Drove.Handles.lookup(reg)
+
+    for i <- 1..200_000,
+        do: :ok = Native.put(h, Native.key({:meta, {:filler, i}}), Native.value(:v))
+
+    h
+  end
+
+  # Runs round.(n) for n = 1..20 until the registry's info counter is not zero; its value.
+  defp rounds_until(reg, counter, round) do
+    Enum.reduce_while(1..20, 0, fn n, _ ->
+      round.(n)
+
+      case Map.fetch!(R.info(reg), counter) do
+        0 -> {:cont, 0}
+        value -> {:halt, value}
+      end
+    end)
   end
 
   defp wait_stop, do: receive(do: (:stop -> :ok))
