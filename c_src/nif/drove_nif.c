@@ -1132,15 +1132,17 @@ static void replica_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonito
         enif_send(env, &watcher, NULL, A_GONE);
 }
 
-/* watch(replica, registry_pid) -> :ok: registry mode from now on (see replica). Normal. */
-static ERL_NIF_TERM watch_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
+DIRTY_FALLBACK(watch)
+
+/* watch(replica, registry_pid) -> :ok: registry mode from now on (see replica). Normal,
+ * trylock else rescheduled dirty: O(1). */
+static ERL_NIF_TERM watch_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     ErlNifPid pid;
     if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &pid))
         return enif_make_badarg(env);
-    enif_mutex_lock(r->lock);
-    enif_mutex_lock(r->pend_lock);
+    LOCK_REPLICA(watch, env, r, argc, argv, dirty);
+    enif_mutex_lock(r->pend_lock); /* held only for O(1) by anyone */
     r->watcher = pid;
     r->watching = true;
     enif_mutex_unlock(r->pend_lock);
@@ -1148,14 +1150,15 @@ static ERL_NIF_TERM watch_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     return A_OK;
 }
 
+DIRTY_FALLBACK(unwatch)
+
 /* unwatch(replica) -> :ok: exits of watched processes no longer drop anything (the registry
- * that used the replica is gone). Normal. */
-static ERL_NIF_TERM unwatch_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
+ * that used the replica is gone). Normal, trylock else rescheduled dirty: O(1). */
+static ERL_NIF_TERM unwatch_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
-    enif_mutex_lock(r->lock);
+    LOCK_REPLICA(unwatch, env, r, argc, argv, dirty);
     r->watching = false;
     enif_mutex_unlock(r->lock);
     return A_OK;
@@ -1738,7 +1741,7 @@ static ErlNifFunc funcs[] = {
     {"owned_keys", 2, owned_keys_nif, 0},
     {"owns", 2, owns_nif, 0},
     {"take_gone", 1, take_gone_nif, 0},
-    /* normal: O(1) */
+    /* normal, trylock else rescheduled dirty: O(1) */
     {"watch", 2, watch_nif, 0},
     {"unwatch", 1, unwatch_nif, 0},
     {"set_owner", 2, set_owner_nif, 0},
