@@ -96,9 +96,21 @@ defmodule Drove.ChaosTest do
       {:timeout, v} ->
         flunk(
           "seed #{seed}: #{length(v)} violations:\n" <>
-            Enum.map_join(Enum.take(v, 20), "\n", &inspect/1)
+            Enum.map_join(Enum.take(v, 20), "\n", &inspect/1) <> diagnose(nodes, v)
         )
     end
+  end
+
+  # what every node's supervisor knows of the first lost permanent children
+  defp diagnose(nodes, violations) do
+    lost = for {:permanent_lost, t} <- violations, do: t
+
+    details =
+      for t <- Enum.take(lost, 3), n <- nodes do
+        {t, n, C.rpc(n, P, :diagnose, [t])}
+      end
+
+    if details == [], do: "", else: "\nlost children:\n" <> inspect(details, pretty: true)
   end
 
   defp now, do: System.monotonic_time(:millisecond)

@@ -107,6 +107,30 @@ defmodule Drove.Test.ChaosPeer do
     end
   end
 
+  @doc """
+  What this node's supervisor instance knows of child `tag` (for diagnostics): its entry,
+  the instance's local state for it, whether the instance is ready, and its view of the
+  entry owner's status.
+  """
+  @spec diagnose(atom()) :: map()
+  def diagnose(tag) do
+    s = :sys.get_state(@sup)
+
+    for {id, owner, _pid, _alive} = e <- entry(tag), into: %{} do
+      status = Enum.find_value(s.members_info, fn {m, i} -> if m == owner, do: i.status end)
+
+      {id,
+       %{
+         entry: e,
+         local: Map.get(s.local, id),
+         stopping: Map.get(s.stopping, id),
+         ready: s.ready,
+         owner_status: status,
+         owner_info: Map.get(s.infos, owner)
+       }}
+    end
+  end
+
   @doc "The digests of both replicas here."
   @spec digests() :: {binary(), binary()}
   def digests do

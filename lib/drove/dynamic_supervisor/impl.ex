@@ -697,7 +697,18 @@ defmodule Drove.DynamicSupervisor.Impl do
         s = %{s | stopping: stopping}
 
         cond do
-          how in [:terminate, :evict] ->
+          how == :terminate ->
+            %{s | local: Map.delete(s.local, id)}
+
+          how == :evict ->
+            # Evicted because another member's claim showed first; if the entry says ours
+            # again by now (that claim lost to ours where it was resolved), nobody runs it:
+            # hand it over so it is placed again.
+            case :ets.lookup(s.children, id) do
+              [{_, owner, spec, _}] when owner == s.me -> relinquish(s, id, spec)
+              _ -> :ok
+            end
+
             %{s | local: Map.delete(s.local, id)}
 
           how == :redistribute or s.shutting_down ->
