@@ -142,10 +142,10 @@ end
 
 # The kinds take turns within each round, and the one that goes first alternates between
 # rounds (Drove, :pg, spawn-only; then :pg, Drove, spawn-only; ...). A run changes the speed
-# of the run after it: measured at e184176, the same Drove code did 54-68k/s after a Drove
-# or spawn-only run and 60-100k/s right after a :pg run. The cause is not known (heap reuse
-# and scheduler load were ruled out; the nodes' shared link and the machine's memory are
-# candidates). Run back-to-back by kind, every Drove run followed a Drove run.
+# of the run after it: measured at e184176, the same Drove code did 52-68k/s after a Drove
+# or spawn-only run and 60-100k/s after a :pg run. The cause is not known (a
+# dying 3M-tuple heap, or 1.5 s of busy schedulers, did not speed up the next run). Run
+# back-to-back by kind, every Drove run followed a Drove run and every :pg run a :pg run.
 for n <- [10_000, 50_000] do
   runs = 5
 
