@@ -148,6 +148,54 @@ defmodule Drove.DynamicSupervisorClusterTest do
     assert C.rpc(a, P, :statuses, [@sup])[b] == :dead
   end
 
+  test "a child evicted for another claim, whose entry comes back to its node while it stops, runs again" do
+    [a, b] = nodes = start_cluster(2, "dse")
+    members = for n <- nodes, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
+
+    # a child placed on a that takes 2 s to stop
+    spec =
+      Enum.find_value(1..1000, fn i ->
+        tag = :"evict_#{i}"
+        spec = %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, 2000}, tag]}}
+
+        case Drove.Distribution.Uniform.choose_node(spec, members) do
+          {:ok, %{name: {_, ^a}}} -> spec
+          _ -> nil
+        end
+      end)
+
+    [_, tag] = elem(spec.start, 2)
+    {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
+    await_entries(nodes, 1)
+
+    # a sees a claim by b (written in b's replica behind its instance's back): a evicts its
+    # copy, which takes 2 s to stop
+    C.rpc(b, P, :forge_owner, [@sup, tag, b])
+    C.wait_until(fn -> entries(a)[tag] |> elem(1) == b end, @deadline)
+
+    # then the entry is handed over (owner nil) while a's copy still stops: a, where it still
+    # runs, takes the entry back. When the copy has stopped the entry names a, and a must
+    # hand it over again, or nobody ever runs the child (others see its owner alive).
+    C.rpc(b, P, :forge_owner, [@sup, tag, nil])
+
+    C.wait_until(
+      fn ->
+        case placement(nodes, [tag]) do
+          %{^tag => [n]} -> C.rpc(n, Process, :whereis, [tag]) != pid
+          _ -> false
+        end
+      end,
+      @deadline
+    )
+
+    C.wait_until(
+      fn -> Enum.all?(nodes, &match?({_, owner} when owner != nil, entries(&1)[tag])) end,
+      @deadline
+    )
+
+    assert exactly_once?(nodes, [tag])
+  end
+
   test "a transient child that exits normally is not restarted anywhere; a crash restarts it in place" do
     [a, b, c] = nodes = start_cluster(3, "dst")
     tags = start_workers(a, "t", 1..30, :transient)

@@ -86,10 +86,31 @@ defmodule Drove.Test.SupPeer do
   @spec entries(atom()) :: %{atom() => {term(), node() | nil}}
   def entries(name) do
     for {id, owner, spec, _pid} <- GenServer.call(name, :children), into: %{} do
-      {_, _, [tag]} = spec.start
-      {tag, {id, owner && elem(owner, 1)}}
+      {tag(spec), {id, owner && elem(owner, 1)}}
     end
   end
+
+  @doc """
+  Writes child `tag`'s entry in this node's replica, as a claim by the instance on
+  `owner_node` (or a hand-over, with `nil`), behind the back of this node's instance: only
+  the peers see the change (as if a third member had written it), for tests of how the
+  owners settle concurrent claims.
+  """
+  @spec forge_owner(atom(), atom(), node() | nil) :: :ok
+  def forge_owner(name, tag, owner_node) do
+    [{id, spec, pid}] =
+      for {id, _owner, spec, pid} <- GenServer.call(name, :children),
+          tag(spec) == tag,
+          do: {id, spec, pid}
+
+    owner = if owner_node, do: {name, owner_node}, else: nil
+    {_, h} = Drove.Handles.lookup(name)
+    value = Drove.Native.value({owner, spec, if(owner, do: pid)})
+    :ok = Drove.Native.put(h, Drove.Native.key({:child, id}), value)
+  end
+
+  # a Drove.Test.Worker's tag is the last argument of its start function
+  defp tag(%{start: {_, _, args}}), do: List.last(args)
 
   @spec statuses(atom()) :: %{node() => atom()}
   def statuses(name) do
