@@ -196,6 +196,67 @@ defmodule Drove.DynamicSupervisorClusterTest do
     assert exactly_once?(nodes, [tag])
   end
 
+  test "a transient child that ends normally while its eviction waits is gone everywhere" do
+    [a, b] = nodes = start_cluster(2, "dsv")
+    members = for n <- nodes, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
+
+    placed_on_a = fn make ->
+      Enum.find_value(1..1000, fn i ->
+        spec = make.(i)
+
+        case Drove.Distribution.Uniform.choose_node(spec, members) do
+          {:ok, %{name: {_, ^a}}} -> spec
+          _ -> nil
+        end
+      end)
+    end
+
+    spec =
+      placed_on_a.(fn i ->
+        tag = :"vict_#{i}"
+        %{id: tag, start: {Drove.Test.Worker, :start_link, [tag]}, restart: :transient}
+      end)
+
+    [tag] = elem(spec.start, 2)
+    {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
+    await_entries(nodes, 1)
+
+    # a's DynamicSupervisor is kept busy for 3 s starting another child, so the eviction
+    # below (DynamicSupervisor.terminate_child) waits behind it
+    blocker =
+      placed_on_a.(fn i ->
+        tag = :"block_#{i}"
+        %{id: tag, start: {Drove.Test.Worker, :start_link, [{:sleep_on, a, 3000}, tag]}}
+      end)
+
+    starting =
+      Task.async(fn -> C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, blocker]) end)
+
+    procsup = C.rpc(a, Process, :whereis, [Drove.DynamicSupervisor.Tree.procsup(@sup)])
+
+    C.wait_until(
+      fn ->
+        {:current_function, {m, f, _}} = C.rpc(a, Process, :info, [procsup, :current_function])
+        m == :proc_lib and String.starts_with?(Atom.to_string(f), "sync_start")
+      end,
+      @deadline
+    )
+
+    # a claim by b shows on a (a evicts its copy; the stop waits), then a hand-over (a takes
+    # the entry back, its copy still runs)
+    C.rpc(b, P, :forge_owner, [@sup, tag, b])
+    C.wait_until(fn -> entries(a)[tag] |> elem(1) == b end, @deadline)
+    C.rpc(b, P, :forge_owner, [@sup, tag, nil])
+    C.wait_until(fn -> entries(a)[tag] |> elem(1) == a end, @deadline)
+
+    # the child ends normally before the eviction reaches it: it has ended, for good
+    C.rpc(a, GenServer, :cast, [pid, :stop_normal])
+    assert {:ok, _} = Task.await(starting, 30_000)
+    C.wait_until(fn -> Enum.all?(nodes, &(entries(&1)[tag] == nil)) end, @deadline)
+    C.consistently(fn -> placement(nodes, [tag]) == %{} end, 1500)
+    assert Enum.all?(nodes, &(entries(&1)[tag] == nil))
+  end
+
   test "a transient child that exits normally is not restarted anywhere; a crash restarts it in place" do
     [a, b, c] = nodes = start_cluster(3, "dst")
     tags = start_workers(a, "t", 1..30, :transient)

@@ -696,19 +696,21 @@ defmodule Drove.DynamicSupervisor.Impl do
         {how, stopping} = Map.pop(s.stopping, id)
         s = %{s | stopping: stopping}
 
+        # An evicted copy stopped by the eviction (DynamicSupervisor.terminate_child: exit
+        # :shutdown, then :kill), or that ended by itself meanwhile: then its exit counts as
+        # the child's own, under its restart rule.
+        evicted? = how == :evict and reason in [:shutdown, :killed]
+        mine? = match?([{_, owner, _, _}] when owner == s.me, :ets.lookup(s.children, id))
+
         cond do
           how == :terminate ->
             %{s | local: Map.delete(s.local, id)}
 
-          how == :evict ->
+          evicted? ->
             # Evicted because another member's claim showed first; if the entry says ours
             # again by now (that claim lost to ours where it was resolved), nobody runs it:
             # hand it over so it is placed again.
-            case :ets.lookup(s.children, id) do
-              [{_, owner, spec, _}] when owner == s.me -> relinquish(s, id, spec)
-              _ -> :ok
-            end
-
+            if mine?, do: relinquish(s, id, spec)
             %{s | local: Map.delete(s.local, id)}
 
           how == :redistribute or s.shutting_down ->
@@ -718,6 +720,10 @@ defmodule Drove.DynamicSupervisor.Impl do
           restarts?(Map.get(spec, :restart, :permanent), reason) ->
             # the DynamicSupervisor restarts it here; Starter reports the new pid
             %{s | local: Map.put(s.local, id, {:restarting, spec})}
+
+          how == :evict and not mine? ->
+            # ended by itself while being evicted: the entry is another member's copy's
+            %{s | local: Map.delete(s.local, id)}
 
           true ->
             delete_child(s, id)
