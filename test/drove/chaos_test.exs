@@ -268,7 +268,7 @@ defmodule Drove.ChaosTest do
     unless wait(gone?, 20_000) do
       details =
         for n <- nodes, t <- stopped do
-          {n, t, C.rpc(n, P, :entry, [t]), C.rpc(n, P, :running, [[t]])}
+          {n, t, C.rpc(n, P, :diagnose, [t]), C.rpc(n, P, :running, [[t]])}
         end
 
       flunk(

@@ -124,6 +124,7 @@ defmodule Drove.Test.ChaosPeer do
          entry: e,
          local: Map.get(s.local, id),
          stopping: Map.get(s.stopping, id),
+         by_pid: for({p, ^id} <- s.by_pid, do: p),
          ready: s.ready,
          owner_status: status,
          owner_info: Map.get(s.infos, owner)
