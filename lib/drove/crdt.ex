@@ -47,6 +47,10 @@ defmodule Drove.CRDT do
       is bounded in bytes by `:max_message_bytes`.
     * The replica id is random per start; a restarted replica catches up from its
       neighbours.
+    * Reads by name do not go through the replica process. For a moment after that process
+      dies (until `Drove.Handles` has handled its exit, or the restarted process has
+      registered its own replica in its `init/1`), reads by its name answer from its last
+      state; DeltaCrdt's reads exit then, as Drove's do afterwards until the restart.
   """
   use GenServer
   require Logger
