@@ -50,6 +50,48 @@ defmodule Drove.DynamicSupervisorClusterTest do
   defp start_workers(node, prefix, range, restart \\ :permanent),
     do: C.rpc(node, P, :start_workers, [@sup, prefix, range, restart], 60_000)
 
+  # the first spec make.(i) that the uniform strategy places on `node` among `alive` (nodes)
+  defp placed_on(node, alive, make) do
+    members = for n <- alive, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
+
+    Enum.find_value(1..1000, fn i ->
+      spec = make.(i)
+
+      case Drove.Distribution.Uniform.choose_node(spec, members) do
+        {:ok, %{name: {_, ^node}}} -> spec
+        _ -> nil
+      end
+    end)
+  end
+
+  # waits until `node`'s DynamicSupervisor is inside a child's start (proc_lib's sync start)
+  defp await_starting(node) do
+    procsup = C.rpc(node, Process, :whereis, [Drove.DynamicSupervisor.Tree.procsup(@sup)])
+
+    C.wait_until(
+      fn ->
+        {:current_function, {m, f, _}} = C.rpc(node, Process, :info, [procsup, :current_function])
+        m == :proc_lib and String.starts_with?(Atom.to_string(f), "sync_start")
+      end,
+      @deadline
+    )
+  end
+
+  # a child placed on `node` whose start keeps that node's DynamicSupervisor busy for 3 s
+  defp block_starts(node, alive) do
+    blocker =
+      placed_on(node, alive, fn i ->
+        tag = :"block_#{i}"
+        %{id: tag, start: {Drove.Test.Worker, :start_link, [{:sleep_on, node, 3000}, tag]}}
+      end)
+
+    task =
+      Task.async(fn -> C.rpc(node, Drove.DynamicSupervisor, :start_child, [@sup, blocker]) end)
+
+    await_starting(node)
+    task
+  end
+
   defp await_entries(nodes, count) do
     C.wait_until(fn -> Enum.all?(nodes, &(map_size(entries(&1)) == count)) end, @deadline)
   end
@@ -118,18 +160,12 @@ defmodule Drove.DynamicSupervisorClusterTest do
 
   test "a stopping member is :shutting_down while its children stop, takes no new child, then hands them over" do
     [a, b] = nodes = start_cluster(2, "dsh")
-    members = for n <- nodes, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
 
     # a child placed on b that takes 1.5 s to stop
     spec =
-      Enum.find_value(1..1000, fn i ->
+      placed_on(b, nodes, fn i ->
         tag = :"slowstop_#{i}"
-        spec = %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, 1500}, tag]}}
-
-        case Drove.Distribution.Uniform.choose_node(spec, members) do
-          {:ok, %{name: {_, ^b}}} -> spec
-          _ -> nil
-        end
+        %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, 1500}, tag]}}
       end)
 
     [_, tag] = elem(spec.start, 2)
@@ -150,18 +186,12 @@ defmodule Drove.DynamicSupervisorClusterTest do
 
   test "a child evicted for another claim, whose entry comes back to its node while it stops, runs again" do
     [a, b] = nodes = start_cluster(2, "dse")
-    members = for n <- nodes, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
 
     # a child placed on a that takes 2 s to stop
     spec =
-      Enum.find_value(1..1000, fn i ->
+      placed_on(a, nodes, fn i ->
         tag = :"evict_#{i}"
-        spec = %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, 2000}, tag]}}
-
-        case Drove.Distribution.Uniform.choose_node(spec, members) do
-          {:ok, %{name: {_, ^a}}} -> spec
-          _ -> nil
-        end
+        %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, 2000}, tag]}}
       end)
 
     [_, tag] = elem(spec.start, 2)
@@ -198,21 +228,9 @@ defmodule Drove.DynamicSupervisorClusterTest do
 
   test "a transient child that ends normally while its eviction waits is gone everywhere" do
     [a, b] = nodes = start_cluster(2, "dsv")
-    members = for n <- nodes, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
-
-    placed_on_a = fn make ->
-      Enum.find_value(1..1000, fn i ->
-        spec = make.(i)
-
-        case Drove.Distribution.Uniform.choose_node(spec, members) do
-          {:ok, %{name: {_, ^a}}} -> spec
-          _ -> nil
-        end
-      end)
-    end
 
     spec =
-      placed_on_a.(fn i ->
+      placed_on(a, nodes, fn i ->
         tag = :"vict_#{i}"
         %{id: tag, start: {Drove.Test.Worker, :start_link, [tag]}, restart: :transient}
       end)
@@ -221,26 +239,9 @@ defmodule Drove.DynamicSupervisorClusterTest do
     {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
     await_entries(nodes, 1)
 
-    # a's DynamicSupervisor is kept busy for 3 s starting another child, so the eviction
-    # below (DynamicSupervisor.terminate_child) waits behind it
-    blocker =
-      placed_on_a.(fn i ->
-        tag = :"block_#{i}"
-        %{id: tag, start: {Drove.Test.Worker, :start_link, [{:sleep_on, a, 3000}, tag]}}
-      end)
-
-    starting =
-      Task.async(fn -> C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, blocker]) end)
-
-    procsup = C.rpc(a, Process, :whereis, [Drove.DynamicSupervisor.Tree.procsup(@sup)])
-
-    C.wait_until(
-      fn ->
-        {:current_function, {m, f, _}} = C.rpc(a, Process, :info, [procsup, :current_function])
-        m == :proc_lib and String.starts_with?(Atom.to_string(f), "sync_start")
-      end,
-      @deadline
-    )
+    # a's DynamicSupervisor is kept busy starting another child, so the eviction below
+    # (DynamicSupervisor.terminate_child) waits behind it
+    starting = block_starts(a, nodes)
 
     # a claim by b shows on a (a evicts its copy; the stop waits), then a hand-over (a takes
     # the entry back, its copy still runs)
@@ -342,17 +343,11 @@ defmodule Drove.DynamicSupervisorClusterTest do
 
   test "start_child to a node that dies during the child's init places the child again" do
     [a, b, c] = nodes = start_cluster(3, "dsd")
-    members = for n <- nodes, do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
 
     spec =
-      Enum.find_value(1..1000, fn i ->
+      placed_on(c, nodes, fn i ->
         tag = :"slow_#{i}"
-        spec = %{id: tag, start: {Drove.Test.Worker, :start_link, [{:sleep_on, c, 60_000}, tag]}}
-
-        case Drove.Distribution.Uniform.choose_node(spec, members) do
-          {:ok, %{name: {_, ^c}}} -> spec
-          _ -> nil
-        end
+        %{id: tag, start: {Drove.Test.Worker, :start_link, [{:sleep_on, c, 60_000}, tag]}}
       end)
 
     [_, tag] = elem(spec.start, 2)
@@ -399,5 +394,35 @@ defmodule Drove.DynamicSupervisorClusterTest do
 
       Enum.each(nodes, &C.kill/1)
     end
+  end
+
+  test "a transient child that ends normally while its move to a joining member waits is gone everywhere" do
+    [a, b] = nodes = C.start_nodes(2, prefix: "drw", env: [logger: [level: :error]])
+    opts = [members: for(n <- nodes, do: {@sup, n}), process_redistribution: :active]
+    C.rpc(a, P, :start, [@sup, opts])
+    C.wait_until(fn -> C.rpc(a, P, :statuses, [@sup])[a] == :alive end, @deadline)
+
+    # a child that runs on a while b is down, and belongs on b once b is up
+    spec =
+      placed_on(b, nodes, fn i ->
+        tag = :"move_#{i}"
+        %{id: tag, start: {Drove.Test.Worker, :start_link, [tag]}, restart: :transient}
+      end)
+
+    [tag] = elem(spec.start, 2)
+    {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
+    assert node(pid) == a
+
+    # b joins while a's DynamicSupervisor is busy: a's stop of the child for its move waits
+    starting = block_starts(a, [a])
+    C.rpc(b, P, :start, [@sup, opts])
+    C.wait_until(fn -> C.rpc(a, :sys, :get_state, [@sup]).stopping != %{} end, @deadline)
+
+    # the child ends normally before the stop reaches it: it has ended, for good
+    C.rpc(a, GenServer, :cast, [pid, :stop_normal])
+    assert {:ok, _} = Task.await(starting, 30_000)
+    C.wait_until(fn -> Enum.all?(nodes, &(entries(&1)[tag] == nil)) end, @deadline)
+    C.consistently(fn -> placement(nodes, [tag]) == %{} end, 1500)
+    assert Enum.all?(nodes, &(entries(&1)[tag] == nil))
   end
 end

@@ -696,24 +696,24 @@ defmodule Drove.DynamicSupervisor.Impl do
         {how, stopping} = Map.pop(s.stopping, id)
         s = %{s | stopping: stopping}
 
-        # An evicted copy stopped by the eviction (DynamicSupervisor.terminate_child: exit
-        # :shutdown, then :kill), or that ended by itself meanwhile: then its exit counts as
-        # the child's own, under its restart rule.
-        evicted? = how == :evict and reason in [:shutdown, :killed]
+        # Stopped by us (an eviction or a move: DynamicSupervisor.terminate_child, exit
+        # :shutdown then :kill; or this node's shutdown), or ended by itself meanwhile: then
+        # its exit counts as the child's own, under its restart rule.
+        stopped? = reason in [:shutdown, :killed]
         mine? = match?([{_, owner, _, _}] when owner == s.me, :ets.lookup(s.children, id))
 
         cond do
           how == :terminate ->
             %{s | local: Map.delete(s.local, id)}
 
-          evicted? ->
+          how == :evict and stopped? ->
             # Evicted because another member's claim showed first; if the entry says ours
             # again by now (that claim lost to ours where it was resolved), nobody runs it:
             # hand it over so it is placed again.
             if mine?, do: relinquish(s, id, spec)
             %{s | local: Map.delete(s.local, id)}
 
-          how == :redistribute or s.shutting_down ->
+          (how == :redistribute or s.shutting_down) and stopped? ->
             relinquish(s, id, spec)
             %{s | local: Map.delete(s.local, id)}
 
