@@ -696,33 +696,35 @@ defmodule Drove.DynamicSupervisor.Impl do
         {how, stopping} = Map.pop(s.stopping, id)
         s = %{s | stopping: stopping}
 
-        # Stopped by us (an eviction or a move: DynamicSupervisor.terminate_child, exit
-        # :shutdown then :kill; or this node's shutdown), or ended by itself meanwhile: then
-        # its exit counts as the child's own, under its restart rule.
-        stopped? = reason in [:shutdown, :killed]
+        # A child being stopped here (evicted, moved, or this node shutting down) that ended
+        # for good by itself meanwhile (a transient child's :normal exit, a temporary child's
+        # crash...; not the stop's own :shutdown or :kill) has ended: its entry goes, as at
+        # any other time. Any other exit counts as the stop's.
+        restart = Map.get(spec, :restart, :permanent)
+        ended? = reason not in [:shutdown, :killed] and not restarts?(restart, reason)
         mine? = match?([{_, owner, _, _}] when owner == s.me, :ets.lookup(s.children, id))
 
         cond do
           how == :terminate ->
             %{s | local: Map.delete(s.local, id)}
 
-          how == :evict and stopped? ->
+          how == :evict and not ended? ->
             # Evicted because another member's claim showed first; if the entry says ours
             # again by now (that claim lost to ours where it was resolved), nobody runs it:
             # hand it over so it is placed again.
             if mine?, do: relinquish(s, id, spec)
             %{s | local: Map.delete(s.local, id)}
 
-          (how == :redistribute or s.shutting_down) and stopped? ->
+          (how == :redistribute or s.shutting_down) and not ended? ->
             relinquish(s, id, spec)
             %{s | local: Map.delete(s.local, id)}
 
-          restarts?(Map.get(spec, :restart, :permanent), reason) ->
+          restarts?(restart, reason) ->
             # the DynamicSupervisor restarts it here; Starter reports the new pid
             %{s | local: Map.put(s.local, id, {:restarting, spec})}
 
           how == :evict and not mine? ->
-            # ended by itself while being evicted: the entry is another member's copy's
+            # ended while being evicted: the entry is another member's copy's
             %{s | local: Map.delete(s.local, id)}
 
           true ->
