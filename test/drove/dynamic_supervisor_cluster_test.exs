@@ -64,6 +64,29 @@ defmodule Drove.DynamicSupervisorClusterTest do
     end)
   end
 
+  # a Drove.Test.Worker placed on `node` that takes `ms` to stop
+  defp slow_stopping_on(node, alive, prefix, ms) do
+    placed_on(node, alive, fn i ->
+      tag = :"#{prefix}_#{i}"
+      %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, ms}, tag]}}
+    end)
+  end
+
+  # a transient Drove.Test.Worker placed on `node`
+  defp transient_on(node, alive, prefix) do
+    placed_on(node, alive, fn i ->
+      tag = :"#{prefix}_#{i}"
+      %{id: tag, start: {Drove.Test.Worker, :start_link, [tag]}, restart: :transient}
+    end)
+  end
+
+  # child `tag` has ended for good: no entry on any node, and it runs nowhere
+  defp assert_ended_everywhere(nodes, tag) do
+    C.wait_until(fn -> Enum.all?(nodes, &(entries(&1)[tag] == nil)) end, @deadline)
+    C.consistently(fn -> placement(nodes, [tag]) == %{} end, 1500)
+    assert Enum.all?(nodes, &(entries(&1)[tag] == nil))
+  end
+
   # waits until `node`'s DynamicSupervisor is inside a child's start (proc_lib's sync start)
   defp await_starting(node) do
     procsup = C.rpc(node, Process, :whereis, [Drove.DynamicSupervisor.Tree.procsup(@sup)])
@@ -162,11 +185,7 @@ defmodule Drove.DynamicSupervisorClusterTest do
     [a, b] = nodes = start_cluster(2, "dsh")
 
     # a child placed on b that takes 1.5 s to stop
-    spec =
-      placed_on(b, nodes, fn i ->
-        tag = :"slowstop_#{i}"
-        %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, 1500}, tag]}}
-      end)
+    spec = slow_stopping_on(b, nodes, "slowstop", 1500)
 
     [_, tag] = elem(spec.start, 2)
     {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
@@ -188,11 +207,7 @@ defmodule Drove.DynamicSupervisorClusterTest do
     [a, b] = nodes = start_cluster(2, "dse")
 
     # a child placed on a that takes 2 s to stop
-    spec =
-      placed_on(a, nodes, fn i ->
-        tag = :"evict_#{i}"
-        %{id: tag, start: {Drove.Test.Worker, :start_link, [{:slow_stop, 2000}, tag]}}
-      end)
+    spec = slow_stopping_on(a, nodes, "evict", 2000)
 
     [_, tag] = elem(spec.start, 2)
     {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
@@ -229,11 +244,7 @@ defmodule Drove.DynamicSupervisorClusterTest do
   test "a transient child that ends normally while its eviction waits is gone everywhere" do
     [a, b] = nodes = start_cluster(2, "dsv")
 
-    spec =
-      placed_on(a, nodes, fn i ->
-        tag = :"vict_#{i}"
-        %{id: tag, start: {Drove.Test.Worker, :start_link, [tag]}, restart: :transient}
-      end)
+    spec = transient_on(a, nodes, "vict")
 
     [tag] = elem(spec.start, 2)
     {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
@@ -253,9 +264,7 @@ defmodule Drove.DynamicSupervisorClusterTest do
     # the child ends normally before the eviction reaches it: it has ended, for good
     C.rpc(a, GenServer, :cast, [pid, :stop_normal])
     assert {:ok, _} = Task.await(starting, 30_000)
-    C.wait_until(fn -> Enum.all?(nodes, &(entries(&1)[tag] == nil)) end, @deadline)
-    C.consistently(fn -> placement(nodes, [tag]) == %{} end, 1500)
-    assert Enum.all?(nodes, &(entries(&1)[tag] == nil))
+    assert_ended_everywhere(nodes, tag)
   end
 
   test "a transient child that exits normally is not restarted anywhere; a crash restarts it in place" do
@@ -403,11 +412,7 @@ defmodule Drove.DynamicSupervisorClusterTest do
     C.wait_until(fn -> C.rpc(a, P, :statuses, [@sup])[a] == :alive end, @deadline)
 
     # a child that runs on a while b is down, and belongs on b once b is up
-    spec =
-      placed_on(b, nodes, fn i ->
-        tag = :"move_#{i}"
-        %{id: tag, start: {Drove.Test.Worker, :start_link, [tag]}, restart: :transient}
-      end)
+    spec = transient_on(b, nodes, "move")
 
     [tag] = elem(spec.start, 2)
     {:ok, pid} = C.rpc(a, Drove.DynamicSupervisor, :start_child, [@sup, spec])
@@ -421,8 +426,6 @@ defmodule Drove.DynamicSupervisorClusterTest do
     # the child ends normally before the stop reaches it: it has ended, for good
     C.rpc(a, GenServer, :cast, [pid, :stop_normal])
     assert {:ok, _} = Task.await(starting, 30_000)
-    C.wait_until(fn -> Enum.all?(nodes, &(entries(&1)[tag] == nil)) end, @deadline)
-    C.consistently(fn -> placement(nodes, [tag]) == %{} end, 1500)
-    assert Enum.all?(nodes, &(entries(&1)[tag] == nil))
+    assert_ended_everywhere(nodes, tag)
   end
 end
