@@ -48,7 +48,7 @@ defmodule Drove.Registry do
   import Kernel, except: [send: 2]
 
   alias Drove.{Handles, Native}
-  alias Drove.Registry.Server
+  alias Drove.Registry.{Entry, Server}
 
   @type registry :: atom()
   @type key :: term()
@@ -128,10 +128,20 @@ defmodule Drove.Registry do
   @spec init([option()]) :: {:ok, [option()]}
   def init(options) when is_list(options), do: {:ok, options}
 
-  @doc "Stops the registry's local tree."
-  @spec stop(registry(), term(), timeout()) :: :ok
+  @doc """
+  Stops the registry's tree (its process and supervisor) on its node. `registry` is its
+  name, the name of its top supervisor (`:"\#{name}.Supervisor"`), the pid `start_link/1`
+  returned, or `{name, node}`.
+  """
+  @spec stop(registry() | pid() | {atom(), node()}, term(), timeout()) :: :ok
   def stop(registry, reason \\ :normal, timeout \\ :infinity) do
-    Supervisor.stop(:"#{registry}.Supervisor", reason, timeout)
+    # the registry's name, its top supervisor's name, or either's pid
+    target = (is_atom(registry) && Process.whereis(registry)) || registry
+
+    {name, node} =
+      Drove.Address.resolve!(target, {__MODULE__, :stop, [registry, reason, timeout]})
+
+    Supervisor.stop({:"#{name}.Supervisor", node}, reason, timeout)
   end
 
   # ------------------------------------------------------------------ registration
@@ -152,11 +162,14 @@ defmodule Drove.Registry do
     pid = self()
 
     case :ets.lookup(keys_table(registry), key) do
-      [{^key, _member, {^pid, value}}] ->
+      [{^key, {owner, _} = member, {^pid, value}}] ->
+        # through the member the key was registered with (another member on this node,
+        # maybe): the one that answers for it
+        registry = if owner != registry and Handles.lookup(owner), do: owner, else: registry
         %{handle: h, server: server} = instance!(registry)
-        kb = Native.key({:key, key})
-        :ok = Native.remove_value(h, kb, Native.value({pid, value}))
-        :ets.delete_object(keys_table(registry), {key, member(registry), {pid, value}})
+        kb = Entry.key(key)
+        :ok = Native.remove_value(h, kb, Entry.value(pid, value, owner))
+        :ets.delete_object(keys_table(registry), {key, member, {pid, value}})
         :ok = Native.disown(h, kb, pid)
         if notify?(registry), do: Kernel.send(server, {:unregistered, pid, key, value})
         :ok
@@ -185,10 +198,11 @@ defmodule Drove.Registry do
     pid = self()
 
     case :ets.lookup(keys_table(registry), key) do
-      [{^key, member, {^pid, old}}] ->
+      [{^key, {owner, _} = member, {^pid, old}}] ->
         new = callback.(old)
+        registry = if owner != registry and Handles.lookup(owner), do: owner, else: registry
         %{handle: h} = instance!(registry)
-        :ok = Native.put(h, Native.key({:key, key}), Native.value({pid, new}))
+        :ok = Native.put(h, Entry.key(key), Entry.value(pid, new, owner))
         :ets.insert(keys_table(registry), {key, member, {pid, new}})
         {new, old}
 
@@ -227,11 +241,12 @@ defmodule Drove.Registry do
   def whereis_name({registry, key, _value}), do: whereis_name({registry, key})
 
   @doc false
-  @spec send({registry(), key()} | {registry(), key(), value()}, term()) :: pid()
+  # Returns the message, as Kernel.send/2 and Horde.Registry.send/2 do.
+  @spec send({registry(), key()} | {registry(), key(), value()}, term()) :: term()
   def send({registry, key} = name, msg) do
     case whereis_name({registry, key}) do
       :undefined -> :erlang.error(:badarg, [name, msg])
-      pid -> Kernel.send(pid, msg) && pid
+      pid -> Kernel.send(pid, msg)
     end
   end
 
@@ -390,8 +405,6 @@ defmodule Drove.Registry do
   def members_table(registry) when is_atom(registry), do: :"members_#{registry}"
   def members_table(registry), do: raise_missing(registry)
 
-  defp member(registry), do: {registry, node()}
-
   defp instance!(registry) do
     case Handles.lookup(registry) do
       {server, handle} -> %{server: server, handle: handle}
@@ -408,19 +421,18 @@ defmodule Drove.Registry do
   @doc false
   # A pid counts as alive when local and alive, or remote on a connected node.
   @spec alive?(pid()) :: boolean()
-  def alive?(pid) when node(pid) == node(), do: Process.alive?(pid)
-  def alive?(pid), do: :lists.member(node(pid), Node.list())
+  def alive?(pid), do: Drove.Liveness.pid_up?(pid)
 
   defp do_register(registry, key, value, pid, retried \\ false) do
     %{handle: h, server: server} = instance!(registry)
-    kb = Native.key({:key, key})
-    vb = Native.value({pid, value})
+    kb = Entry.key(key)
+    vb = Entry.value(pid, value, registry)
 
     # put_new, and the key filed under pid in the replica's index (which watches pid from
     # its first registration on: its exit drops its registrations)
     case Native.register(h, kb, vb, pid) do
       :ok ->
-        registered(registry, server, h, {kb, vb}, {key, member(registry), {pid, value}})
+        registered(registry, server, h, {kb, vb}, Entry.row(key, pid, value, registry))
         {:ok, server}
 
       :noproc ->

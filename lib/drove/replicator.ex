@@ -370,7 +370,7 @@ defmodule Drove.Replicator do
   end
 
   defp push_targets(r) do
-    active = for {_, %Neighbour{up: true} = n} <- r.neighbours, do: n.pid || n.dest
+    active = for {_, %Neighbour{up: true} = n} <- r.neighbours, do: addressable(n.pid || n.dest)
     active_pids = for {_, %Neighbour{pid: p}} <- r.neighbours, is_pid(p), do: p
     active ++ (Map.keys(r.passive) -- active_pids)
   end
@@ -436,7 +436,12 @@ defmodule Drove.Replicator do
   defp dest_node({_name, node}), do: node
   defp dest_node(name) when is_atom(name), do: node()
 
-  defp send_to(dest, msg), do: :erlang.send(dest, msg, [:noconnect])
+  defp send_to(dest, msg), do: :erlang.send(addressable(dest), msg, [:noconnect])
+
+  # A bare local name raises badarg when nothing is registered under it (a member that is
+  # not started yet, or has stopped); {name, node()} is dropped silently instead.
+  defp addressable(name) when is_atom(name), do: {name, node()}
+  defp addressable(dest), do: dest
 
   defp bump(r, key, n), do: %{r | stats: Map.update!(r.stats, key, &(&1 + n))}
 

@@ -308,10 +308,13 @@ defmodule Drove.PropertyTest do
 
       # the replica agrees with the tables
       {_, h} = Handles.lookup(c.reg)
-      stored = for {{:key, k}, {pid, v}} <- Native.to_list(h), do: {Native.key(k), {pid, v}}
+
+      stored =
+        for {{:key, k}, {pid, {v, owner}}} <- Native.to_list(h),
+            do: {Native.key(k), {pid, v, owner}}
 
       assert Map.new(stored) ==
-               Map.new(updated, fn {k, v} -> {Native.key(k), {self(), {v, :new}}} end)
+               Map.new(updated, fn {k, v} -> {Native.key(k), {self(), {v, :new}, c.reg}} end)
 
       # meta: random keys and values
       {metas, _} = Gen.list_of(50, &kv/1, Gen.seed(seed() + 2))

@@ -112,6 +112,22 @@ defmodule Drove.Test.SupPeer do
   # a Drove.Test.Worker's tag is the last argument of its start function
   defp tag(%{start: {_, _, args}}), do: List.last(args)
 
+  @doc "Whether `sup` knows of `count` members, all :alive."
+  @spec all_alive?(atom(), pos_integer()) :: boolean()
+  def all_alive?(sup, count) do
+    statuses = for {_, m} <- :sys.get_state(sup).members_info, do: m.status
+    length(statuses) == count and Enum.all?(statuses, &(&1 == :alive))
+  end
+
+  @doc "The status `sup` sees for `member` (nil when it does not know it)."
+  @spec status(atom(), {atom(), node()}) :: atom() | nil
+  def status(sup, member) do
+    case :sys.get_state(sup).members_info do
+      %{^member => m} -> m.status
+      _ -> nil
+    end
+  end
+
   @spec statuses(atom()) :: %{node() => atom()}
   def statuses(name) do
     for {{_, n}, m} <- :sys.get_state(name).members_info, into: %{}, do: {n, m.status}

@@ -27,7 +27,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   import Bitwise
   require Logger
 
-  alias Drove.{Native, Replicator}
+  alias Drove.{Liveness, Native, Replicator}
   alias Drove.DynamicSupervisor.{Starter, Tree}
 
   @call_timeout 5_000
@@ -200,10 +200,11 @@ defmodule Drove.DynamicSupervisor.Impl do
       end
 
     case config.strategy.choose_node(spec, members) do
-      {:ok, %{name: {_, node} = chosen}} ->
+      {:ok, %{name: {member, node} = chosen}} ->
+        # the chosen member may be another instance than `sup` (several members on a node)
         ds_spec = %{
           id: id,
-          start: {Starter, :start, [sup, id, spec, config.extra_arguments]},
+          start: {Starter, :start, [member, id, spec, config.extra_arguments]},
           restart: Map.get(spec, :restart, :permanent),
           shutdown: Map.get(spec, :shutdown, default_shutdown(spec)),
           type: Map.get(spec, :type, :worker),
@@ -211,7 +212,7 @@ defmodule Drove.DynamicSupervisor.Impl do
         }
 
         try do
-          DynamicSupervisor.start_child({Tree.procsup(sup), node}, ds_spec)
+          DynamicSupervisor.start_child({Tree.procsup(member), node}, ds_spec)
         catch
           :exit, reason ->
             if attempts > 1 and node != node() do
@@ -244,9 +245,24 @@ defmodule Drove.DynamicSupervisor.Impl do
   @doc false
   @spec terminate_child(atom(), pid()) :: :ok | {:error, :not_found}
   def terminate_child(sup, pid) do
-    GenServer.call({sup, node(pid)}, {:terminate_child, pid}, :infinity)
+    # the child runs under one of the members on its node: ask each until one has it
+    names = for %{name: {name, n}} <- lookup!(sup, :members), n == node(pid), uniq: true, do: name
+
+    Enum.reduce_while([sup | names] |> Enum.uniq(), {:error, :not_found}, fn name, acc ->
+      case terminate_on(name, pid) do
+        :ok -> {:halt, :ok}
+        {:error, :not_found} -> {:cont, acc}
+      end
+    end)
+  end
+
+  defp terminate_on(name, pid) do
+    case GenServer.call({name, node(pid)}, {:terminate_child, pid}, :infinity) do
+      :ok -> :ok
+      _ -> {:error, :not_found}
+    end
   catch
-    # the child's node (or its instance) is gone, and the child with it
+    # that member (or the child's node) is gone, and the child with it
     :exit, _ -> {:error, :not_found}
   end
 
@@ -270,23 +286,24 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   # Calls the DynamicSupervisor of every reachable member at once; a member that does not
   # answer in time, or whose node is not connected, is skipped.
+  # Every member, several on one node included, answers for the children it runs.
   defp fan_out(sup, fun) do
-    connected = MapSet.new([node() | Node.list()])
-
-    nodes =
-      for %{name: {_, n}, status: st} <- lookup!(sup, :members),
+    members =
+      for %{name: {name, n}, status: st} <- lookup!(sup, :members),
           st in [:alive, :shutting_down],
-          MapSet.member?(connected, n),
-          uniq: true,
-          do: n
+          Liveness.node_up?(n),
+          do: {name, n}
 
-    nodes = Enum.uniq([node() | nodes])
-
-    nodes
-    |> :erpc.multicall(DynamicSupervisor, fun, [Tree.procsup(sup)], @call_timeout)
-    |> Enum.flat_map(fn
-      {:ok, result} -> [result]
-      _ -> []
+    [{sup, node()} | members]
+    |> Enum.uniq()
+    |> Enum.group_by(fn {name, _} -> name end, fn {_, n} -> n end)
+    |> Enum.flat_map(fn {name, nodes} ->
+      nodes
+      |> :erpc.multicall(DynamicSupervisor, fun, [Tree.procsup(name)], @call_timeout)
+      |> Enum.flat_map(fn
+        {:ok, result} -> [result]
+        _ -> []
+      end)
     end)
   end
 
@@ -568,13 +585,19 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   def handle_info({:nodeup, node, _}, s) do
-    # Proof of life for the members on that node: their instance answers our hello.
-    :erlang.send({s.name, node}, {:drove_sup_hello, self()}, [:noconnect])
+    # Proof of life for the members on that node: their instances answer our hello.
+    names = for {{name, ^node}, _} <- s.members, uniq: true, do: name
+
+    Enum.each(
+      [s.name | names],
+      &:erlang.send({&1, node}, {:drove_sup_hello, self()}, [:noconnect])
+    )
+
     {:noreply, s |> auto_members() |> refresh()}
   end
 
   def handle_info({:drove_sup_hello, pid}, s) when is_pid(pid) do
-    if node(pid) in Node.list() do
+    if Liveness.node_up?(node(pid)) do
       if MapSet.member?(s.dead, pid) or not Map.has_key?(s.watched, pid) do
         :erlang.send(pid, {:drove_sup_hello_ack, self()}, [:noconnect])
       end
@@ -925,7 +948,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   defp watch(s, pid) do
     cond do
       Map.has_key?(s.watched, pid) or MapSet.member?(s.dead, pid) -> s
-      node(pid) not in Node.list() -> s
+      not Liveness.node_up?(node(pid)) -> s
       true -> %{s | watched: Map.put(s.watched, pid, {nil, Process.monitor(pid)})}
     end
   end
@@ -969,7 +992,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       {st, pid} ->
         cond do
           MapSet.member?(s.dead, pid) -> :dead
-          node(pid) not in Node.list() -> :dead
+          not Liveness.node_up?(node(pid)) -> :dead
           true -> st
         end
     end
@@ -981,8 +1004,8 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp gone?(s, {_, node} = owner) do
     case Map.get(s.infos, owner) do
-      nil -> node not in Node.list()
-      {_, pid} -> MapSet.member?(s.dead, pid) or node(pid) not in Node.list()
+      nil -> not Liveness.node_up?(node)
+      {_, pid} -> MapSet.member?(s.dead, pid) or not Liveness.node_up?(node(pid))
     end
   end
 

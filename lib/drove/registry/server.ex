@@ -4,8 +4,7 @@ defmodule Drove.Registry.Server do
   # deletes the rows of exited registrants, applies remote changes to the tables, resolves
   # conflicts, hides the entries of disconnected nodes, and runs the replication protocol.
   #
-  # Replica keys: {:key, key} => {pid, value}; {:member, {name, node}} => 1;
-  # {:meta, key} => value. Callers write their own registrations (Drove.Registry); this
+  # Replica keys: see Drove.Registry.Entry. Callers write their own registrations (Drove.Registry); this
   # process hears of one only when it has listeners to tell or a conflict to settle. The
   # replica also indexes the keys of each pid shown in the keys table (Native.own/disown,
   # c_src/owners.h), and watches every local registrant with a resource monitor
@@ -18,6 +17,7 @@ defmodule Drove.Registry.Server do
 
   alias Drove.{Handles, Native, Replicator}
   alias Drove.Registry, as: Reg
+  alias Drove.Registry.Entry
 
   @known [
     :name,
@@ -141,7 +141,7 @@ defmodule Drove.Registry.Server do
     handle = Native.replica_new(rid, self(), false)
     :ok = Native.watch(handle, self())
     server = self()
-    guard = spawn_link(fn -> guard(server, handle) end)
+    guard = spawn_link(fn -> guard(server, handle, name) end)
     Handles.register(name, self(), handle)
     :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
 
@@ -195,7 +195,7 @@ defmodule Drove.Registry.Server do
   end
 
   def handle_call({:delete_meta, k}, _from, s) do
-    :ok = Native.delete(s.handle, Native.key({:meta, k}))
+    :ok = Native.delete(s.handle, Entry.meta_key(k))
     :ets.delete(s.name, k)
     {:reply, :ok, s}
   end
@@ -238,13 +238,13 @@ defmodule Drove.Registry.Server do
     # it, and the caller's table write may have landed after ours: check with the replica.
     # (A registrant sends this only after such a lost race, or when there are listeners,
     # or for another pid: the common registration costs this process nothing.)
-    case Native.get(s.handle, Native.key({:key, key})) do
+    case Native.get(s.handle, Entry.key(key)) do
       {:ok, {^pid, _}} ->
         notify(s, {:register, s.name, key, pid, value})
 
-      {:ok, {winner, wvalue}} ->
+      {:ok, {winner, {wvalue, wowner}}} ->
         if match?([{_, _, {^pid, _}}], :ets.lookup(Reg.keys_table(s.name), key)) do
-          show(s, key, winner, wvalue)
+          show(s, key, winner, wvalue, wowner)
         end
 
         lose(s, key, pid, value, winner)
@@ -325,9 +325,9 @@ defmodule Drove.Registry.Server do
     # signal a link to this process would give them (as in Horde, whose registrants are
     # linked); the guard does that instead if this process is killed
     :ok = Native.unwatch(s.handle)
-    registrants = local_registrants(s.handle)
+    registrants = local_registrants(s.handle, s.name)
     Native.drop_owned(s.handle, registrants)
-    Native.delete(s.handle, Native.key({:member, s.me}))
+    Native.delete(s.handle, Entry.member_key(s.me))
     Replicator.terminate(s.repl)
     Handles.unregister(s.name, self())
     Enum.each(registrants, &Process.exit(&1, reason))
@@ -338,22 +338,24 @@ defmodule Drove.Registry.Server do
   # (killed), gives each local process still registered in its replica the exit signal a
   # link would have, then goes too. (The signal comes from this process, not from the
   # registry's pid.) Its own death stops the registry process.
-  defp guard(server, handle) do
+  defp guard(server, handle, name) do
     Process.flag(:trap_exit, true)
 
     receive do
       {:EXIT, ^server, reason} ->
         :ok = Native.unwatch(handle)
         reason = if reason == :kill, do: :killed, else: reason
-        Enum.each(local_registrants(handle), &Process.exit(&1, reason))
+        Enum.each(local_registrants(handle, name), &Process.exit(&1, reason))
     end
   end
 
-  defp local_registrants(handle) do
+  # The local processes registered through this instance (not through another member of
+  # the registry on this node).
+  defp local_registrants(handle, name) do
     handle
     |> Native.to_list()
     |> Enum.flat_map(fn
-      {{:key, _}, {pid, _}} when is_pid(pid) and node(pid) == node() -> [pid]
+      {{:key, _}, {pid, {_, ^name}}} when is_pid(pid) and node(pid) == node() -> [pid]
       _ -> []
     end)
     |> Enum.uniq()
@@ -361,7 +363,8 @@ defmodule Drove.Registry.Server do
 
   # ------------------------------------------------------------------ diffs
 
-  defp apply_diff({:add, {:key, key}, {pid, value}}, s) when is_pid(pid) do
+  defp apply_diff({:add, {:key, key}, {pid, {value, owner}}}, s)
+       when is_pid(pid) and is_atom(owner) do
     cond do
       node(pid) == node() and not Process.alive?(pid) ->
         # a registration of a process of this node that is gone (an earlier incarnation
@@ -374,19 +377,19 @@ defmodule Drove.Registry.Server do
         # :node_creation), or it is from an earlier incarnation (dropped there). It is not
         # shown, but the replica chose it: whoever the table held for the key lost.
         case current_row(s, key) do
-          {^pid, _} ->
+          {^pid, _, _} ->
             s
 
-          {old, old_value} ->
+          {_, _, _} = old ->
             :ets.delete(Reg.keys_table(s.name), key)
-            evict(s, key, old, old_value, pid)
+            evict(s, key, old, pid)
 
           nil ->
             s
         end
 
       true ->
-        adopt(s, key, pid, value)
+        adopt(s, key, pid, value, owner)
     end
   end
 
@@ -394,10 +397,12 @@ defmodule Drove.Registry.Server do
     table = Reg.keys_table(s.name)
 
     case :ets.lookup(table, key) do
-      [{_, _, {pid, value}} = row] ->
-        if node(pid) == node() and Process.alive?(pid) do
-          # someone removed the element of a live local registrant: it still holds the key
-          Native.put(s.handle, Native.key({:key, key}), Native.value({pid, value}))
+      [{_, {owner, _}, {pid, value}} = row] ->
+        if owner == s.name and node(pid) == node() and Process.alive?(pid) do
+          # someone removed the element of a live registrant of ours: it still holds the key
+          # (another member on this node does not: the registrant may have unregistered
+          # through the member it registered with)
+          Native.put(s.handle, Entry.key(key), Entry.value(pid, value, owner))
           s
         else
           :ets.delete_object(table, row)
@@ -430,12 +435,12 @@ defmodule Drove.Registry.Server do
 
   # The replica's winner for `key` is `pid`: show it, and evict whoever the table held. It is
   # filed first (a local process is watched from then on; one already gone is reaped instead).
-  defp adopt(s, key, pid, value) do
+  defp adopt(s, key, pid, value, owner) do
     if own(s, key, pid) == :noproc do
       reap(s, key, pid)
     else
       table = Reg.keys_table(s.name)
-      row = {key, {s.name, node(pid)}, {pid, value}}
+      row = Entry.row(key, pid, value, owner)
 
       # the common case, a key the table does not show yet: one table call
       if :ets.insert_new(table, row) do
@@ -453,11 +458,11 @@ defmodule Drove.Registry.Server do
     :ets.insert(table, row)
 
     case previous do
-      {^pid, _} ->
+      {^pid, _, _} ->
         s
 
-      {old, old_value} ->
-        s = evict(s, key, old, old_value, pid)
+      {_, _, _} = old ->
+        s = evict(s, key, old, pid)
         notify(s, {:register, s.name, key, pid, value})
         s
 
@@ -470,22 +475,23 @@ defmodule Drove.Registry.Server do
   # Files key under pid in the replica's index (a local pid is watched from then on):
   # :ok, or :noproc for a local process that is gone (nothing filed).
   defp own(s, key, pid) do
-    case Native.own(s.handle, Native.key({:key, key}), pid) do
+    case Native.own(s.handle, Entry.key(key), pid) do
       :ok -> :ok
       :noproc -> :noproc
       {:error, reason} -> raise "Drove.Registry native error: #{inspect(reason)}"
     end
   end
 
+  # {pid, value, owner} of the row the table shows for key, or nil
   defp current_row(s, key) do
     case :ets.lookup(Reg.keys_table(s.name), key) do
-      [{_, _, {pid, value}}] -> {pid, value}
+      [{_, {owner, _}, {pid, value}}] -> {pid, value, owner}
       [] -> nil
     end
   end
 
-  defp show(s, key, pid, value) do
-    :ets.insert(Reg.keys_table(s.name), {key, {s.name, node(pid)}, {pid, value}})
+  defp show(s, key, pid, value, owner) do
+    :ets.insert(Reg.keys_table(s.name), Entry.row(key, pid, value, owner))
 
     # a local winner that exited meanwhile: its exit dropped what it had filed, not this
     if own(s, key, pid) == :noproc, do: reap(s, key, pid)
@@ -500,15 +506,16 @@ defmodule Drove.Registry.Server do
     end
   end
 
-  defp disown(s, pid, key), do: :ok = Native.disown(s.handle, Native.key({:key, key}), pid)
+  defp disown(s, pid, key), do: :ok = Native.disown(s.handle, Entry.key(key), pid)
 
   # `old` no longer holds `key` (the replica chose `winner`): drop its row, and if it is a
   # live process of this node, it lost a conflict.
-  defp evict(s, key, old, old_value, winner) do
+  # The member it registered through (the owner) tells a live loser, with the exit signal.
+  defp evict(s, key, {old, old_value, old_owner}, winner) do
     disown(s, old, key)
     notify(s, {:unregister, s.name, key, old})
 
-    if node(old) == node() and Process.alive?(old) do
+    if old_owner == s.name and node(old) == node() and Process.alive?(old) do
       lose(s, key, old, old_value, winner)
     else
       s
@@ -516,23 +523,23 @@ defmodule Drove.Registry.Server do
   end
 
   defp lose(s, key, pid, value, winner) do
-    Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
+    Native.remove_value(s.handle, Entry.key(key), Entry.value(pid, value, s.name))
     disown(s, pid, key)
     Process.exit(pid, {:name_conflict, {key, value}, s.name, winner})
     s
   end
 
   defp reap(s, key, pid) do
-    case Native.get(s.handle, Native.key({:key, key})) do
-      {:ok, {^pid, value}} ->
-        Native.remove_value(s.handle, Native.key({:key, key}), Native.value({pid, value}))
+    case Native.get(s.handle, Entry.key(key)) do
+      {:ok, {^pid, _} = held} ->
+        Native.remove_value(s.handle, Entry.key(key), Native.value(held))
 
       _ ->
         :ok
     end
 
     case current_row(s, key) do
-      {^pid, _} ->
+      {^pid, _, _} ->
         delete_row(Reg.keys_table(s.name), key, pid)
         notify(s, {:unregister, s.name, key, pid})
 
@@ -581,20 +588,22 @@ defmodule Drove.Registry.Server do
       s.handle
       |> Native.to_list()
       |> Enum.flat_map(fn
-        {{:key, key}, {pid, value}} when is_pid(pid) and node(pid) == node -> [{key, pid, value}]
-        _ -> []
+        {{:key, key}, {pid, {_, _} = held}} when is_pid(pid) and node(pid) == node ->
+          [{key, pid, held}]
+
+        _ ->
+          []
       end)
       |> Enum.split_with(fn {_, pid, _} -> creation(pid) == current end)
 
     # pids of an earlier incarnation of the node are dead for sure: drop them for good
-    pairs =
-      for {key, pid, value} <- stale, do: {Native.key({:key, key}), Native.value({pid, value})}
+    pairs = for {key, pid, held} <- stale, do: {Entry.key(key), Native.value({pid, held})}
 
     :ok = Native.remove_values(s.handle, pairs)
 
     # the replica's winners: a conflict with a registration made here while the node was
     # away is resolved now (its diff was held back until the node's incarnation was known)
-    Enum.reduce(live, s, fn {key, pid, value}, s -> adopt(s, key, pid, value) end)
+    Enum.reduce(live, s, fn {key, pid, {value, owner}}, s -> adopt(s, key, pid, value, owner) end)
   end
 
   # The creation of the node's current incarnation, learned from a process that lives as
@@ -656,7 +665,7 @@ defmodule Drove.Registry.Server do
   end
 
   defp put_meta(s, k, v) do
-    :ok = Native.put(s.handle, Native.key({:meta, k}), Native.value(v))
+    :ok = Native.put(s.handle, Entry.meta_key(k), Native.value(v))
     :ets.insert(s.name, {k, v})
   end
 
