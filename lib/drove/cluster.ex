@@ -40,7 +40,14 @@ defmodule Drove.Cluster do
   """
   @spec set_members(GenServer.server(), [member_spec()], timeout()) :: :ok
   def set_members(instance, members, timeout \\ 5000) do
-    GenServer.call(instance, {:set_members, normalize_members!(members)}, timeout)
+    # a bare name means that name on the instance's node, as in Horde
+    node =
+      case Drove.Address.resolve(instance) do
+        {:ok, {_name, node}} -> node
+        {:error, _} -> node()
+      end
+
+    GenServer.call(instance, {:set_members, normalize_members!(members, node)}, timeout)
   end
 
   @doc """
@@ -64,29 +71,31 @@ defmodule Drove.Cluster do
 
   @doc """
   Normalizes a member list as `set_members/3` does: bare names become
-  `{name, node()}`, duplicates are dropped (the first one stays) and anything
+  `{name, node}` (`node` defaults to this node; `set_members/3` passes the instance's), duplicates are dropped (the first one stays) and anything
   that is not a name or a `{name, node}` tuple of atoms raises `ArgumentError`.
 
       iex> Drove.Cluster.normalize_members!([{:reg, :"a@host"}, {:reg, :"a@host"}])
       [{:reg, :"a@host"}]
   """
-  @spec normalize_members!([member_spec()]) :: [member()]
-  def normalize_members!(members) when is_list(members) do
-    members |> Enum.map(&normalize_member!/1) |> Enum.uniq()
+  @spec normalize_members!([member_spec()], node()) :: [member()]
+  def normalize_members!(members, node \\ node())
+
+  def normalize_members!(members, node) when is_list(members) do
+    members |> Enum.map(&normalize_member!(&1, node)) |> Enum.uniq()
   end
 
-  def normalize_members!(other) do
+  def normalize_members!(other, _node) do
     raise ArgumentError,
           "members must be a list of names (atoms) or {name, node} tuples of atoms, " <>
             "got: #{inspect(other)}"
   end
 
-  defp normalize_member!(name) when is_atom(name), do: {name, node()}
+  defp normalize_member!(name, node) when is_atom(name), do: {name, node}
 
-  defp normalize_member!({name, node} = member) when is_atom(name) and is_atom(node),
+  defp normalize_member!({name, node} = member, _) when is_atom(name) and is_atom(node),
     do: member
 
-  defp normalize_member!(other) do
+  defp normalize_member!(other, _) do
     raise ArgumentError,
           "a member must be a name (an atom, meaning {name, node()}) or a {name, node} tuple " <>
             "of two atoms, got: #{inspect(other)}"

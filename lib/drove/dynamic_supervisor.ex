@@ -70,10 +70,16 @@ defmodule Drove.DynamicSupervisor do
       (`{:error, :quorum_not_met}`) but does not stop running ones.
   """
 
+  alias Drove.Address
   alias Drove.DynamicSupervisor.{Impl, Tree}
 
-  @typedoc "A supervisor instance: its local name, or `{name, node}`."
-  @type supervisor :: atom() | {atom(), node()} | pid()
+  @typedoc """
+  A supervisor instance, addressed as OTP addresses a server: its local name, `{name, node}`,
+  a pid (of the instance, or of the top supervisor `start_link/1` returns), `{:global, term}`
+  or `{:via, module, term}`. An instance on another node is called there.
+  """
+  @type supervisor ::
+          atom() | {atom(), node()} | pid() | {:global, term()} | {:via, module(), term()}
 
   @typedoc "Options of `start_link/1` and of the flags `init/1` returns."
   @type option ::
@@ -175,7 +181,8 @@ defmodule Drove.DynamicSupervisor do
   @spec start_child(supervisor(), Supervisor.child_spec() | {module(), term()} | module()) ::
           DynamicSupervisor.on_start_child() | {:error, term()}
   def start_child(sup, child_spec) do
-    Impl.start_child(local_name!(sup), Supervisor.child_spec(child_spec, []))
+    spec = Supervisor.child_spec(child_spec, [])
+    on_instance(sup, :start_child, [spec], &Impl.start_child(&1, spec))
   end
 
   @doc """
@@ -184,7 +191,7 @@ defmodule Drove.DynamicSupervisor do
   """
   @spec terminate_child(supervisor(), pid()) :: :ok | {:error, :not_found}
   def terminate_child(sup, pid) when is_pid(pid) do
-    Impl.terminate_child(local_name!(sup), pid)
+    on_instance(sup, :terminate_child, [pid], &Impl.terminate_child(&1, pid))
   end
 
   @doc """
@@ -194,7 +201,7 @@ defmodule Drove.DynamicSupervisor do
   @spec which_children(supervisor()) :: [
           {:undefined, pid() | :restarting, :worker | :supervisor, [module()] | :dynamic}
         ]
-  def which_children(sup), do: Impl.which_children(local_name!(sup))
+  def which_children(sup), do: on_instance(sup, :which_children, [], &Impl.which_children/1)
 
   @doc """
   Sums `DynamicSupervisor.count_children/1` over every reachable member:
@@ -206,7 +213,7 @@ defmodule Drove.DynamicSupervisor do
           supervisors: non_neg_integer(),
           workers: non_neg_integer()
         }
-  def count_children(sup), do: Impl.count_children(local_name!(sup))
+  def count_children(sup), do: on_instance(sup, :count_children, [], &Impl.count_children/1)
 
   @doc """
   Returns `:ok` once the distribution strategy reports quorum; exits like
@@ -220,22 +227,28 @@ defmodule Drove.DynamicSupervisor do
   """
   @spec stop(supervisor(), term(), timeout()) :: :ok
   def stop(sup, reason \\ :normal, timeout \\ :infinity) do
-    Supervisor.stop(Tree.name(local_name!(sup)), reason, timeout)
+    # the name of the top supervisor (:"name.Supervisor") is accepted too
+    target = (is_atom(sup) && Process.whereis(sup)) || sup
+    {name, node} = Address.resolve!(target, {__MODULE__, :stop, [sup, reason, timeout]})
+    Supervisor.stop({Tree.name(name), node}, reason, timeout)
   end
 
-  defp local_name!(name) when is_atom(name), do: name
-  defp local_name!({name, node}) when is_atom(name) and node == node(), do: name
+  # Runs `local` with the instance's name when it runs on this node; otherwise the same
+  # function on the instance's node, as Horde's call to a remote instance would.
+  defp on_instance(sup, fun, args, local) do
+    case Address.resolve!(sup, {__MODULE__, fun, [sup | args]}) do
+      {name, node} when node == node() ->
+        local.(name)
 
-  defp local_name!(pid) when is_pid(pid) and node(pid) == node() do
-    case Process.info(pid, :registered_name) do
-      {:registered_name, name} when is_atom(name) -> name
-      _ -> raise ArgumentError, "#{inspect(pid)} is not a named Drove.DynamicSupervisor"
+      {name, node} ->
+        try do
+          :erpc.call(node, __MODULE__, fun, [name | args], :infinity)
+        catch
+          :error, {:erpc, reason} -> exit({reason, {__MODULE__, fun, [sup | args]}})
+          :error, {:exception, exception, stack} -> reraise exception, stack
+          :exit, {:exception, reason} -> exit(reason)
+        end
     end
-  end
-
-  defp local_name!(other) do
-    raise ArgumentError,
-          "a Drove.DynamicSupervisor is addressed by its local name, got: #{inspect(other)}"
   end
 end
 

@@ -52,8 +52,9 @@ defmodule Drove.DynamicSupervisor.Tree do
         :ignore
 
       other ->
-        raise ArgumentError,
-              "#{inspect(mod)}.init/1 must return {:ok, flags} or :ignore, got: #{inspect(other)}"
+        # start_link returns {:error, {:bad_return, {mod, :init, other}}}, as OTP's and
+        # Horde's supervisors do
+        exit({:bad_return, {mod, :init, other}})
     end
   end
 end

@@ -106,7 +106,10 @@ defmodule Horde.DynamicSupervisor do
       raise ArgumentError, "expected :strategy option to be given"
     end
 
+    # as Horde, options it does not know are ignored (a module's init/1 may pass its whole
+    # argument); Drove's own tuning options are kept
     options
+    |> Keyword.take(@init_keys ++ [:sync_interval, :max_message_bytes])
     |> Keyword.put_new(:distribution_strategy, Horde.UniformDistribution)
     |> Keyword.put_new(:member_struct, Horde.DynamicSupervisor.Member)
     |> Drove.DynamicSupervisor.init()

@@ -280,12 +280,15 @@ defmodule Horde.Registry do
   @spec unregister_name({atom(), term()} | {atom(), term(), term()}) :: :ok
   def unregister_name(name), do: Drove.Registry.unregister_name(name)
 
-  @doc "Via callback: sends `msg` to the process of the name; `:badarg` error when missing."
-  @spec send({atom(), term()} | {atom(), term(), term()}, term()) :: pid()
+  @doc """
+  Via callback: sends `msg` to the process of the name and returns `msg`, as Horde's does;
+  `:badarg` error when missing.
+  """
+  @spec send({atom(), term()} | {atom(), term(), term()}, term()) :: term()
   def send({registry, key} = name, msg) when is_atom(registry) do
     case whereis_name(registry, key) do
       :undefined -> :erlang.error(:badarg, [name, msg])
-      pid -> Kernel.send(pid, msg) && pid
+      pid -> Kernel.send(pid, msg)
     end
   end
 

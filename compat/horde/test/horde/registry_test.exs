@@ -84,7 +84,7 @@ defmodule Horde.RegistryTest do
     assert Horde.Registry.whereis_name({reg, :a}) == pid
     assert Horde.Registry.whereis_name({reg, :missing}) == :undefined
     assert Horde.Registry.lookup(via(reg, :a)) == [{pid, nil}]
-    assert Horde.Registry.send({reg, :a}, :hello) == pid
+    assert Horde.Registry.send({reg, :a}, :hello) == :hello
     assert_raise ArgumentError, fn -> Horde.Registry.send({reg, :missing}, :hello) end
     assert GenServer.cast(via(reg, :missing), :hello) == :ok
     assert {:error, {:already_started, ^pid}} = Worker.start_link(name: via(reg, :a))
