@@ -21,6 +21,7 @@
 #include "awmap.h"
 #include "codec.h"
 #include "hash.h"
+#include "liveness_nif.h"
 #include "members_nif.h"
 #include "owners.h"
 #include "ring_nif.h"
@@ -1764,6 +1765,8 @@ static ErlNifFunc funcs[] = {
     /* membership (members_nif.c): normal, O(n log n) in members; rescheduled dirty above
      * DV_MEMBERS_NIF_DIRTY_LEN members */
     {"members_set", 2, dv_members_set_nif, 0},
+    /* liveness (liveness_nif.c): normal, one system call */
+    {"tcp_peer_closed", 1, dv_tcp_peer_closed_nif, 0},
     {"members_diff", 2, dv_members_diff_nif, 0},
     /* placement (ring_nif.c; sizes and timings in ring_nif.h) */
     /* normal: O(log points), about 0.06 us */

@@ -100,6 +100,10 @@ defmodule Drove.Native do
   def info(_r), do: nif()
   @doc false
   def members_set(_candidates, _self), do: nif()
+
+  @doc false
+  # c_src/nif/liveness_nif.h
+  def tcp_peer_closed(_fd), do: nif()
   @doc false
   def members_diff(_old, _new), do: nif()
 
