@@ -25,27 +25,42 @@ defmodule Drove.ChaosTest do
 
   @tag timeout: 300_000
   test "short chaos run (5 nodes)" do
-    run(String.to_integer(System.get_env("DROVE_CHAOS_SHORT_SECONDS", "20")))
+    run(String.to_integer(System.get_env("DROVE_CHAOS_SHORT_SECONDS", "20")), :single)
+  end
+
+  # Horde's several-members layout: two members of each instance on every node, operations
+  # through either
+  @tag timeout: 300_000
+  test "short chaos run (5 nodes, two members of each instance per node)" do
+    run(String.to_integer(System.get_env("DROVE_CHAOS_SHORT_SECONDS", "15")), :pair)
   end
 
   @tag :chaos_long
   @tag timeout: :infinity
-  test "long chaos run (DROVE_CHAOS_SECONDS, default 600)" do
-    run(String.to_integer(System.get_env("DROVE_CHAOS_SECONDS", "600")))
+  test "long chaos run (DROVE_CHAOS_SECONDS, default 600; DROVE_CHAOS_LAYOUT single|pair)" do
+    layout = String.to_existing_atom(System.get_env("DROVE_CHAOS_LAYOUT", "single"))
+    run(String.to_integer(System.get_env("DROVE_CHAOS_SECONDS", "600")), layout)
   end
 
-  defp run(seconds) do
+  defp start_peer(node, nodes), do: C.rpc(node, P, :start, [nodes, Process.get(:chaos_layout)])
+
+  defp run(seconds, layout) do
+    Process.put(:chaos_layout, layout)
+
     seed =
       case System.get_env("DROVE_CHAOS_SEED") do
         nil -> :erlang.unique_integer([:positive]) |> rem(1_000_000)
         s -> String.to_integer(s)
       end
 
-    IO.puts("\nchaos: seed #{seed}, #{seconds} s (replay with DROVE_CHAOS_SEED=#{seed})")
+    IO.puts(
+      "\nchaos: seed #{seed}, #{seconds} s, layout #{layout} (replay with DROVE_CHAOS_SEED=#{seed})"
+    )
+
     :rand.seed(:exsss, {seed, 1, 2})
 
     nodes = C.start_nodes(@nodes, prefix: "chaos", env: [logger: [level: :error]])
-    Enum.each(nodes, &C.rpc(&1, P, :start, [nodes]))
+    Enum.each(nodes, &start_peer(&1, nodes))
     await_settled(nodes, nodes)
 
     {:ok, log} =
@@ -73,7 +88,7 @@ defmodule Drove.ChaosTest do
 
     for n <- nodes -- live do
       C.restart(n, connect: live)
-      C.rpc(n, P, :start, [nodes])
+      start_peer(n, nodes)
     end
 
     C.heal(nodes)
@@ -209,13 +224,13 @@ defmodule Drove.ChaosTest do
           C.kill(victim)
           Process.sleep(outage)
           C.restart(victim, connect: nodes -- [victim])
-          C.rpc(victim, P, :start, [nodes])
+          start_peer(victim, nodes)
 
         :stop ->
           C.stop(victim)
           Process.sleep(outage)
           C.restart(victim, connect: nodes -- [victim])
-          C.rpc(victim, P, :start, [nodes])
+          start_peer(victim, nodes)
 
         :split ->
           {left, right} =

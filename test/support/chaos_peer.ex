@@ -1,18 +1,27 @@
 defmodule Drove.Test.ChaosPeer do
   @moduledoc false
-  # Runs ON peer nodes for the chaos test: one Drove.Registry and one Drove.DynamicSupervisor
-  # under the :drove application's supervisor, and the operations the test's load runs.
+  # Runs ON peer nodes for the chaos test: the members of a Drove.Registry and of a
+  # Drove.DynamicSupervisor under the :drove application's supervisor (one or two of each per
+  # node), and the operations the test's load runs, through any of this node's members.
 
-  @reg ChaosReg
-  @sup ChaosSup
+  # The layouts: one member of each instance per node, or two (Horde's `:reg1, :reg2` on one
+  # node), every member of an instance a member of all the others.
+  @layouts %{
+    single: {[ChaosReg], [ChaosSup]},
+    pair: {[ChaosReg, ChaosReg2], [ChaosSup, ChaosSup2]}
+  }
 
-  @spec start([node()]) :: :ok
-  def start(nodes) do
-    for {mod, name, opts} <- [
-          {Drove.Registry, @reg, [keys: :unique]},
-          {Drove.DynamicSupervisor, @sup, [strategy: :one_for_one]}
-        ] do
-      members = for n <- nodes, do: {name, n}
+  @spec start([node()], :single | :pair) :: :ok
+  def start(nodes, layout \\ :single) do
+    {regs, sups} = Map.fetch!(@layouts, layout)
+    :persistent_term.put({__MODULE__, :layout}, {regs, sups})
+
+    instances =
+      Enum.map(regs, &{Drove.Registry, &1, regs, [keys: :unique]}) ++
+        Enum.map(sups, &{Drove.DynamicSupervisor, &1, sups, [strategy: :one_for_one]})
+
+    for {mod, name, names, opts} <- instances do
+      members = for n <- nodes, m <- names, do: {m, n}
 
       spec =
         Supervisor.child_spec({mod, [name: name, members: members] ++ opts},
@@ -26,6 +35,11 @@ defmodule Drove.Test.ChaosPeer do
     :ok
   end
 
+  defp regs, do: elem(:persistent_term.get({__MODULE__, :layout}), 0)
+  defp sups, do: elem(:persistent_term.get({__MODULE__, :layout}), 1)
+  # the member an operation goes through: any of this node's
+  defp any(names), do: Enum.random(names)
+
   @doc """
   Registers `key` from a new long-lived process of this node; returns `{result, pid}`. The
   process stays alive while it holds the key (and dies if it loses it in a conflict).
@@ -37,7 +51,7 @@ defmodule Drove.Test.ChaosPeer do
 
     pid =
       spawn(fn ->
-        result = Drove.Registry.register(@reg, key, nil)
+        result = Drove.Registry.register(any(regs()), key, nil)
         send(parent, {ref, result})
         if match?({:ok, _}, result), do: Process.sleep(:infinity)
       end)
@@ -49,12 +63,18 @@ defmodule Drove.Test.ChaosPeer do
     end
   end
 
-  @spec lookup(term()) :: [{pid(), term()}]
-  def lookup(key), do: Drove.Registry.lookup(@reg, key)
+  @doc "The lookup of `key` through every member here; `{:members_disagree, _}` if they differ."
+  @spec lookup(term()) :: [{pid(), term()}] | {:members_disagree, list()}
+  def lookup(key) do
+    case regs() |> Enum.map(&Drove.Registry.lookup(&1, key)) |> Enum.uniq() do
+      [one] -> one
+      many -> {:members_disagree, many}
+    end
+  end
 
   @spec start_child(atom(), atom()) :: term()
   def start_child(tag, restart) do
-    Drove.DynamicSupervisor.start_child(@sup, {Drove.Test.Worker, {tag, restart}})
+    Drove.DynamicSupervisor.start_child(any(sups()), {Drove.Test.Worker, {tag, restart}})
   end
 
   @doc "Which of `tags` run here."
@@ -83,7 +103,7 @@ defmodule Drove.Test.ChaosPeer do
   @doc "Tags of the child entries this node's replica holds."
   @spec child_tags() :: MapSet.t()
   def child_tags do
-    for {_, _, spec, _} <- GenServer.call(@sup, :children), into: MapSet.new() do
+    for {_, _, spec, _} <- GenServer.call(hd(sups()), :children), into: MapSet.new() do
       {_, _, [tag]} = spec.start
       tag
     end
@@ -92,7 +112,7 @@ defmodule Drove.Test.ChaosPeer do
   @doc "`%{tag => owner node}` of the child entries here."
   @spec owners() :: %{atom() => node() | nil}
   def owners do
-    for {_, owner, spec, _} <- GenServer.call(@sup, :children), into: %{} do
+    for {_, owner, spec, _} <- GenServer.call(hd(sups()), :children), into: %{} do
       {_, _, [tag]} = spec.start
       {tag, owner && elem(owner, 1)}
     end
@@ -101,7 +121,7 @@ defmodule Drove.Test.ChaosPeer do
   @doc "The entry of child `tag` here (for diagnostics)."
   @spec entry(atom()) :: term()
   def entry(tag) do
-    for {id, owner, spec, pid} <- GenServer.call(@sup, :children),
+    for {id, owner, spec, pid} <- GenServer.call(hd(sups()), :children),
         spec.start == {Drove.Test.Worker, :start_link, [tag]} do
       {id, owner, pid, pid && node(pid) == node() && Process.alive?(pid)}
     end
@@ -114,7 +134,7 @@ defmodule Drove.Test.ChaosPeer do
   """
   @spec diagnose(atom()) :: map()
   def diagnose(tag) do
-    s = :sys.get_state(@sup)
+    s = :sys.get_state(hd(sups()))
 
     for {id, owner, _pid, _alive} = e <- entry(tag), into: %{} do
       status = Enum.find_value(s.members_info, fn {m, i} -> if m == owner, do: i.status end)
@@ -132,22 +152,22 @@ defmodule Drove.Test.ChaosPeer do
     end
   end
 
-  @doc "The digests of both replicas here."
-  @spec digests() :: {binary(), binary()}
+  @doc "The distinct digests of the registry's and the supervisor's replicas here."
+  @spec digests() :: {[binary()], [binary()]}
   def digests do
-    {_, reg} = Drove.Handles.lookup(@reg)
-    {_, sup} = Drove.Handles.lookup(@sup)
-    {Drove.Native.digest(reg), Drove.Native.digest(sup)}
+    digest = fn name -> Drove.Native.digest(elem(Drove.Handles.lookup(name), 1)) end
+    {regs() |> Enum.map(digest) |> Enum.uniq(), sups() |> Enum.map(digest) |> Enum.uniq()}
   end
 
   @doc "Whether every member of both instances is :alive here."
   @spec settled?([node()]) :: boolean()
   def settled?(nodes) do
-    statuses =
-      for {_, m} <- :sys.get_state(@sup).members_info,
-          m.name in Enum.map(nodes, &{@sup, &1}),
-          do: m.status
+    expected = for n <- nodes, m <- sups(), do: {m, n}
 
-    length(statuses) == length(nodes) and Enum.all?(statuses, &(&1 == :alive))
+    Enum.all?(sups(), fn sup ->
+      statuses = for {_, m} <- :sys.get_state(sup).members_info, m.name in expected, do: m.status
+
+      length(statuses) == length(expected) and Enum.all?(statuses, &(&1 == :alive))
+    end)
   end
 end
