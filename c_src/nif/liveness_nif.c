@@ -1,5 +1,9 @@
 /* liveness_nif.c - the state of a distribution connection's socket, from the kernel (see
  * liveness_nif.h). */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* POLLRDHUP */
+#endif
+
 #include <limits.h>
 #include <stdbool.h>
 
@@ -8,16 +12,15 @@
 #include "liveness_nif.h"
 
 #if defined(__linux__)
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
+#include <poll.h>
 
+/* POLLRDHUP: the peer has shut down its side (FIN received), even with data still unread;
+ * POLLHUP/POLLERR: the connection is gone; POLLNVAL: the descriptor is closed. */
 static bool peer_closed(int fd) {
-    struct tcp_info info;
-    socklen_t len = sizeof(info);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0 || len < 1)
-        return false; /* not a TCP socket, or gone: nothing to tell */
-    return info.tcpi_state != TCP_ESTABLISHED;
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP, .revents = 0};
+    if (poll(&p, 1, 0) != 1)
+        return false;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 #else
 static bool peer_closed(int fd) {

@@ -2,11 +2,11 @@
  *
  *   tcp_peer_closed(fd :: non_neg_integer) :: boolean
  *
- * true when fd is a TCP socket whose peer has ended the stream (FIN received: the
- * connection is past ESTABLISHED) or that is closed; false when it is established, or when
- * this cannot be told (not a TCP socket, not Linux). It only reads the socket's state
- * (getsockopt TCP_INFO): nothing is read from or written to the stream. Normal scheduler,
- * O(1): one system call. See Drove.Liveness for why.
+ * true when the peer of the stream socket fd has ended the stream (FIN received) or the
+ * connection is gone or fd is not open; false when it is open, or when this cannot be told
+ * (not Linux). It only polls the socket with a zero timeout (poll POLLRDHUP): nothing is
+ * read from or written to the stream. Normal scheduler, O(1): one system call. See
+ * Drove.Liveness for why.
  */
 #ifndef DROVE_LIVENESS_NIF_H
 #define DROVE_LIVENESS_NIF_H
