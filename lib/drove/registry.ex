@@ -22,8 +22,9 @@ defmodule Drove.Registry do
     * Registration writes the local replica and the ETS tables in the calling process:
       `lookup/2` right after `register/3` sees the entry (read-your-writes, horde#267), and
       registration does not queue behind a registry process (no 5 s call timeout).
-    * A remote pid counts as alive while its node is connected: the tables drop a node's
-      entries on `nodedown` and show them again on `nodeup`. No RPC per lookup.
+    * A remote pid counts as alive while its node is connected (see "What a lookup can rely
+      on" below): the tables drop a node's entries on `nodedown` and show them again on
+      `nodeup`. No RPC per lookup.
     * Entries are removed only by the node that owns the process (exit, `unregister/2`,
       conflict loss, or its registry stopping). A membership change never removes
       registrations (horde#258), and `unregister/2` removes only the caller's own key.
@@ -43,6 +44,31 @@ defmodule Drove.Registry do
       it is killed, then with reason `:killed`).
     * Only local processes can be registered (`register_name/2` of another node's pid
       answers `:no`): a process is watched by its own node.
+    * Several members may run on one node. A registration belongs to the member it was
+      made through (the keys table shows it as the row's member, `{name, node}`): that
+      member takes the registrant down when it stops, tells it when it loses a conflict,
+      and re-asserts the entry if a peer removes it while the registrant lives.
+
+  ## What a lookup can rely on
+
+  A lookup reads this node's tables, with no message to any other node:
+
+    * a process registered on this node is answered while it is alive, from the moment
+      `register/3` (or the via start) returned;
+    * a process of another node is answered once its registration has reached this node
+      (a push, about a millisecond on a LAN) and while its node is connected. Connected
+      means the distribution connection is open as the kernel sees it (`Drove.Liveness`):
+      once a node's operating-system process has exited, no node answers its pids, even
+      before its runtime has handled the `nodedown`;
+    * what cannot be known without a round trip is not known: a node that is halting but
+      has not closed its connection to this one yet (`:peer.stop/1` returns to its caller
+      when the caller's own connection drops, which can be a few milliseconds earlier), or
+      one whose machine lost power (seen at `net_ticktime`), is still up here. A caller that
+      must not act on such a pid monitors it: the monitor fires `:noconnection` when the
+      connection goes.
+
+  Horde answers the halting-node case with `[]` because it makes an RPC to the pid's node
+  on every remote lookup and waits for it; Drove's lookups stay local (bench/RESULTS.md).
   """
 
   import Kernel, except: [send: 2]

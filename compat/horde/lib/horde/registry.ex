@@ -209,14 +209,20 @@ defmodule Horde.Registry do
       when is_atom(registry) and is_list(guards),
       do: Drove.Registry.count_match(registry, key, pattern, guards)
 
-  @doc "The number of keys in the registry (the size of its keys table, unfiltered)."
-  @spec count(atom()) :: non_neg_integer()
-  def count(registry) when is_atom(registry), do: Drove.Registry.count(registry)
+  @doc """
+  The number of keys in the registry (the size of its keys table, unfiltered), or
+  `:undefined` when it is not running here, as Horde's.
+  """
+  @spec count(atom()) :: non_neg_integer() | :undefined
+  def count(registry) when is_atom(registry),
+    do: :ets.info(Drove.Registry.keys_table(registry), :size)
 
-  @doc "The keys `pid` holds (local or remote pids)."
-  @spec keys(atom(), pid()) :: [Registry.key()]
+  @doc "The keys `pid` holds (local or remote pids); `[]` for anything but a pid, as Horde's."
+  @spec keys(atom(), term()) :: [Registry.key()]
   def keys(registry, pid) when is_atom(registry) and is_pid(pid),
     do: Drove.Registry.keys(registry, pid)
+
+  def keys(registry, _not_a_pid) when is_atom(registry), do: []
 
   @doc "Calls `fun` (or `{m, f, a}`) with `[{pid, value}]` when `key` is registered; `:ok`."
   @spec dispatch(
