@@ -1715,8 +1715,60 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ test hooks */
+
+/* For tests that need a call to find the replica lock busy: they force the race instead of
+ * hoping for it. One hold at a time in the whole VM; nothing outside the tests calls them. */
+static int test_release_flag;
+
+/* test_hold(replica, notify_pid) -> :ok
+ * Takes the replica lock, sends notify_pid :drove_test_held, and keeps the lock until
+ * test_release/0. Dirty I/O: it waits (sleeping a millisecond at a time), not computes. */
+static ERL_NIF_TERM test_hold_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    ErlNifPid to;
+    if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &to))
+        return enif_make_badarg(env);
+    __atomic_store_n(&test_release_flag, 0, __ATOMIC_SEQ_CST);
+    enif_mutex_lock(r->lock);
+    enif_send(env, &to, NULL, mk_atom(env, "drove_test_held"));
+    struct timespec ms = {0, 1000000};
+    while (!__atomic_load_n(&test_release_flag, __ATOMIC_SEQ_CST))
+        nanosleep(&ms, NULL);
+    enif_mutex_unlock(r->lock);
+    return A_OK;
+}
+
+/* test_release() -> :ok: ends the hold of test_hold/2. */
+static ERL_NIF_TERM test_release_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)env;
+    (void)argc;
+    (void)argv;
+    __atomic_store_n(&test_release_flag, 1, __ATOMIC_SEQ_CST);
+    return A_OK;
+}
+
+/* test_counters(replica) -> {exits_deferred, lock_busy}, read without the replica lock (so
+ * while test_hold/2 holds it). */
+static ERL_NIF_TERM test_counters_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    enif_mutex_lock(r->pend_lock);
+    uint64_t deferred = r->deferred;
+    enif_mutex_unlock(r->pend_lock);
+    uint64_t busy = __atomic_load_n(&r->busy, __ATOMIC_RELAXED);
+    return enif_make_tuple2(env, enif_make_uint64(env, deferred), enif_make_uint64(env, busy));
+}
+
 /* Scheduling choice beside each entry (see ARCHITECTURE.md, "Scheduling rule"). */
 static ErlNifFunc funcs[] = {
+    /* test hooks: dirty I/O (waits until released); normal, O(1) */
+    {"test_hold", 2, test_hold_nif, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"test_release", 0, test_release_nif, 0},
+    {"test_counters", 1, test_counters_nif, 0},
     /* normal: O(1) */
     {"replica_new", 3, replica_new, 0},
     /* normal, trylock else rescheduled dirty: O(1); rescheduled dirty when the value written

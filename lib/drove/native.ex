@@ -104,6 +104,15 @@ defmodule Drove.Native do
   @doc false
   # c_src/nif/liveness_nif.h
   def tcp_peer_closed(_fd), do: nif()
+
+  # Test hooks (c_src/nif/drove_nif.c): hold a replica's lock until released, and read its
+  # lock counters without it, so that tests force the races they need.
+  @doc false
+  def test_hold(_r, _notify), do: nif()
+  @doc false
+  def test_release, do: nif()
+  @doc false
+  def test_counters(_r), do: nif()
   @doc false
   def members_diff(_old, _new), do: nif()
 

@@ -104,57 +104,56 @@ defmodule Drove.RegistryTest do
 
   test "exits that find the replica locked are queued, and still drop their registrations",
        %{reg: reg} do
-    h = big_replica(reg)
+    pids =
+      for i <- 1..200 do
+        spawn(fn -> {:ok, _} = R.register(reg, {:busy, i}, nil) && wait_stop() end)
+      end
 
-    deferred =
-      rounds_until(reg, :exits_deferred, fn round ->
-        pids =
-          for i <- 1..200 do
-            spawn(fn -> {:ok, _} = R.register(reg, {:busy, round, i}, nil) && wait_stop() end)
-          end
+    wait_until(fn -> R.count(reg) == 200 end)
 
-        wait_until(fn -> R.count(reg) == 200 end)
-        walk = Task.async(fn -> Native.to_list(h) end)
-        Enum.each(pids, &Process.exit(&1, :kill))
-        Task.await(walk, 30_000)
-        # every registration goes, whichever way its exit was handled
-        wait_until(fn -> R.count(reg) == 0 end)
-        assert Enum.all?(1..200, &(R.lookup(reg, {:busy, round, &1}) == []))
-        left = for {{:key, k}, _} <- Native.to_list(h), do: k
-        assert left == []
-      end)
+    # every exit finds the lock held (Native.test_hold/2) and is queued, not blocked on
+    with_lock_held(reg, fn h ->
+      {deferred, _} = Native.test_counters(h)
+      Enum.each(pids, &Process.exit(&1, :kill))
+      wait_until(fn -> elem(Native.test_counters(h), 0) == deferred + 200 end)
+    end)
 
-    assert deferred > 0, "no exit found the lock busy in 20 rounds"
+    # every registration goes once the lock is free
+    wait_until(fn -> R.count(reg) == 0 end)
+    assert Enum.all?(1..200, &(R.lookup(reg, {:busy, &1}) == []))
+    {_, h} = Drove.Handles.lookup(reg)
+    assert for({{:key, k}, _} <- Native.to_list(h), do: k) == []
+    assert R.info(reg).exits_deferred >= 200
   end
 
   test "registrations that find the replica locked yield, then go dirty, and all succeed",
        %{reg: reg} do
-    h = big_replica(reg)
     test = self()
 
-    busy =
-      rounds_until(reg, :lock_busy, fn round ->
-        walk = Task.async(fn -> Native.to_list(h) end)
+    pids =
+      with_lock_held(reg, fn h ->
+        {_, busy} = Native.test_counters(h)
 
         pids =
           for i <- 1..100 do
             spawn(fn ->
-              send(test, {:reg, self(), R.register(reg, {:locked, round, i}, i)})
+              send(test, {:reg, self(), R.register(reg, {:locked, i}, i)})
               wait_stop()
             end)
           end
 
-        Task.await(walk, 30_000)
-
-        for {pid, i} <- Enum.with_index(pids, 1) do
-          assert_receive {:reg, ^pid, {:ok, _}}, 10_000
-          assert R.lookup(reg, {:locked, round, i}) == [{pid, i}]
-        end
-
-        Enum.each(pids, &Process.exit(&1, :kill))
+        # each spun, yielded, and was rescheduled dirty, where it waits for the lock
+        wait_until(fn -> elem(Native.test_counters(h), 1) == busy + 100 end)
+        refute_received {:reg, _, _}
+        pids
       end)
 
-    assert busy > 0, "no registration found the lock busy past its yields in 20 rounds"
+    for {pid, i} <- Enum.with_index(pids, 1) do
+      assert_receive {:reg, ^pid, {:ok, _}}, 10_000
+      assert R.lookup(reg, {:locked, i}) == [{pid, i}]
+    end
+
+    Enum.each(pids, &Process.exit(&1, :kill))
     wait_until(fn -> R.count(reg) == 0 end)
   end
 
@@ -211,25 +210,19 @@ defmodule Drove.RegistryTest do
 
   # The registry's replica, made big enough that to_list/1 (a dirty job) holds its lock for
   # milliseconds.
-  defp big_replica(reg) do
+  # Runs fun.(handle) while a test hook holds the registry's replica lock; its result.
+  defp with_lock_held(reg, fun) do
     {_server, h} = Drove.Handles.lookup(reg)
+    test = self()
+    holder = Task.async(fn -> Native.test_hold(h, test) end)
+    assert_receive :drove_test_held, 5000
 
-    for i <- 1..200_000,
-        do: :ok = Native.put(h, Native.key({:meta, {:filler, i}}), Native.value(:v))
-
-    h
-  end
-
-  # Runs round.(n) for n = 1..20 until the registry's info counter is not zero; its value.
-  defp rounds_until(reg, counter, round) do
-    Enum.reduce_while(1..20, 0, fn n, _ ->
-      round.(n)
-
-      case Map.fetch!(R.info(reg), counter) do
-        0 -> {:cont, 0}
-        value -> {:halt, value}
-      end
-    end)
+    try do
+      fun.(h)
+    after
+      :ok = Native.test_release()
+      :ok = Task.await(holder, 10_000)
+    end
   end
 
   defp wait_stop, do: receive(do: (:stop -> :ok))
