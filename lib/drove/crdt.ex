@@ -67,11 +67,6 @@ defmodule Drove.CRDT do
   @default_sync_interval 500
   @default_max_message_bytes 1_048_576
 
-  # Process.send_after/3's largest time; the largest message a peer's decoder accepts
-  # (DV_MAX_MESSAGE in c_src/codec.h)
-  @max_sync_interval 4_294_967_295
-  @max_message_bytes 268_435_456
-
   @doc """
   Starts a replica.
 
@@ -256,8 +251,7 @@ defmodule Drove.CRDT do
       o -> raise ArgumentError, ":on_diffs must be a fun/1 or {m, f, a}, got: #{inspect(o)}"
     end
 
-    pos_int!(opts, :sync_interval, @default_sync_interval, @max_sync_interval)
-    pos_int!(opts, :max_message_bytes, @default_max_message_bytes, @max_message_bytes)
+    Drove.Options.replication!(opts, @default_sync_interval)
 
     case Keyword.get(opts, :neighbours, []) do
       l when is_list(l) -> Enum.each(l, &Replicator.normalize_dest/1)
@@ -265,17 +259,6 @@ defmodule Drove.CRDT do
     end
 
     opts
-  end
-
-  defp pos_int!(opts, key, default, max) do
-    case Keyword.get(opts, key, default) do
-      n when is_integer(n) and n > 0 and n <= max ->
-        n
-
-      o ->
-        raise ArgumentError,
-              "#{inspect(key)} must be an integer in 1..#{max}, got: #{inspect(o)}"
-    end
   end
 
   # ------------------------------------------------------------------ server

@@ -208,7 +208,15 @@ defmodule Drove.DynamicSupervisorTest do
            ":process_redistribution"},
           {[name: :x, strategy: :one_for_one, bogus: 1],
            "unknown Drove.DynamicSupervisor option"},
-          {[strategy: :one_for_one], "needs a :name"}
+          {[strategy: :one_for_one], "needs a :name"},
+          # the same bounds as every other instance's (Drove.Options.replication!/2): a time
+          # Process.send_after/3 takes, a message a peer's decoder accepts
+          {[name: :x, strategy: :one_for_one, sync_interval: Bitwise.bsl(1, 70)],
+           ":sync_interval must be an integer in 1..4294967295"},
+          {[name: :x, strategy: :one_for_one, delta_crdt_options: [sync_interval: 0]],
+           ":sync_interval must be an integer in 1..4294967295"},
+          {[name: :x, strategy: :one_for_one, max_message_bytes: Bitwise.bsl(1, 40)],
+           ":max_message_bytes must be an integer in 1..268435456"}
         ] do
       assert_raise ArgumentError, ~r/#{Regex.escape(msg)}/, fn -> DS.start_link(opts) end
     end

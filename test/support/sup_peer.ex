@@ -133,3 +133,60 @@ defmodule Drove.Test.SupPeer do
     for {{_, n}, m} <- :sys.get_state(name).members_info, into: %{}, do: {n, m.status}
   end
 end
+
+defmodule Drove.Test.PinStrategy do
+  @moduledoc false
+  # A distribution strategy for tests: a child whose id is `{:pin, node}` goes to the member
+  # on that node; anything else as Drove.Distribution.Uniform places it.
+  @behaviour Drove.DistributionStrategy
+
+  @impl true
+  def choose_node(%{id: {:pin, node}}, members) do
+    case Enum.find(members, &match?(%{name: {_, ^node}, status: :alive}, &1)) do
+      nil -> {:error, :no_alive_nodes}
+      member -> {:ok, member}
+    end
+  end
+
+  def choose_node(spec, members), do: Drove.Distribution.Uniform.choose_node(spec, members)
+
+  @impl true
+  def has_quorum?(_members), do: true
+
+  @impl true
+  def deterministic?, do: true
+end
+
+defmodule Drove.Test.DurablePeer do
+  @moduledoc false
+  # Runs ON a peer: starts a child pinned to `target` and, the moment start_child answers,
+  # looks for its entry in this node's replica and in `witness`'s: whether {:ok, pid} came
+  # only once another member than the child's held the entry.
+  @spec start_and_look(atom(), node(), node(), atom()) :: {term(), boolean(), boolean()}
+  def start_and_look(sup, target, witness, tag) do
+    spec = %{id: {:pin, target}, start: {Drove.Test.Worker, :start_link, [tag]}}
+    result = Drove.DynamicSupervisor.start_child(sup, spec)
+    {:ok, pid} = result
+    here = has_pid?(GenServer.call(sup, :children), pid)
+    there = has_pid?(GenServer.call({sup, witness}, :children), pid)
+    {result, here, there}
+  end
+
+  @doc """
+  Starts a child pinned to `target` from a new process, which sends `report_to`
+  `{:started, result, entry_here?}` when start_child has answered.
+  """
+  @spec start_async(atom(), node(), atom(), pid()) :: :ok
+  def start_async(sup, target, tag, report_to) do
+    spawn(fn ->
+      spec = %{id: {:pin, target}, start: {Drove.Test.Worker, :start_link, [tag]}}
+      result = Drove.DynamicSupervisor.start_child(sup, spec)
+      {:ok, pid} = result
+      send(report_to, {:started, result, has_pid?(GenServer.call(sup, :children), pid)})
+    end)
+
+    :ok
+  end
+
+  defp has_pid?(entries, pid), do: Enum.any?(entries, &match?({_, _, _, ^pid}, &1))
+end

@@ -109,6 +109,11 @@ defmodule Drove.DynamicSupervisor.Impl do
 
     crdt_opts = if Keyword.keyword?(crdt_opts), do: crdt_opts, else: []
 
+    {sync_interval, max_message_bytes} =
+      opts
+      |> Keyword.put_new(:sync_interval, Keyword.get(crdt_opts, :sync_interval, 500))
+      |> Drove.Options.replication!()
+
     %{
       __drove_flags__: true,
       strategy: :one_for_one,
@@ -120,11 +125,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       max_children: max_children!(Keyword.get(opts, :max_children, :infinity)),
       extra_arguments: list!(opts, :extra_arguments),
       process_redistribution: redistribution!(Keyword.get(opts, :process_redistribution)),
-      sync_interval:
-        Keyword.get(opts, :sync_interval, Keyword.get(crdt_opts, :sync_interval, 500))
-        |> pos_int!(:sync_interval),
-      max_message_bytes:
-        Keyword.get(opts, :max_message_bytes, 1_048_576) |> pos_int!(:max_message_bytes)
+      sync_interval: sync_interval,
+      max_message_bytes: max_message_bytes
     }
   end
 
@@ -134,11 +136,6 @@ defmodule Drove.DynamicSupervisor.Impl do
       o -> raise ArgumentError, "#{inspect(key)} must be an integer >= #{min}, got: #{inspect(o)}"
     end
   end
-
-  defp pos_int!(n, _key) when is_integer(n) and n > 0, do: n
-
-  defp pos_int!(o, key),
-    do: raise(ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(o)}")
 
   defp max_children!(:infinity), do: :infinity
   defp max_children!(n) when is_integer(n) and n >= 0, do: n
@@ -212,7 +209,9 @@ defmodule Drove.DynamicSupervisor.Impl do
         }
 
         try do
-          DynamicSupervisor.start_child({Tree.procsup(member), node}, ds_spec)
+          {Tree.procsup(member), node}
+          |> DynamicSupervisor.start_child(ds_spec)
+          |> durable(sup, chosen, id)
         catch
           :exit, reason ->
             if attempts > 1 and node != node() do
@@ -234,6 +233,26 @@ defmodule Drove.DynamicSupervisor.Impl do
 
       other ->
         {:error, {:bad_distribution_strategy_result, other}}
+    end
+  end
+
+  # The child's node answered: {:ok, pid} goes back to the caller once another member holds
+  # the child's entry, so that it outlives that node. The node's DynamicSupervisor is not held
+  # meanwhile (Starter reports the start with a message): this node's own instance waits for
+  # the entry to arrive by the eager push, in parallel with the answer, or, for a child placed
+  # here, for a peer to acknowledge it. A node that goes down before its entry arrived lost
+  # the child: placed again (the caller's catch), under the same id.
+  defp durable({:ok, _pid} = ok, sup, member, id), do: await_durable(ok, sup, member, id)
+  defp durable({:ok, _pid, _info} = ok, sup, member, id), do: await_durable(ok, sup, member, id)
+  defp durable(other, _sup, _member, _id), do: other
+
+  defp await_durable(ok, sup, {name, node}, id) do
+    request = if node == node(), do: {:confirm, id}, else: {:await_entry, id, node}
+    instance = if node == node(), do: name, else: sup
+
+    case GenServer.call(instance, request, :infinity) do
+      :ok -> ok
+      {:error, :nodedown} -> exit({:nodedown, node})
     end
   end
 
@@ -369,8 +388,13 @@ defmodule Drove.DynamicSupervisor.Impl do
       parent: Drove.Replicator.parent(),
       # the member view :active redistribution last acted on
       layout: nil,
-      # starts waiting until a peer has their entry: ref => from
-      confirming: %{},
+      # starts placed here waiting until a peer has their entry: one ping in flight at a time
+      # (ref, the callers it answers, the callers for the next one); and callers waiting for
+      # a child's entry from its node: id => [{from, node}], and ids of this node's new
+      # children whose entry is not written yet: id => [from]
+      confirm: %{ref: nil, waiting: [], next: []},
+      awaiting: %{},
+      unwritten: %{},
       # failed takeovers: id => attempts so far
       retries: %{}
     }
@@ -472,16 +496,35 @@ defmodule Drove.DynamicSupervisor.Impl do
     {:reply, info, s}
   end
 
-  def handle_call({:drove_child_started, id, pid, spec}, from, s) do
-    s = %{s | retries: Map.delete(s.retries, id)}
-    restart_or_takeover? = Map.has_key?(s.local, id)
+  # a caller whose child was started here: answered once a peer has the child's entry
+  def handle_call({:confirm, id}, from, s) do
+    case :ets.lookup(s.children, id) do
+      [{_, owner, _, _}] when owner == s.me ->
+        {:noreply, confirm_later(s, from)}
 
-    case child_started(s, id, pid, spec) do
-      # a restart or a takeover: its entry was replicated already (nobody waits on it)
-      {:claimed, s} when restart_or_takeover? -> {:reply, :ok, s}
-      # a new child: its start_child answers once a peer has the entry
-      {:claimed, s} -> {:noreply, confirm_later(s, from)}
-      {:evicted, s} -> {:reply, :ok, s}
+      [] ->
+        # Starter's report of the start has not been handled yet (it comes from another
+        # process): confirmed once it is
+        {:noreply, %{s | unwritten: Map.update(s.unwritten, id, [from], &[from | &1])}}
+
+      _ ->
+        # written and taken by another member already: it is durable there
+        {:reply, :ok, s}
+    end
+  end
+
+  # a caller whose child was started on `node`: answered once this replica has its entry
+  def handle_call({:await_entry, id, node}, from, s) do
+    cond do
+      :ets.member(s.children, id) ->
+        {:reply, :ok, s}
+
+      not Liveness.node_up?(node) ->
+        {:reply, {:error, :nodedown}, s}
+
+      true ->
+        {:noreply,
+         %{s | awaiting: Map.update(s.awaiting, id, [{from, node}], &[{from, node} | &1])}}
     end
   end
 
@@ -500,19 +543,26 @@ defmodule Drove.DynamicSupervisor.Impl do
   def handle_info({:drove_child_started, id, pid, spec}, s) do
     s = %{s | retries: Map.delete(s.retries, id)}
     {_, s} = child_started(s, id, pid, spec)
-    {:noreply, s}
-  end
 
-  def handle_info({:drove_pong, ref, _from}, s) do
-    case Map.pop(s.confirming, ref) do
+    case Map.pop(s.unwritten, id) do
       {nil, _} ->
         {:noreply, s}
 
-      {from, confirming} ->
-        GenServer.reply(from, :ok)
-        {:noreply, %{s | confirming: confirming}}
+      {froms, unwritten} ->
+        {:noreply, Enum.reduce(froms, %{s | unwritten: unwritten}, &confirm_later(&2, &1))}
     end
   end
+
+  # the first pong of a ping answers every caller that joined it; the callers that came
+  # meanwhile share the next ping (one in flight at a time: a burst of starts costs a ping
+  # per round trip, not per child)
+  def handle_info({:drove_pong, ref, _from}, %{confirm: %{ref: ref} = c} = s) do
+    Enum.each(c.waiting, &GenServer.reply(&1, :ok))
+    s = %{s | confirm: %{ref: nil, waiting: [], next: []}}
+    {:noreply, Enum.reduce(Enum.reverse(c.next), s, &confirm_later(&2, &1))}
+  end
+
+  def handle_info({:drove_pong, _ref, _from}, s), do: {:noreply, s}
 
   def handle_info({:drove_confirm_timeout, ref}, s) do
     handle_info({:drove_pong, ref, nil}, s)
@@ -581,7 +631,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   def handle_info({:nodedown, _node, _}, s) do
-    {:noreply, s |> auto_members() |> refresh() |> rebalance()}
+    {:noreply, s |> entries_lost() |> auto_members() |> refresh() |> rebalance()}
   end
 
   def handle_info({:nodeup, node, _}, s) do
@@ -696,7 +746,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   # Replies to `from` once a peer has joined the writes made so far (or after a second, or
   # at once without peers): the entry of a started child then outlives this node.
-  defp confirm_later(s, from) do
+  defp confirm_later(%{confirm: %{ref: nil}} = s, from) do
     {repl, _} = Replicator.flush(s.repl)
 
     case Replicator.ping(repl) do
@@ -706,8 +756,36 @@ defmodule Drove.DynamicSupervisor.Impl do
 
       {ref, _n} ->
         Process.send_after(self(), {:drove_confirm_timeout, ref}, @start_confirm_timeout)
-        %{s | repl: repl, confirming: Map.put(s.confirming, ref, from)}
+        %{s | repl: repl, confirm: %{ref: ref, waiting: [from], next: []}}
     end
+  end
+
+  defp confirm_later(%{confirm: c} = s, from), do: %{s | confirm: %{c | next: [from | c.next]}}
+
+  # Callers waiting for the entry of child `id` from its node: it has arrived.
+  defp entry_arrived(s, id) do
+    case Map.pop(s.awaiting, id) do
+      {nil, _} ->
+        s
+
+      {waiters, awaiting} ->
+        Enum.each(waiters, fn {from, _node} -> GenServer.reply(from, :ok) end)
+        %{s | awaiting: awaiting}
+    end
+  end
+
+  # ... or its node went away first: the caller places the child again.
+  defp entries_lost(%{awaiting: awaiting} = s) when map_size(awaiting) == 0, do: s
+
+  defp entries_lost(s) do
+    awaiting =
+      Enum.flat_map(s.awaiting, fn {id, waiters} ->
+        {lost, kept} = Enum.split_with(waiters, fn {_, node} -> not Liveness.node_up?(node) end)
+        Enum.each(lost, fn {from, _} -> GenServer.reply(from, {:error, :nodedown}) end)
+        if kept == [], do: [], else: [{id, kept}]
+      end)
+
+    %{s | awaiting: Map.new(awaiting)}
   end
 
   defp child_down(s, pid, reason) do
@@ -859,6 +937,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp apply_diff({:add, {:child, id}, {owner, spec, pid}}, s) do
     mirror(s, id, owner, spec, pid)
+    s = entry_arrived(s, id)
 
     case Map.get(s.local, id) do
       {local_pid, lspec} when is_pid(local_pid) ->

@@ -86,9 +86,9 @@ end
 defmodule Drove.DynamicSupervisor.Starter do
   @moduledoc false
   # The start function of every child, run by the node's DynamicSupervisor on each start and
-  # restart: starts the user's child, then tells the instance its pid and waits until the
-  # child's entry is written and another member has it (at most a second), so a start_child
-  # that returned {:ok, pid} survives the loss of this node right after.
+  # restart: starts the user's child, then tells the instance its pid, without waiting, so
+  # the node's DynamicSupervisor goes on with the next start at once. The caller of a new
+  # child waits for its entry to be durable (Impl.start_child).
 
   @spec start(atom(), term(), map(), list(), :new | :takeover) ::
           DynamicSupervisor.on_start_child()
@@ -109,16 +109,9 @@ defmodule Drove.DynamicSupervisor.Starter do
     end
   end
 
-  # a taken-over child's entry is replicated already, and nobody waits on its start: the
-  # node's DynamicSupervisor goes on with the next one at once
-  defp started(sup, id, pid, spec, :takeover) do
-    send(sup, {:drove_child_started, id, pid, spec})
-  end
-
-  defp started(sup, id, pid, spec, :new) do
-    GenServer.call(sup, {:drove_child_started, id, pid, spec}, :infinity)
-  catch
-    # the instance is gone: this whole local tree is going down with it
-    :exit, _ -> :ok
+  # (a local name that is not registered: the instance is gone, and this whole local tree is
+  # going down with it)
+  defp started(sup, id, pid, spec, _mode) do
+    send({sup, node()}, {:drove_child_started, id, pid, spec})
   end
 end

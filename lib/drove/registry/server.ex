@@ -68,10 +68,7 @@ defmodule Drove.Registry.Server do
       o -> raise ArgumentError, ":meta must be a list of {key, value}, got: #{inspect(o)}"
     end
 
-    # Process.send_after/3's largest time; the largest message a peer's decoder accepts
-    # (DV_MAX_MESSAGE in c_src/codec.h)
-    pos_int!(opts, :sync_interval, 4_294_967_295)
-    pos_int!(opts, :max_message_bytes, 268_435_456)
+    Drove.Options.replication!(opts)
     opts
   end
 
@@ -79,16 +76,6 @@ defmodule Drove.Registry.Server do
 
   defp meta_pair!(o),
     do: raise(ArgumentError, ":meta must be a list of {key, value}, got: #{inspect(o)}")
-
-  defp pos_int!(opts, key, max) do
-    case Keyword.get(opts, key, 1) do
-      n when is_integer(n) and n > 0 and n <= max ->
-        n
-
-      o ->
-        raise ArgumentError, "#{inspect(key)} must be an integer in 1..#{max}, got: #{inspect(o)}"
-    end
-  end
 
   @doc false
   @spec normalize_member!(term(), atom()) :: {atom(), node()}

@@ -1,0 +1,141 @@
+# The start path of Drove.DynamicSupervisor on 3 loopback peers, against references in the same
+# run (issue 16):
+#   1. one caller in sequence: per child, against the floor of a plain OTP DynamicSupervisor on
+#      each node with the child started on the node :erlang.phash2 picks (one remote call,
+#      nothing replicated);
+#   2. 16 callers at once: children per second, against a local OTP DynamicSupervisor with 16
+#      callers.
+# Medians of 3 rounds, each with fresh supervisors. Run: make bench BENCH=bench/supervisor_start.exs
+Code.require_file("bench_helper.exs", __DIR__)
+
+remote_src = ~S"""
+defmodule StartBench.Worker do
+  use GenServer
+  def start_link(arg), do: GenServer.start_link(__MODULE__, arg)
+  @impl true
+  def init(arg), do: {:ok, arg}
+end
+
+defmodule StartBench.Remote do
+  def start_sups(drove, plain, members) do
+    spec =
+      Supervisor.child_spec(
+        {Drove.DynamicSupervisor, name: drove, strategy: :one_for_one, members: members},
+        id: drove, restart: :temporary)
+
+    {:ok, _} = Supervisor.start_child(Drove.Supervisor, spec)
+
+    plain_spec =
+      Supervisor.child_spec({DynamicSupervisor, name: plain, strategy: :one_for_one},
+        id: plain, restart: :temporary)
+
+    {:ok, _} = Supervisor.start_child(Drove.Supervisor, plain_spec)
+    :ok
+  end
+
+  def stop_sups(drove, plain) do
+    # a temporary child that exited is gone already
+    for id <- [drove, plain] do
+      _ = Supervisor.terminate_child(Drove.Supervisor, id)
+      _ = Supervisor.delete_child(Drove.Supervisor, id)
+    end
+    :ok
+  end
+
+  def alive?(name, n) do
+    :sys.get_state(name).members_info |> Map.values() |> Enum.count(&(&1.status == :alive)) == n
+  end
+
+  defp spec(i), do: %{id: i, start: {StartBench.Worker, :start_link, [i]}}
+
+  # one caller, n children in sequence: us per child
+  def seq(:drove, name, _nodes, n) do
+    {us, _} = :timer.tc(fn ->
+      for i <- 1..n, do: {:ok, _} = Drove.DynamicSupervisor.start_child(name, spec(i))
+    end)
+    us / n
+  end
+
+  def seq(:floor, name, nodes, n) do
+    k = length(nodes)
+    {us, _} = :timer.tc(fn ->
+      for i <- 1..n do
+        node = Enum.at(nodes, :erlang.phash2(i, k))
+        {:ok, _} = DynamicSupervisor.start_child({name, node}, spec(i))
+      end
+    end)
+    us / n
+  end
+
+  # c callers at once, n children in all: children per second
+  def par(kind, name, c, n) do
+    per = div(n, c)
+    {us, _} = :timer.tc(fn ->
+      1..c
+      |> Enum.map(fn j ->
+        Task.async(fn ->
+          for i <- 1..per do
+            start(kind, name, spec({j, i}))
+          end
+        end)
+      end)
+      |> Enum.each(&Task.await(&1, :infinity))
+    end)
+    per * c / (us / 1_000_000)
+  end
+
+  defp start(:drove, name, spec), do: {:ok, _} = Drove.DynamicSupervisor.start_child(name, spec)
+  defp start(:local, name, spec), do: {:ok, _} = DynamicSupervisor.start_child(name, spec)
+end
+"""
+
+Bench.ensure_distributed!()
+IO.puts("== Drove.DynamicSupervisor start path (3 peers, medians of 3 rounds; 2 vCPU) ==")
+
+peers = for i <- 1..3, do: Bench.start_peer(:"sstart#{i}_#{System.unique_integer([:positive])}")
+nodes = [a | _] = Enum.map(peers, &elem(&1, 1))
+Enum.each(nodes, &:erpc.call(&1, Code, :compile_string, [remote_src]))
+r = StartBench.Remote
+n = String.to_integer(System.get_env("N", "6000"))
+
+rounds =
+  for round <- 1..3 do
+    drove = :"sbench_#{round}"
+    plain = :"splain_#{round}"
+    members = for node <- nodes, do: {drove, node}
+    Enum.each(nodes, &(:ok = :erpc.call(&1, r, :start_sups, [drove, plain, members])))
+    Bench.wait_until(fn -> Enum.all?(nodes, &:erpc.call(&1, r, :alive?, [drove, 3])) end)
+
+    floor = :erpc.call(a, r, :seq, [:floor, plain, nodes, n], :infinity)
+    seq = :erpc.call(a, r, :seq, [:drove, drove, nodes, n], :infinity)
+    par = :erpc.call(a, r, :par, [:drove, drove, 16, n], :infinity)
+    local = :erpc.call(a, r, :par, [:local, plain, 16, n], :infinity)
+    Enum.each(nodes, &(:ok = :erpc.call(&1, r, :stop_sups, [drove, plain], :infinity)))
+
+    IO.puts(
+      "round #{round}: floor #{Float.round(floor, 1)} us, Drove #{Float.round(seq, 1)} us per child; " <>
+        "16 callers: Drove #{round(par)}/s, local #{round(local)}/s"
+    )
+
+    %{floor: floor, seq: seq, par: par, local: local}
+  end
+
+med = fn k -> Bench.median(Enum.map(rounds, & &1[k])) end
+
+Bench.row(
+  "one caller: us per child",
+  med.(:seq),
+  med.(:floor),
+  "floor (phash2 + plain DS)",
+  "<= 2x (>= 0.5x speed)"
+)
+
+Bench.row(
+  "16 callers: children/s",
+  med.(:par),
+  med.(:local),
+  "local DynamicSupervisor",
+  ">= 0.3x"
+)
+
+Enum.each(peers, &Bench.stop_peer/1)

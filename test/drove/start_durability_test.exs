@@ -1,0 +1,51 @@
+defmodule Drove.StartDurabilityTest do
+  # start_child answers {:ok, pid} only once another member than the child's node holds the
+  # child's entry (so it survives the loss of that node right after), whether the child is
+  # placed on the caller's node or on another; the node's DynamicSupervisor is not held
+  # while it waits.
+  use ExUnit.Case, async: false
+
+  alias Drove.Test.{DurablePeer, SupPeer}
+  alias Drove.TestCluster, as: C
+
+  @moduletag :capture_log
+
+  test "the entry is on another member when start_child answers, placed here or there" do
+    [n1, n2] = C.start_nodes(2, apps: [:drove])
+    sup = :durable_sup
+    members = for n <- [n1, n2], do: {sup, n}
+
+    for n <- [n1, n2] do
+      C.rpc(n, SupPeer, :start, [
+        sup,
+        [members: members, distribution_strategy: Drove.Test.PinStrategy]
+      ])
+    end
+
+    C.wait_until(fn -> Enum.all?([n1, n2], &C.rpc(&1, SupPeer, :all_alive?, [sup, 2])) end)
+
+    for i <- 1..20 do
+      # placed on n2, called from n1: n1's replica has it when the answer comes
+      assert {{:ok, pid}, true, _} =
+               C.rpc(n1, DurablePeer, :start_and_look, [sup, n2, n2, :"dur_there_#{i}"])
+
+      assert node(pid) == n2
+
+      # placed on n1 itself: n2 has it when the answer comes
+      assert {{:ok, pid}, true, true} =
+               C.rpc(n1, DurablePeer, :start_and_look, [sup, n1, n2, :"dur_here_#{i}"])
+
+      assert node(pid) == n1
+    end
+
+    # the child's node cannot push its entry (its instance is suspended): start_child does
+    # not answer, though the node's DynamicSupervisor started the child; then it can
+    :ok = :sys.suspend({sup, n2})
+    :ok = C.rpc(n1, DurablePeer, :start_async, [sup, n2, :dur_held, self()])
+    refute_receive {:started, _, _}, 300
+    assert C.rpc(n2, Process, :whereis, [:dur_held]) != nil
+    :ok = :sys.resume({sup, n2})
+    assert_receive {:started, {:ok, pid}, true}, 5000
+    assert node(pid) == n2
+  end
+end
