@@ -426,7 +426,9 @@ static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint32_t 
 static void block_release(dv_map *m, void *p, size_t size) {
     m->blocks--;
     m->heap -= size;
-    if (m->evacuating && dv_slab_owns(&m->old, p))
+    /* (once none is in use, m->old's chunks are being freed: their addresses may come back
+     * to the current slab, so it is not asked) */
+    if (m->old_live && dv_slab_owns(&m->old, p))
         m->old_live--;
     else
         dv_slab_release(&m->slab, p, size);
@@ -705,19 +707,23 @@ static void entry_compact(dv_map *m, dv_entry *e) {
  * EVAC_STEP units of work per mutation (a slot is one, moving a block eight), and each entry
  * whose block or separate elements are in m->old is moved to a fresh block (keys and dot
  * index repointed). Blocks released meanwhile from m->old just lower m->old_live; when it
- * reaches zero (the cursor wraps around if entries moved behind it), m->old is freed whole.
+ * reaches zero (the cursor wraps around if entries moved behind it), m->old's chunks are
+ * freed, FREE_CHUNKS per step (unmapping tens of megabytes at once takes milliseconds).
  * A failed allocation stops a step; the next one tries again. */
 
-#define SHRINK_STEP ((size_t)16384)
-#define EVAC_STEP   ((size_t)16384)
+#define SHRINK_STEP ((size_t)8192)
+#define EVAC_STEP   ((size_t)2048)
 #define EVAC_SLACK  ((size_t)256 << 10)
 #define MOVE_COST   8
+#define FREE_CHUNKS 4                   /* retired chunks freed per step (up to 8 MiB) */
+#define EVAC_CHUNK  ((size_t)256 << 10) /* largest new chunk while evacuating (slab.h) */
 
-static size_t shrink_step = SHRINK_STEP, evac_step_units = EVAC_STEP;
+static size_t shrink_step = SHRINK_STEP, evac_step_units = EVAC_STEP, free_chunks = FREE_CHUNKS;
 
-void dv_map_set_compact_steps(size_t slots, size_t units) {
+void dv_map_set_compact_steps(size_t slots, size_t units, size_t chunks) {
     shrink_step = slots ? slots : SHRINK_STEP;
     evac_step_units = units ? units : EVAC_STEP;
+    free_chunks = chunks ? chunks : FREE_CHUNKS;
 }
 
 static void keys_shrink_abort(dv_map *m) {
@@ -846,6 +852,7 @@ static void evac_step(dv_map *m, bool start) {
         if (dv_slab_retire(&m->slab, &m->old) != DV_OK)
             return;
         m->old_live = m->blocks - dv_slab_big_blocks(&m->slab);
+        dv_slab_set_max_chunk(&m->slab, EVAC_CHUNK);
         m->evacuating = true;
         m->ecur = 0;
     }
@@ -860,8 +867,8 @@ static void evac_step(dv_map *m, bool start) {
         }
         m->ecur++;
     }
-    if (!m->old_live) {
-        dv_slab_free_all(&m->old);
+    if (!m->old_live && dv_slab_free_some(&m->old, free_chunks)) {
+        dv_slab_set_max_chunk(&m->slab, 0);
         m->evacuating = false;
         m->ecur = 0;
     }
@@ -890,6 +897,7 @@ void dv_map_get_stats(const dv_map *m, dv_map_stats *out) {
     out->evacuating = m->evacuating;
     out->slab_bytes = dv_slab_held(&m->slab);
     out->old_slab_bytes = dv_slab_held(&m->old);
+    out->old_blocks = m->old_live;
 }
 
 /* ---------------------------------------------------------------- lifecycle */

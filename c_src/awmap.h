@@ -137,11 +137,13 @@ typedef struct {
     bool evacuating;             /* a slab evacuation in progress */
     size_t slab_bytes;           /* held by the slab (old_slab_bytes: by the one evacuated) */
     size_t old_slab_bytes;
+    size_t old_blocks; /* blocks still in use in the slab being evacuated */
 } dv_map_stats;
 void dv_map_get_stats(const dv_map *m, dv_map_stats *out);
-/* Test hook: the size of those steps for every map (slots copied, units of work; 0 restores
- * the defaults), so that tests can see shrinks and evacuations in progress. */
-void dv_map_set_compact_steps(size_t slots, size_t units);
+/* Test hook: the size of those steps for every map (table slots copied, units of evacuation
+ * work, retired chunks freed; 0 restores a default), so that tests can see shrinks and
+ * evacuations in progress. */
+void dv_map_set_compact_steps(size_t slots, size_t units, size_t chunks);
 
 int dv_map_foreach(const dv_map *m, dv_iter_fn fn, void *ud);
 /* Same context and same live elements. */

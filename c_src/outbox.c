@@ -23,9 +23,7 @@ void dv_outbox_free(dv_outbox *o) {
 #define KEEP_BYTES ((size_t)256 << 10)
 
 void dv_outbox_reset(dv_outbox *o) {
-    if (o->elems.cap > KEEP_BYTES)
-        dv_buf_free(&o->elems);
-    dv_buf_reset(&o->elems);
+    dv_buf_reset_trim(&o->elems, KEEP_BYTES);
     if (o->capops * sizeof(dv_op) > KEEP_BYTES) {
         dv_free(o->ops);
         o->ops = NULL;

@@ -134,8 +134,8 @@ static void carve(dv_slab *s, uint8_t *p, size_t n) {
  * of two from MIN to MAX), so the unused end of the newest chunk stays below about an eighth
  * of the memory, while a big map still gets 2 MiB chunks (huge pages). */
 static bool new_chunk(dv_slab *s, size_t need) {
-    size_t size = DV_SLAB_MIN_CHUNK;
-    while (size < DV_SLAB_MAX_CHUNK && size * 2 <= s->held / 8)
+    size_t size = DV_SLAB_MIN_CHUNK, max = s->max_chunk ? s->max_chunk : DV_SLAB_MAX_CHUNK;
+    while (size < max && size * 2 <= s->held / 8)
         size *= 2;
     while (size - CHUNK_HDR < need)
         size *= 2;
@@ -243,4 +243,24 @@ bool dv_slab_owns(const dv_slab *s, const void *p) {
         return false;
     const dv_slab_chunk *c = s->index[lo - 1];
     return a < (uintptr_t)c + c->size;
+}
+
+bool dv_slab_free_some(dv_slab *s, size_t max_chunks) {
+    for (; s->chunks && max_chunks; max_chunks--) {
+        dv_slab_chunk *c = s->chunks;
+        s->chunks = c->next;
+        s->held -= c->size;
+        if (c->size >= DV_PAGES_MIN)
+            dv_pages_free(c, c->size);
+        else
+            dv_free(c);
+    }
+    if (s->chunks)
+        return false;
+    dv_slab_free_all(s);
+    return true;
+}
+
+void dv_slab_set_max_chunk(dv_slab *s, size_t max) {
+    s->max_chunk = max;
 }

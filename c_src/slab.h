@@ -49,6 +49,7 @@ typedef struct {
     size_t nbig;  /* big blocks */
     void **index; /* a retired slab: its chunks' addresses, sorted (dv_slab_owns) */
     size_t nindex;
+    size_t max_chunk; /* largest new chunk; 0: DV_SLAB_MAX_CHUNK */
 } dv_slab;
 
 void dv_slab_init(dv_slab *s);
@@ -68,7 +69,14 @@ size_t dv_slab_big_blocks(const dv_slab *s);
  * *old: release none of them to s (nor to *old: once none is in use, free *old whole with
  * dv_slab_free_all). DV_ENOMEM (the index) leaves both unchanged. */
 int dv_slab_retire(dv_slab *s, dv_slab *old);
+/* Caps the size of s's new chunks at max (0: DV_SLAB_MAX_CHUNK again). An evacuation fills
+ * chunks quickly, and the first touch of a 2 MiB huge page can cost milliseconds. */
+void dv_slab_set_max_chunk(dv_slab *s, size_t max);
 /* Whether p lies in one of retired slab s's chunks. O(log chunks). */
 bool dv_slab_owns(const dv_slab *s, const void *p);
+/* Frees up to max_chunks chunks of retired slab s (none of whose blocks is in use), so that
+ * a big one goes back a few chunks at a time; true when s is then empty (as after
+ * dv_slab_init). */
+bool dv_slab_free_some(dv_slab *s, size_t max_chunks);
 
 #endif
