@@ -708,14 +708,14 @@ static void entry_compact(dv_map *m, dv_entry *e) {
  * whose block or separate elements are in m->old is moved to a fresh block (keys and dot
  * index repointed). Blocks released meanwhile from m->old just lower m->old_live; when it
  * reaches zero (the cursor wraps around if entries moved behind it), m->old's chunks are
- * freed, FREE_CHUNKS per step (unmapping tens of megabytes at once takes milliseconds).
+ * freed, FREE_CHUNKS per step (unmapping megabytes can take milliseconds).
  * A failed allocation stops a step; the next one tries again. */
 
 #define SHRINK_STEP ((size_t)8192)
 #define EVAC_STEP   ((size_t)2048)
 #define EVAC_SLACK  ((size_t)256 << 10)
 #define MOVE_COST   8
-#define FREE_CHUNKS 4                   /* retired chunks freed per step (up to 8 MiB) */
+#define FREE_CHUNKS 1                   /* retired chunks freed per step (up to 2 MiB) */
 #define EVAC_CHUNK  ((size_t)256 << 10) /* largest new chunk while evacuating (slab.h) */
 
 static size_t shrink_step = SHRINK_STEP, evac_step_units = EVAC_STEP, free_chunks = FREE_CHUNKS;

@@ -7,7 +7,8 @@
  * are the ones that carried a step (or started or finished one). The reference, in the same
  * run, is the same N deletes with the steps cut to one slot (the shrinks and evacuation then
  * barely progress: the cost of a delete without them). Prints, for each, the median, the
- * 99.99th percentile and the longest delete (medians of REPS runs), and memory before/after.
+ * 99.99th percentile, the longest delete and the number over 1 ms (medians of REPS runs), and
+ * memory before and after.
  *
  * Usage: shrink [N (1000000)] [REPS (3)] [SLOTS UNITS (step sizes; 0: as built)]
  * Run: make bench-shrink N=...
@@ -36,7 +37,7 @@ static int key_of(char *buf, size_t n, uint32_t i) {
 }
 
 typedef struct {
-    uint64_t p50, p9999, max;
+    uint64_t p50, p9999, max, over; /* over: deletes longer than 1 ms */
     size_t peak, after;
 } result;
 
@@ -64,6 +65,9 @@ static result run(uint32_t n, const uint32_t *order, uint64_t *t) {
     r.p50 = t[n / 2];
     r.p9999 = t[(size_t)((double)(n - 1) * 0.9999)];
     r.max = t[n - 1];
+    r.over = 0;
+    for (uint32_t i = 0; i < n; i++)
+        r.over += t[i] > 1000000;
     return r;
 }
 
@@ -93,7 +97,7 @@ int main(int argc, char **argv) {
         order[i] = order[j];
         order[j] = x;
     }
-    uint64_t p50[2][15], p9999[2][15], mx[2][15];
+    uint64_t p50[2][15], p9999[2][15], mx[2][15], over[2][15];
     result last[2];
     for (int r = 0; r < reps; r++) {
         for (int mode = 0; mode < 2; mode++) { /* 0: steps as built; 1: one-slot steps */
@@ -102,15 +106,18 @@ int main(int argc, char **argv) {
             p50[mode][r] = last[mode].p50;
             p9999[mode][r] = last[mode].p9999;
             mx[mode][r] = last[mode].max;
+            over[mode][r] = last[mode].over;
         }
     }
     dv_map_set_compact_steps(0, 0, 0);
     const char *name[2] = {"with shrink steps", "reference (1-slot steps)"};
     printf("emptying %u keys in random order, ns per delete (median of %d runs)\n", n, reps);
     for (int mode = 0; mode < 2; mode++)
-        printf("  %-26s p50 %6lu  p99.99 %8lu  max %8lu   memory %.2f MB -> %.3f MB\n", name[mode],
-               (unsigned long)med3(p50[mode], reps), (unsigned long)med3(p9999[mode], reps),
-               (unsigned long)med3(mx[mode], reps), (double)last[mode].peak / 1e6,
+        printf("  %-26s p50 %6lu  p99.99 %8lu  max %8lu  over 1 ms %3lu   memory %.2f MB -> "
+               "%.3f MB\n",
+               name[mode], (unsigned long)med3(p50[mode], reps),
+               (unsigned long)med3(p9999[mode], reps), (unsigned long)med3(mx[mode], reps),
+               (unsigned long)med3(over[mode], reps), (double)last[mode].peak / 1e6,
                (double)last[mode].after / 1e6);
     free(order);
     free(t);
