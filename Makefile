@@ -32,6 +32,8 @@
 #                    fuzz/*.[ch], and mix format --check-formatted (and in compat/horde).
 #   format           Apply clang-format and mix format.
 #   bench-c          Build and run bench/c/catchup.c (N=entries, default 1000000).
+#   bench-shrink     Build and run bench/c/shrink.c: the slowest deletes while a map of N keys
+#                    (default 1000000) empties, with and without the shrink steps.
 #   bench            Run every bench/*.exs (or BENCH=bench/x.exs) with `mix run` on the
 #                    distributed node bench@127.0.0.1, cookie drove, MIX_ENV=dev.
 #   demo             setup, epmd, then demo/demo.exs on node demo@127.0.0.1, cookie drove.
@@ -171,7 +173,7 @@ SETUP_PACKAGES ?= make gcc libc6-dev erlang-dev erlang-nox elixir libxxhash-dev 
 
 
 .PHONY: calling_from_make all check-erts setup test test-c test-c-asan test-c-valgrind \
-	test-elixir test-nif-asan test-nif-asan-short nif-asan-build fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c demo chaos \
+	test-elixir test-nif-asan test-nif-asan-short nif-asan-build fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c bench-shrink demo chaos \
 	clean distclean help start-epmd FORCE
 
 calling_from_make:
@@ -395,6 +397,15 @@ bench-c: _build/bench/catchup
 _build/bench/catchup: bench/c/catchup.c $(CORE_SRC) $(CORE_HDR) Makefile
 	@mkdir -p $(@D)
 	$(CC) -O2 -g $(TEST_CFLAGS) -Werror -o $@ bench/c/catchup.c $(CORE_SRC)
+
+# C-only cost of giving memory back (issue 20): the slowest single deletes while a map of N
+# keys (default 1000000) empties, with the shrink and evacuation steps and without.
+bench-shrink: _build/bench/shrink
+	./_build/bench/shrink $(or $(N),1000000)
+
+_build/bench/shrink: bench/c/shrink.c $(CORE_SRC) $(CORE_HDR) Makefile
+	@mkdir -p $(@D)
+	$(CC) -O2 -g $(TEST_CFLAGS) -Werror -o $@ bench/c/shrink.c $(CORE_SRC)
 
 demo:
 	@$(MAKE) --no-print-directory setup

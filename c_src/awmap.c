@@ -5,7 +5,14 @@
  * one element - nearly every key - costs one allocation. Further (concurrent) elements, and
  * an element whose value does not fit the slot, are separate blocks. The slot is reused by
  * later writes of a value that fits; a lone separate element beside a free slot is moved into
- * it (or the entry into a block of the right size) when a join or a remove leaves it so. */
+ * it (or the entry into a block of the right size) when a join or a remove leaves it so.
+ *
+ * Memory follows the contents (see "giving memory back" below): a table that falls below an
+ * eighth full is rebuilt at about three eighths (it grows again above three quarters, so a
+ * map hovering around a size does not resize back and forth), and a slab that holds more
+ * than twice what is live (plus EVAC_SLACK) has its live blocks moved to fresh chunks and
+ * its old chunks freed. Both happen in bounded steps, a few at the end of each mutation, so
+ * no single call pays for a whole table or slab. */
 #include "awmap.h"
 
 #include <stdlib.h>
@@ -110,6 +117,19 @@ struct dv_map {
     size_t payload; /* key + value bytes */
     size_t heap;    /* bytes in entries and elements */
     dv_slab slab;   /* where entries and elements live */
+    size_t blocks;  /* live blocks in the slabs: entries and separate elements */
+    /* a shrink in progress: the smaller table being filled, holding exactly the entries of
+     * the old table's slots below the cursor (so lookups and scans use the old one alone) */
+    kslot *knew;
+    size_t kncap, kcur;
+    unsigned knshift;
+    dslot *dnew;
+    size_t dncap, dcur;
+    /* an evacuation in progress: the retired slab, its blocks still in use, the keys cursor */
+    dv_slab old;
+    size_t old_live, ecur;
+    bool evacuating;
+    bool removed; /* something was removed since the last maintain() */
     uint64_t digest[DV_BUCKETS];
     /* join scratch */
     touched_t *touched;
@@ -249,15 +269,24 @@ static inline size_t khome(const dv_map *m, uint64_t h) {
 
 /* Rehash into a table of ncap slots, reading the old one in order (its order is the new
  * one's, so the writes move forward too). */
+static unsigned shift_for(size_t cap) {
+    unsigned shift = 64;
+    for (size_t c = cap; c > 1; c >>= 1)
+        shift--;
+    return shift;
+}
+
+static void keys_shrink_abort(dv_map *m);
+static void dots_shrink_abort(dv_map *m);
+
 static int keys_resize(dv_map *m, size_t ncap) {
     if (ncap > SIZE_MAX / sizeof(kslot))
         return DV_ENOMEM;
     kslot *nk = dv_pages_alloc(ncap * sizeof(kslot));
     if (!nk)
         return DV_ENOMEM;
-    unsigned nshift = 64;
-    for (size_t c = ncap; c > 1; c >>= 1)
-        nshift--;
+    keys_shrink_abort(m);
+    unsigned nshift = shift_for(ncap);
     for (size_t i = 0; i < m->kcap; i++) {
         if (!m->keys[i].e)
             continue;
@@ -273,10 +302,13 @@ static int keys_resize(dv_map *m, size_t ncap) {
     return DV_OK;
 }
 
-/* Room for `extra` more keys, growing (once) if needed. */
+/* Room for `extra` more keys, growing (once) if needed. A shrink that would leave too little
+ * room is given up. */
 static int keys_reserve(dv_map *m, size_t extra) {
     if (extra > SIZE_MAX / 64 - m->kcount)
         return DV_ENOMEM;
+    if (m->knew && (m->kcount + extra) * 4 > m->kncap * 3)
+        keys_shrink_abort(m);
     size_t ncap = table_cap_for(m->kcap, m->kcount + extra);
     return ncap == m->kcap ? DV_OK : keys_resize(m, ncap);
 }
@@ -306,12 +338,52 @@ static dv_entry *keys_get(const dv_map *m, const uint8_t *k, uint32_t klen, uint
     return found ? m->keys[i].e : NULL;
 }
 
+/* Tables of a shrink in progress (struct dv_map): insert, delete, repoint. */
+static void ktab_put(kslot *t, size_t cap, unsigned shift, kslot s) {
+    size_t i = (size_t)(s.hash >> shift);
+    while (t[i].e)
+        i = (i + 1) & (cap - 1);
+    t[i] = s;
+}
+
+static size_t ktab_find(const kslot *t, size_t cap, unsigned shift, const dv_entry *e, uint64_t h) {
+    size_t i = (size_t)(h >> shift);
+    while (t[i].e != e)
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+static void ktab_del(kslot *t, size_t cap, unsigned shift, const dv_entry *e, uint64_t h) {
+    size_t mask = cap - 1, i = ktab_find(t, cap, shift, e, h), j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!t[j].e)
+            break;
+        size_t home = (size_t)(t[j].hash >> shift);
+        if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            t[i] = t[j];
+            i = j;
+        }
+    }
+    t[i].e = NULL;
+    t[i].hash = 0;
+}
+
 /* Put e into the empty slot i (from keys_find_slot, with room reserved). */
 static void keys_put(dv_map *m, size_t i, dv_entry *e, uint64_t h) {
     m->keys[i].hash = h;
     m->keys[i].e = e;
     m->kcount++;
     m->payload += e->klen;
+    if (m->knew && i < m->kcur)
+        ktab_put(m->knew, m->kncap, m->knshift, m->keys[i]);
+}
+
+/* Slot i (holding a key) now holds ne, a new block of the same key. */
+static void keys_set_at(dv_map *m, size_t i, dv_entry *ne) {
+    if (m->knew && i < m->kcur)
+        m->knew[ktab_find(m->knew, m->kncap, m->knshift, m->keys[i].e, m->keys[i].hash)].e = ne;
+    m->keys[i].e = ne;
 }
 
 /* The slot that holds e now holds ne (same key). */
@@ -319,7 +391,7 @@ static void keys_repoint(dv_map *m, const dv_entry *e, dv_entry *ne, uint64_t h)
     size_t mask = m->kcap - 1, i = khome(m, h);
     while (m->keys[i].e != e)
         i = (i + 1) & mask;
-    m->keys[i].e = ne;
+    keys_set_at(m, i, ne);
 }
 
 /* ---------------------------------------------------------------- entries */
@@ -335,6 +407,7 @@ static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint32_t 
     }
     if (!e)
         return NULL;
+    m->blocks++;
     e->elems = NULL;
     e->klen = klen;
     e->touched = 0;
@@ -348,10 +421,21 @@ static dv_entry *entry_new(dv_map *m, const uint8_t *k, uint32_t klen, uint32_t 
     return e;
 }
 
-static void entry_free(dv_map *m, dv_entry *e) {
-    size_t size = entry_size(e->klen, entry_inl(e)->cap);
+/* Gives back a block: to the slab, or, while its chunk is in the retired slab of an
+ * evacuation, to nobody (the retired slab is freed whole). */
+static void block_release(dv_map *m, void *p, size_t size) {
+    m->blocks--;
     m->heap -= size;
-    dv_slab_release(&m->slab, e, size);
+    /* (once none is in use, m->old's chunks are being freed: their addresses may come back
+     * to the current slab, so it is not asked) */
+    if (m->old_live && dv_slab_owns(&m->old, p))
+        m->old_live--;
+    else
+        dv_slab_release(&m->slab, p, size);
+}
+
+static void entry_free(dv_map *m, dv_entry *e) {
+    block_release(m, e, entry_size(e->klen, entry_inl(e)->cap));
 }
 
 /* Backward-shift deletion keeps probe chains intact without tombstones. Frees e. */
@@ -359,6 +443,8 @@ static void keys_delete(dv_map *m, dv_entry *e, uint64_t h) {
     size_t mask = m->kcap - 1, i = khome(m, h);
     while (m->keys[i].e != e)
         i = (i + 1) & mask;
+    if (m->knew && i < m->kcur)
+        ktab_del(m->knew, m->kncap, m->knshift, e, h);
     size_t j = i;
     for (;;) {
         j = (j + 1) & mask;
@@ -367,6 +453,12 @@ static void keys_delete(dv_map *m, dv_entry *e, uint64_t h) {
         size_t home = khome(m, m->keys[j].hash);
         /* move j back to i if home is not cyclically in (i, j] */
         if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            if (m->knew && (i < m->kcur) != (j < m->kcur)) { /* crosses the shrink's cursor */
+                if (i < m->kcur)
+                    ktab_put(m->knew, m->kncap, m->knshift, m->keys[j]);
+                else
+                    ktab_del(m->knew, m->kncap, m->knshift, m->keys[j].e, m->keys[j].hash);
+            }
             m->keys[i] = m->keys[j];
             i = j;
         }
@@ -375,6 +467,7 @@ static void keys_delete(dv_map *m, dv_entry *e, uint64_t h) {
     m->keys[i].hash = 0;
     m->kcount--;
     m->payload -= e->klen;
+    m->removed = true;
     entry_free(m, e);
 }
 
@@ -384,6 +477,7 @@ static int dots_resize(dv_map *m, size_t ncap) {
     dslot *nd = dv_pages_alloc(ncap * sizeof(dslot));
     if (!nd)
         return DV_ENOMEM;
+    dots_shrink_abort(m);
     for (size_t i = 0; i < m->dcap; i++) {
         if (!m->dots[i])
             continue;
@@ -401,6 +495,8 @@ static int dots_resize(dv_map *m, size_t ncap) {
 static int dots_reserve(dv_map *m, size_t extra) {
     if (extra > SIZE_MAX / 64 - m->dcount)
         return DV_ENOMEM;
+    if (m->dnew && (m->dcount + extra) * 4 > m->dncap * 3)
+        dots_shrink_abort(m);
     size_t ncap = table_cap_for(m->dcap, m->dcount + extra);
     return ncap == m->dcap ? DV_OK : dots_resize(m, ncap);
 }
@@ -420,6 +516,36 @@ static dv_elem *dots_get(const dv_map *m, dv_dot d) {
     }
 }
 
+/* The table of a dot-index shrink in progress (struct dv_map): insert, find, delete. */
+static void dtab_put(dslot *t, size_t cap, dslot s) {
+    size_t i = dslot_home(s, cap - 1);
+    while (t[i])
+        i = (i + 1) & (cap - 1);
+    t[i] = s;
+}
+
+static size_t dtab_find(const dslot *t, size_t cap, const dv_elem *x) {
+    size_t i = dot_hash(x->dot) & (cap - 1);
+    while (dslot_x(t[i]) != x)
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+static void dtab_del(dslot *t, size_t cap, const dv_elem *x) {
+    size_t mask = cap - 1, i = dtab_find(t, cap, x), j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!t[j])
+            break;
+        size_t home = dslot_home(t[j], mask);
+        if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            t[i] = t[j];
+            i = j;
+        }
+    }
+    t[i] = 0;
+}
+
 /* Caller guarantees capacity (dots_reserve) and absence. */
 static void dots_insert(dv_map *m, dv_elem *x) {
     uint64_t h = dot_hash(x->dot);
@@ -428,6 +554,8 @@ static void dots_insert(dv_map *m, dv_elem *x) {
         i = (i + 1) & mask;
     m->dots[i] = dslot_of(x, h);
     m->dcount++;
+    if (m->dnew && i < m->dcur)
+        dtab_put(m->dnew, m->dncap, m->dots[i]);
 }
 
 /* The slot that holds x now holds y (same dot). */
@@ -436,6 +564,8 @@ static void dots_repoint(dv_map *m, const dv_elem *x, dv_elem *y) {
     size_t mask = m->dcap - 1, i = h & mask;
     while (dslot_x(m->dots[i]) != x)
         i = (i + 1) & mask;
+    if (m->dnew && i < m->dcur)
+        m->dnew[dtab_find(m->dnew, m->dncap, x)] = dslot_of(y, h);
     m->dots[i] = dslot_of(y, h);
 }
 
@@ -443,6 +573,8 @@ static void dots_delete(dv_map *m, dv_elem *x) {
     size_t mask = m->dcap - 1, i = dot_hash(x->dot) & mask;
     while (dslot_x(m->dots[i]) != x)
         i = (i + 1) & mask;
+    if (m->dnew && i < m->dcur)
+        dtab_del(m->dnew, m->dncap, x);
     size_t j = i;
     for (;;) {
         j = (j + 1) & mask;
@@ -450,12 +582,19 @@ static void dots_delete(dv_map *m, dv_elem *x) {
             break;
         size_t home = dslot_home(m->dots[j], mask);
         if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            if (m->dnew && (i < m->dcur) != (j < m->dcur)) { /* crosses the shrink's cursor */
+                if (i < m->dcur)
+                    dtab_put(m->dnew, m->dncap, m->dots[j]);
+                else
+                    dtab_del(m->dnew, m->dncap, dslot_x(m->dots[j]));
+            }
             m->dots[i] = m->dots[j];
             i = j;
         }
     }
     m->dots[i] = 0;
     m->dcount--;
+    m->removed = true;
 }
 
 /* ---------------------------------------------------------------- elements */
@@ -478,6 +617,7 @@ static dv_elem *elem_new(dv_map *m, dv_dot dot, uint64_t ts, const uint8_t *v, u
     }
     if (!x)
         return NULL;
+    m->blocks++;
     x->entry = NULL;
     x->cap = vlen;
     elem_fill(x, dot, ts, v, vlen);
@@ -518,8 +658,7 @@ static void elem_detach(dv_map *m, dv_elem *x, uint64_t h) {
 
 /* Free a separate element block. */
 static void elem_free(dv_map *m, dv_elem *x) {
-    m->heap -= sizeof(dv_elem) + x->cap;
-    dv_slab_release(&m->slab, x, sizeof(dv_elem) + x->cap);
+    block_release(m, x, sizeof(dv_elem) + x->cap);
 }
 
 /* Give back a detached element: free its block, or free its entry's inline slot. */
@@ -552,6 +691,215 @@ static void entry_compact(dv_map *m, dv_entry *e) {
     elem_free(m, x);
 }
 
+/* ---------------------------------------------------------------- giving memory back
+ *
+ * Tables. A table below an eighth full (after a removal) starts a shrink: a new table sized
+ * for three eighths, filled from the old one SHRINK_STEP slots per mutation. Meanwhile the
+ * old table stays the map's index (lookups and scans read it alone), and the new one holds
+ * exactly the entries of the old one's slots below the cursor: an insert, delete, repoint or
+ * backward shift at a slot below it is mirrored, one that moves an entry across it inserts or
+ * deletes it there. When the cursor reaches the end, the new table replaces the old. A growth
+ * that the new table could not hold gives the shrink up (the old table never changed). An
+ * empty table is replaced at once.
+ *
+ * Slab. When the slab holds more than twice the live bytes plus EVAC_SLACK (after a removal),
+ * dv_slab_retire moves its chunks into m->old; the keys table is walked from a cursor, at most
+ * EVAC_STEP units of work per mutation (a slot is one, moving a block eight), and each entry
+ * whose block or separate elements are in m->old is moved to a fresh block (keys and dot
+ * index repointed). Blocks released meanwhile from m->old just lower m->old_live; when it
+ * reaches zero (the cursor wraps around if entries moved behind it), m->old's chunks are
+ * freed, FREE_CHUNKS per step (unmapping megabytes can take milliseconds).
+ * A failed allocation stops a step; the next one tries again. */
+
+#define SHRINK_STEP ((size_t)8192)
+#define EVAC_STEP   ((size_t)2048)
+#define EVAC_SLACK  ((size_t)256 << 10)
+#define MOVE_COST   8
+#define FREE_CHUNKS 1                   /* retired chunks freed per step (up to 2 MiB) */
+#define EVAC_CHUNK  ((size_t)256 << 10) /* largest new chunk while evacuating (slab.h) */
+
+static size_t shrink_step = SHRINK_STEP, evac_step_units = EVAC_STEP, free_chunks = FREE_CHUNKS;
+
+void dv_map_set_compact_steps(size_t slots, size_t units, size_t chunks) {
+    shrink_step = slots ? slots : SHRINK_STEP;
+    evac_step_units = units ? units : EVAC_STEP;
+    free_chunks = chunks ? chunks : FREE_CHUNKS;
+}
+
+static void keys_shrink_abort(dv_map *m) {
+    if (!m->knew)
+        return;
+    dv_pages_free(m->knew, m->kncap * sizeof(kslot));
+    m->knew = NULL;
+    m->kncap = m->kcur = 0;
+}
+
+static void dots_shrink_abort(dv_map *m) {
+    if (!m->dnew)
+        return;
+    dv_pages_free(m->dnew, m->dncap * sizeof(dslot));
+    m->dnew = NULL;
+    m->dncap = m->dcur = 0;
+}
+
+/* The capacity a table of n entries shrinks to, or 0 if it does not. */
+static size_t shrink_cap(size_t cap, size_t n) {
+    if (cap <= 16 || n * 8 >= cap)
+        return 0;
+    return n ? table_cap_for(16, n * 2) : 16;
+}
+
+static void keys_shrink_step(dv_map *m, bool start) {
+    if (!m->knew) {
+        size_t ncap = start ? shrink_cap(m->kcap, m->kcount) : 0;
+        if (!ncap || !(m->knew = dv_pages_alloc(ncap * sizeof(kslot))))
+            return;
+        m->kncap = ncap;
+        m->knshift = shift_for(ncap);
+        m->kcur = 0;
+    }
+    size_t end = m->kcount ? m->kcur + shrink_step : m->kcap; /* an empty table: at once */
+    for (; m->kcur < m->kcap && m->kcur < end; m->kcur++)
+        if (m->keys[m->kcur].e)
+            ktab_put(m->knew, m->kncap, m->knshift, m->keys[m->kcur]);
+    if (m->kcur < m->kcap)
+        return;
+    dv_pages_free(m->keys, m->kcap * sizeof(kslot));
+    m->keys = m->knew;
+    m->kcap = m->kncap;
+    m->kshift = m->knshift;
+    m->knew = NULL;
+    m->kncap = m->kcur = 0;
+    if (m->ecur >= m->kcap)
+        m->ecur = 0;
+}
+
+static void dots_shrink_step(dv_map *m, bool start) {
+    if (!m->dnew) {
+        size_t ncap = start ? shrink_cap(m->dcap, m->dcount) : 0;
+        if (!ncap || !(m->dnew = dv_pages_alloc(ncap * sizeof(dslot))))
+            return;
+        m->dncap = ncap;
+        m->dcur = 0;
+    }
+    size_t end = m->dcount ? m->dcur + shrink_step : m->dcap;
+    for (; m->dcur < m->dcap && m->dcur < end; m->dcur++)
+        if (m->dots[m->dcur])
+            dtab_put(m->dnew, m->dncap, m->dots[m->dcur]);
+    if (m->dcur < m->dcap)
+        return;
+    dv_pages_free(m->dots, m->dcap * sizeof(dslot));
+    m->dots = m->dnew;
+    m->dcap = m->dncap;
+    m->dnew = NULL;
+    m->dncap = m->dcur = 0;
+}
+
+/* A copy of block p (size bytes) in the current slab, or NULL. */
+static void *block_copy(dv_map *m, const void *p, size_t size) {
+    uint8_t *q = dv_slab_alloc(&m->slab, size);
+    if (q && !addr_fits(q + sizeof(dv_entry) + sizeof(dv_elem))) { /* see dslot */
+        dv_slab_release(&m->slab, q, size);
+        q = NULL;
+    }
+    if (q)
+        memcpy(q, p, size);
+    return q;
+}
+
+/* Moves the blocks of the entry in keys slot i that are in the retired slab to the current
+ * one. Returns the work done (MOVE_COST a block), or SIZE_MAX when an allocation failed (the
+ * entry is then valid, some of its blocks perhaps moved). */
+static size_t entry_move(dv_map *m, size_t i) {
+    dv_entry *e = m->keys[i].e;
+    size_t work = 0;
+    for (dv_elem **pp = &e->elems; *pp; pp = &(*pp)->next) {
+        dv_elem *x = *pp;
+        if (elem_is_inline(x) || !dv_slab_owns(&m->old, x))
+            continue;
+        dv_elem *y = block_copy(m, x, sizeof(dv_elem) + x->cap);
+        if (!y)
+            return SIZE_MAX;
+        dots_repoint(m, x, y);
+        *pp = y;
+        m->old_live--;
+        work += MOVE_COST;
+    }
+    if (!dv_slab_owns(&m->old, e))
+        return work;
+    dv_entry *ne = block_copy(m, e, entry_size(e->klen, entry_inl(e)->cap));
+    if (!ne)
+        return SIZE_MAX;
+    dv_elem *inl = entry_inl(e), *ninl = entry_inl(ne);
+    ninl->entry = ne;
+    for (dv_elem **pp = &ne->elems; *pp; pp = &(*pp)->next) {
+        if (*pp == inl) {
+            dots_repoint(m, inl, ninl);
+            *pp = ninl;
+        } else {
+            (*pp)->entry = ne;
+        }
+    }
+    keys_set_at(m, i, ne);
+    m->old_live--;
+    return work + MOVE_COST;
+}
+
+static void evac_step(dv_map *m, bool start) {
+    if (!m->evacuating) {
+        if (!start || dv_slab_held(&m->slab) <= 2 * m->heap + EVAC_SLACK)
+            return;
+        if (dv_slab_retire(&m->slab, &m->old) != DV_OK)
+            return;
+        m->old_live = m->blocks - dv_slab_big_blocks(&m->slab);
+        dv_slab_set_max_chunk(&m->slab, EVAC_CHUNK);
+        m->evacuating = true;
+        m->ecur = 0;
+    }
+    for (size_t work = 0; m->old_live && work < evac_step_units; work++) {
+        if (m->ecur >= m->kcap)
+            m->ecur = 0;
+        if (m->keys[m->ecur].e) {
+            size_t w = entry_move(m, m->ecur);
+            if (w == SIZE_MAX)
+                return;
+            work += w;
+        }
+        m->ecur++;
+    }
+    if (!m->old_live && dv_slab_free_some(&m->old, free_chunks)) {
+        dv_slab_set_max_chunk(&m->slab, 0);
+        m->evacuating = false;
+        m->ecur = 0;
+    }
+}
+
+/* Runs at the end of every mutation, when no block is in use outside the map: continues
+ * the shrinks and the evacuation in progress, and starts new ones after a removal. */
+static void maintain(dv_map *m) {
+    bool start = m->removed;
+    m->removed = false;
+    keys_shrink_step(m, start);
+    dots_shrink_step(m, start);
+    evac_step(m, start);
+}
+
+bool dv_map_compact_step(dv_map *m) {
+    m->removed = true;
+    maintain(m);
+    return m->knew || m->dnew || m->evacuating;
+}
+
+void dv_map_get_stats(const dv_map *m, dv_map_stats *out) {
+    out->key_slots = m->kcap;
+    out->dot_slots = m->dcap;
+    out->shrinking = m->knew || m->dnew;
+    out->evacuating = m->evacuating;
+    out->slab_bytes = dv_slab_held(&m->slab);
+    out->old_slab_bytes = dv_slab_held(&m->old);
+    out->old_blocks = m->old_live;
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 dv_map *dv_map_new(uint64_t rid) {
@@ -571,6 +919,11 @@ dv_map *dv_map_new(uint64_t rid) {
 /* Every entry and element lives in the slab: one pass over the chunks frees them. */
 static void free_all_entries(dv_map *m) {
     dv_slab_free_all(&m->slab);
+    dv_slab_free_all(&m->old);
+    m->evacuating = false;
+    m->old_live = m->ecur = m->blocks = 0;
+    keys_shrink_abort(m);
+    dots_shrink_abort(m);
     if (m->keys)
         memset(m->keys, 0, sizeof(kslot) * m->kcap);
     if (m->dots)
@@ -594,6 +947,8 @@ void dv_map_free(dv_map *m) {
 void dv_map_clear(dv_map *m) {
     free_all_entries(m);
     dv_ctx_clear(&m->ctx);
+    m->removed = true;
+    maintain(m); /* empty tables: replaced by small ones at once */
 }
 
 uint64_t dv_map_rid(const dv_map *m) {
@@ -616,7 +971,8 @@ uint64_t dv_map_hlc(const dv_map *m) {
 }
 
 size_t dv_map_memory(const dv_map *m) {
-    return sizeof(*m) + dv_slab_held(&m->slab) + m->kcap * sizeof(kslot) + m->dcap * sizeof(dslot) +
+    return sizeof(*m) + dv_slab_held(&m->slab) + dv_slab_held(&m->old) +
+           (m->kcap + m->kncap) * sizeof(kslot) + (m->dcap + m->dncap) * sizeof(dslot) +
            m->captouched * sizeof(touched_t) + dv_ctx_memory(&m->ctx);
 }
 
@@ -681,8 +1037,12 @@ static int join_remove(dv_map *m, dv_elem *x, bool report) {
 /* A map whose last key went gives its slab chunks back (a map that only shrinks keeps them
  * for the blocks of later keys). Called where no block is in use outside the keys table. */
 static void trim_if_empty(dv_map *m) {
-    if (m->kcount == 0 && !m->graveyard && dv_slab_held(&m->slab))
+    if (m->kcount == 0 && !m->graveyard && (dv_slab_held(&m->slab) || m->evacuating)) {
         dv_slab_free_all(&m->slab);
+        dv_slab_free_all(&m->old);
+        m->evacuating = false;
+        m->old_live = m->ecur = m->blocks = 0;
+    }
 }
 
 /* Report read changes of touched keys, release the graveyard, free emptied entries and
@@ -720,6 +1080,7 @@ static void join_finish(dv_map *m, dv_diff_fn fn, void *ud) {
     }
     m->ntouched = 0;
     trim_if_empty(m);
+    maintain(m);
     if (m->captouched > 1024) { /* a big join's scratch is not kept */
         dv_free(m->touched);
         m->touched = NULL;
@@ -1078,7 +1439,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
     if (is_put) { /* e has no element left */
         if (ne) {
             if (e) { /* the key moves to its new block */
-                m->keys[ks].e = ne;
+                keys_set_at(m, ks, ne);
                 entry_free(m, e);
             } else {
                 keys_put(m, ks, ne, h);
@@ -1125,6 +1486,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
     } else if (!is_put) {
         entry_compact(m, e);
     }
+    maintain(m);
     if (changed)
         *changed = ch;
     return rc;

@@ -124,6 +124,27 @@ int dv_map_removals_for(const dv_map *m, const dv_manifest *pm, dv_buf *out, siz
 int dv_map_apply_peer_removals(dv_map *m, const dv_ctx *peer_ctx, const dv_manifest *pm,
                                dv_diff_fn fn, void *ud, size_t *count);
 
+/* Giving memory back (awmap.c): tables shrink and the slab is evacuated in steps, at the end
+ * of each mutation. dv_map_compact_step runs one such step (starting a shrink or an
+ * evacuation that is due) without a write, for a caller that wants the memory back while the
+ * map is idle; it returns whether one is still in progress. Bounded work, as a mutation's. */
+bool dv_map_compact_step(dv_map *m);
+
+/* Internals, for tests and diagnostics. */
+typedef struct {
+    size_t key_slots, dot_slots; /* table capacities */
+    bool shrinking;              /* a table shrink in progress */
+    bool evacuating;             /* a slab evacuation in progress */
+    size_t slab_bytes;           /* held by the slab (old_slab_bytes: by the one evacuated) */
+    size_t old_slab_bytes;
+    size_t old_blocks; /* blocks still in use in the slab being evacuated */
+} dv_map_stats;
+void dv_map_get_stats(const dv_map *m, dv_map_stats *out);
+/* Test hook: the size of those steps for every map (table slots copied, units of evacuation
+ * work, retired chunks freed; 0 restores a default), so that tests can see shrinks and
+ * evacuations in progress. */
+void dv_map_set_compact_steps(size_t slots, size_t units, size_t chunks);
+
 int dv_map_foreach(const dv_map *m, dv_iter_fn fn, void *ud);
 /* Same context and same live elements. */
 bool dv_map_equal(const dv_map *a, const dv_map *b);

@@ -49,6 +49,12 @@ void dv_buf_reset(dv_buf *b) {
     b->oom = false;
 }
 
+void dv_buf_reset_trim(dv_buf *b, size_t keep) {
+    if (b->cap > keep)
+        dv_buf_free(b);
+    dv_buf_reset(b);
+}
+
 static bool buf_reserve(dv_buf *b, size_t extra) {
     if (b->oom)
         return false;

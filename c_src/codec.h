@@ -60,6 +60,8 @@ typedef struct {
 void dv_buf_init(dv_buf *b);
 void dv_buf_free(dv_buf *b);
 void dv_buf_reset(dv_buf *b);
+/* Empties b, and gives its array back when it holds more than keep bytes (after a burst). */
+void dv_buf_reset_trim(dv_buf *b, size_t keep);
 void dv_buf_put(dv_buf *b, const void *p, size_t n);
 void dv_buf_u8(dv_buf *b, uint8_t v);
 void dv_buf_u64le(dv_buf *b, uint64_t v);

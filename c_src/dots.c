@@ -126,6 +126,27 @@ bool dv_ctx_contains(const dv_ctx *c, dv_dot d) {
     return e && vv_contains(e, d.ctr);
 }
 
+/* Give back cloud capacity the entry no longer needs: all of it when the cloud is empty,
+ * half when it is below a quarter full (so a cloud that hovers around a size is not
+ * reallocated back and forth). Best effort: a failed realloc keeps the larger array. */
+static void vv_trim(dv_vv *e) {
+    if (!e->ncloud) {
+        if (e->capcloud) {
+            dv_free(e->cloud);
+            e->cloud = NULL;
+            e->capcloud = 0;
+        }
+        return;
+    }
+    if (e->capcloud <= 8 || e->ncloud * 4 >= e->capcloud)
+        return;
+    dv_ival *nc = dv_realloc(e->cloud, sizeof(dv_ival) * (e->capcloud / 2));
+    if (nc) {
+        e->cloud = nc;
+        e->capcloud /= 2;
+    }
+}
+
 /* Absorb cloud intervals that now touch the prefix. */
 static void vv_absorb(dv_vv *e) {
     uint32_t k = 0;
@@ -137,6 +158,7 @@ static void vv_absorb(dv_vv *e) {
     if (k) {
         memmove(e->cloud, e->cloud + k, sizeof(dv_ival) * (e->ncloud - k));
         e->ncloud -= k;
+        vv_trim(e);
     }
 }
 
@@ -174,6 +196,7 @@ static int vv_add(dv_vv *e, uint64_t lo, uint64_t hi) {
         e->cloud[i].hi = hi;
         memmove(&e->cloud[i + 1], &e->cloud[j], sizeof(dv_ival) * (e->ncloud - j));
         e->ncloud -= (j - i - 1);
+        vv_trim(e);
         return DV_OK;
     }
     if (e->ncloud == e->capcloud) {
@@ -247,11 +270,7 @@ size_t dv_ctx_compact(dv_ctx *c) {
             dv_free(e->cloud);
             continue;
         }
-        if (e->ncloud == 0 && e->capcloud) { /* give back an emptied cloud */
-            dv_free(e->cloud);
-            e->cloud = NULL;
-            e->capcloud = 0;
-        }
+        vv_trim(e); /* give back an emptied or mostly empty cloud */
         left += e->ncloud;
         c->v[w++] = *e;
     }

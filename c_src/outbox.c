@@ -18,8 +18,22 @@ void dv_outbox_free(dv_outbox *o) {
     dv_outbox_init(o);
 }
 
+/* A log keeps its arrays between flushes (no allocation in the steady state), up to this
+ * many bytes each: a burst's are given back when it has been shipped. */
+#define KEEP_BYTES ((size_t)256 << 10)
+
 void dv_outbox_reset(dv_outbox *o) {
-    dv_buf_reset(&o->elems);
+    dv_buf_reset_trim(&o->elems, KEEP_BYTES);
+    if (o->capops * sizeof(dv_op) > KEEP_BYTES) {
+        dv_free(o->ops);
+        o->ops = NULL;
+        o->capops = 0;
+    }
+    if (o->capobs * sizeof(dv_dot) > KEEP_BYTES) {
+        dv_free(o->obs);
+        o->obs = NULL;
+        o->capobs = 0;
+    }
     o->nops = 0;
     o->nobs = 0;
 }

@@ -39,7 +39,7 @@ typedef struct {
 
 void dv_outbox_init(dv_outbox *o);
 void dv_outbox_free(dv_outbox *o);
-void dv_outbox_reset(dv_outbox *o); /* empty, keeping the memory */
+void dv_outbox_reset(dv_outbox *o); /* empty, keeping the memory of a small log */
 bool dv_outbox_empty(const dv_outbox *o);
 size_t dv_outbox_ops(const dv_outbox *o);
 

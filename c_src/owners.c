@@ -44,12 +44,20 @@ static void rec_free(dv_owners *o, dv_owner_rec *r) {
     dv_free(r);
 }
 
+static void shrink_abort(dv_owners *o) {
+    if (o->nslots)
+        dv_pages_free(o->nslots, o->ncap * sizeof(dv_owner_slot));
+    o->nslots = NULL;
+    o->ncap = o->cur = 0;
+}
+
 void dv_owners_free(dv_owners *o) {
     for (size_t i = 0; i < o->cap; i++)
         if (o->slots[i].pid & REC)
             rec_free(o, rec_of(&o->slots[i]));
     if (o->slots)
         dv_pages_free(o->slots, o->cap * sizeof(dv_owner_slot));
+    shrink_abort(o); /* (its slots point to the same records) */
     dv_owners_init(o);
 }
 
@@ -123,6 +131,78 @@ static inline uint64_t slot_pid(const dv_owner_slot *s) {
     return s->pid & ~(uint64_t)REC;
 }
 
+/* ---------------------------------------------------------------- shrinking
+ * As the map's tables (awmap.c, "giving memory back"): nslots holds exactly the slots of
+ * the places below cur; a change at a place below cur is mirrored there, a backward shift
+ * across cur inserts or deletes there, and a step copies the next places. */
+
+#define SHRINK_STEP ((size_t)16384)
+static size_t shrink_step = SHRINK_STEP;
+
+void dv_owners_set_step(size_t places) {
+    shrink_step = places ? places : SHRINK_STEP;
+}
+
+static void tab_put(dv_owner_slot *t, size_t cap, dv_owner_slot s) {
+    size_t i = (size_t)dv_mix64(slot_pid(&s)) & (cap - 1);
+    while (t[i].pid)
+        i = (i + 1) & (cap - 1);
+    t[i] = s;
+}
+
+static size_t tab_find(const dv_owner_slot *t, size_t cap, uint64_t pid) {
+    size_t i = (size_t)dv_mix64(pid) & (cap - 1);
+    while (slot_pid(&t[i]) != pid)
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+static void tab_del(dv_owner_slot *t, size_t cap, uint64_t pid) {
+    size_t mask = cap - 1, i = tab_find(t, cap, pid);
+    for (size_t j = (i + 1) & mask; t[j].pid; j = (j + 1) & mask) {
+        size_t h = (size_t)dv_mix64(slot_pid(&t[j])) & mask;
+        bool stays = i < j ? (h > i && h <= j) : (h > i || h <= j);
+        if (!stays) {
+            t[i] = t[j];
+            i = j;
+        }
+    }
+    memset(&t[i], 0, sizeof(t[i]));
+}
+
+/* Slot i changed in place (its keys): the shrink's copy follows. */
+static void mirror(dv_owners *o, size_t i) {
+    if (o->nslots && i < o->cur)
+        o->nslots[tab_find(o->nslots, o->ncap, slot_pid(&o->slots[i]))] = o->slots[i];
+}
+
+/* At the end of every change: a step of the shrink in progress, or a new one when the table
+ * is below an eighth full. */
+static void shrink_step_run(dv_owners *o) {
+    if (!o->nslots) {
+        if (o->cap <= MIN_CAP || o->count * 8 >= o->cap)
+            return;
+        size_t ncap = MIN_CAP;
+        while (o->count * 2 * 4 > ncap * 3) /* about three eighths full */
+            ncap *= 2;
+        if (!(o->nslots = dv_pages_alloc(ncap * sizeof(dv_owner_slot))))
+            return;
+        o->ncap = ncap;
+        o->cur = 0;
+    }
+    size_t end = o->cur + shrink_step;
+    for (; o->cur < o->cap && o->cur < end; o->cur++)
+        if (o->slots[o->cur].pid)
+            tab_put(o->nslots, o->ncap, o->slots[o->cur]);
+    if (o->cur < o->cap)
+        return;
+    dv_pages_free(o->slots, o->cap * sizeof(dv_owner_slot));
+    o->slots = o->nslots;
+    o->cap = o->ncap;
+    o->nslots = NULL;
+    o->ncap = o->cur = 0;
+}
+
 /* The slot of pid (normalised), or NULL. */
 static dv_owner_slot *find(const dv_owners *o, uint64_t pid) {
     if (!o->count)
@@ -143,6 +223,7 @@ static int resize(dv_owners *o, size_t ncap) {
     dv_owner_slot *ns = dv_pages_alloc(ncap * sizeof(dv_owner_slot));
     if (!ns)
         return DV_ENOMEM;
+    shrink_abort(o);
     size_t mask = ncap - 1;
     for (size_t i = 0; i < o->cap; i++) {
         if (!o->slots[i].pid)
@@ -163,11 +244,19 @@ static int resize(dv_owners *o, size_t ncap) {
  * past it. */
 static void delete_at(dv_owners *o, size_t i) {
     size_t mask = o->cap - 1;
+    if (o->nslots && i < o->cur)
+        tab_del(o->nslots, o->ncap, slot_pid(&o->slots[i]));
     for (size_t j = (i + 1) & mask; o->slots[j].pid; j = (j + 1) & mask) {
         size_t h = home(o, slot_pid(&o->slots[j]));
         /* slot j may move to i when its home is not in the cyclic range (i, j] */
         bool stays = i < j ? (h > i && h <= j) : (h > i || h <= j);
         if (!stays) {
+            if (o->nslots && (i < o->cur) != (j < o->cur)) { /* across the shrink's cursor */
+                if (i < o->cur)
+                    tab_put(o->nslots, o->ncap, o->slots[j]);
+                else
+                    tab_del(o->nslots, o->ncap, slot_pid(&o->slots[j]));
+            }
             o->slots[i] = o->slots[j];
             i = j;
         }
@@ -175,6 +264,7 @@ static void delete_at(dv_owners *o, size_t i) {
     memset(&o->slots[i], 0, sizeof(o->slots[i]));
     o->count--;
     if (!o->count) { /* the last process went: give the table back */
+        shrink_abort(o);
         dv_pages_free(o->slots, o->cap * sizeof(dv_owner_slot));
         o->slots = NULL;
         o->cap = 0;
@@ -230,8 +320,15 @@ int dv_owners_add(dv_owners *o, uint64_t pid, uint64_t key) {
     pid = pid_norm(pid);
     key = key_norm(key);
     dv_owner_slot *s = find(o, pid);
-    if (s)
-        return slot_has(s, key) ? DV_OK : slot_add(o, s, key);
+    if (s) {
+        if (slot_has(s, key))
+            return DV_OK;
+        int rc = slot_add(o, s, key);
+        mirror(o, (size_t)(s - o->slots));
+        return rc;
+    }
+    if (o->nslots && (o->count + 1) * 4 > o->ncap * 3)
+        shrink_abort(o); /* it would not hold them */
     if ((o->count + 1) * 4 > o->cap * 3) {
         if (resize(o, o->cap ? o->cap * 2 : MIN_CAP))
             return DV_ENOMEM;
@@ -240,8 +337,11 @@ int dv_owners_add(dv_owners *o, uint64_t pid, uint64_t key) {
     while (o->slots[i].pid)
         i = (i + 1) & mask;
     o->slots[i] = (dv_owner_slot){.pid = pid, .v = key};
+    if (o->nslots && i < o->cur)
+        tab_put(o->nslots, o->ncap, o->slots[i]);
     o->count++;
     o->keys++;
+    shrink_step_run(o);
     return DV_OK;
 }
 
@@ -256,6 +356,7 @@ bool dv_owners_remove(dv_owners *o, uint64_t pid, uint64_t key) {
             return false;
         o->keys--;
         delete_at(o, (size_t)(s - o->slots));
+        shrink_step_run(o);
         return true;
     }
     if (is_set(r)) {
@@ -283,7 +384,14 @@ bool dv_owners_remove(dv_owners *o, uint64_t pid, uint64_t key) {
         s->v = last;
     } else if (is_set(r) && r->n <= SET_BACK) {
         rec_rebuild(o, s, DV_OWNERS_ARRAY_MAX); /* on failure it stays a set, which is fine */
+    } else if (is_set(r) && (size_t)r->n * 8 < r->cap) { /* a quarter full, at least SET_MIN */
+        uint32_t ncap = SET_MIN;
+        while ((size_t)ncap < (size_t)r->n * 4)
+            ncap *= 2;
+        rec_rebuild(o, s, ncap); /* the same */
     }
+    mirror(o, (size_t)(s - o->slots));
+    shrink_step_run(o);
     return true;
 }
 
@@ -314,9 +422,10 @@ bool dv_owners_drop(dv_owners *o, uint64_t pid) {
     if (r)
         rec_free(o, r);
     delete_at(o, (size_t)(s - o->slots));
+    shrink_step_run(o);
     return true;
 }
 
 size_t dv_owners_memory(const dv_owners *o) {
-    return o->cap * sizeof(dv_owner_slot) + o->heap;
+    return (o->cap + o->ncap) * sizeof(dv_owner_slot) + o->heap;
 }

@@ -17,6 +17,11 @@
  * in a hash set (the same scheme), so adding, finding and removing a key is O(1) however many
  * keys a process holds. Key ids of 0 are stored as 1 (0 marks an empty place in a key set).
  *
+ * Memory follows the contents: the table grows above three quarters full and, below an
+ * eighth, shrinks to about three eighths in steps of bounded work, one at the end of each
+ * change (as the map's tables do, awmap.c); a key set below an eighth full is rebuilt at a
+ * quarter. An allocation that fails leaves the index as it was (a shrink just does not happen).
+ *
  * Not thread-safe: the NIF calls it under the replica's lock.
  */
 #ifndef DROVE_OWNERS_H
@@ -45,6 +50,10 @@ typedef struct {
     size_t count; /* processes */
     size_t keys;  /* (process, key) pairs */
     size_t heap;  /* bytes of the records */
+    /* A shrink in progress (owners.c): the smaller table, holding exactly the slots of the
+     * table's places below cur, filled a step per call. */
+    dv_owner_slot *nslots;
+    size_t ncap, cur;
 } dv_owners;
 
 void dv_owners_init(dv_owners *o);
@@ -63,5 +72,7 @@ size_t dv_owners_get(const dv_owners *o, uint64_t pid, const uint64_t **places, 
 bool dv_owners_drop(dv_owners *o, uint64_t pid);
 /* Bytes held (the table and the key arrays). */
 size_t dv_owners_memory(const dv_owners *o);
+/* Test hook: places copied per shrink step (0 restores the default). */
+void dv_owners_set_step(size_t places);
 
 #endif

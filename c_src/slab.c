@@ -1,9 +1,11 @@
 /* slab.c - see slab.h. */
 #include "slab.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
+#include "dots.h" /* DV_OK, DV_ENOMEM */
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SLAB_PASSTHROUGH 1
@@ -67,6 +69,7 @@ void dv_slab_free_all(dv_slab *s) {
         n = b->next;
         dv_free(b);
     }
+    dv_free(s->index);
     dv_slab_init(s);
 }
 
@@ -82,6 +85,7 @@ static void *big_alloc(dv_slab *s, size_t n) {
         s->big->prev = b;
     s->big = b;
     s->held += BIG_HDR + n;
+    s->nbig++;
     return (uint8_t *)b + BIG_HDR;
 }
 
@@ -94,6 +98,7 @@ static void big_release(dv_slab *s, void *p, size_t n) {
     if (b->next)
         b->next->prev = b->prev;
     s->held -= BIG_HDR + n;
+    s->nbig--;
     dv_free(b);
 }
 
@@ -129,8 +134,8 @@ static void carve(dv_slab *s, uint8_t *p, size_t n) {
  * of two from MIN to MAX), so the unused end of the newest chunk stays below about an eighth
  * of the memory, while a big map still gets 2 MiB chunks (huge pages). */
 static bool new_chunk(dv_slab *s, size_t need) {
-    size_t size = DV_SLAB_MIN_CHUNK;
-    while (size < DV_SLAB_MAX_CHUNK && size * 2 <= s->held / 8)
+    size_t size = DV_SLAB_MIN_CHUNK, max = s->max_chunk ? s->max_chunk : DV_SLAB_MAX_CHUNK;
+    while (size < max && size * 2 <= s->held / 8)
         size *= 2;
     while (size - CHUNK_HDR < need)
         size *= 2;
@@ -183,4 +188,79 @@ void dv_slab_release(dv_slab *s, void *p, size_t n) {
 
 size_t dv_slab_held(const dv_slab *s) {
     return s->held;
+}
+
+size_t dv_slab_big_blocks(const dv_slab *s) {
+    return s->nbig;
+}
+
+static int cmp_ptr(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t) * (void *const *)a, y = (uintptr_t) * (void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+int dv_slab_retire(dv_slab *s, dv_slab *old) {
+    size_t n = 0, chunk_bytes = 0;
+    for (dv_slab_chunk *c = s->chunks; c; c = c->next) {
+        n++;
+        chunk_bytes += c->size;
+    }
+    void **index = NULL;
+    if (n && !(index = dv_alloc(sizeof(void *) * n)))
+        return DV_ENOMEM;
+    size_t i = 0;
+    for (dv_slab_chunk *c = s->chunks; c; c = c->next)
+        index[i++] = c;
+    if (n)
+        qsort(index, n, sizeof(void *), cmp_ptr);
+    dv_slab_init(old);
+    memcpy(old->free, s->free, sizeof(s->free));
+    old->nonempty = s->nonempty;
+    old->chunks = s->chunks;
+    old->held = chunk_bytes;
+    old->index = index;
+    old->nindex = n;
+    /* s keeps its big blocks only */
+    memset(s->free, 0, sizeof(s->free));
+    s->nonempty = 0;
+    s->bump = s->bump_end = NULL;
+    s->chunks = NULL;
+    s->held -= chunk_bytes;
+    return DV_OK;
+}
+
+bool dv_slab_owns(const dv_slab *s, const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    size_t lo = 0, hi = s->nindex; /* the last chunk starting at or below p */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if ((uintptr_t)s->index[mid] <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (!lo)
+        return false;
+    const dv_slab_chunk *c = s->index[lo - 1];
+    return a < (uintptr_t)c + c->size;
+}
+
+bool dv_slab_free_some(dv_slab *s, size_t max_chunks) {
+    for (; s->chunks && max_chunks; max_chunks--) {
+        dv_slab_chunk *c = s->chunks;
+        s->chunks = c->next;
+        s->held -= c->size;
+        if (c->size >= DV_PAGES_MIN)
+            dv_pages_free(c, c->size);
+        else
+            dv_free(c);
+    }
+    if (s->chunks)
+        return false;
+    dv_slab_free_all(s);
+    return true;
+}
+
+void dv_slab_set_max_chunk(dv_slab *s, size_t max) {
+    s->max_chunk = max;
 }

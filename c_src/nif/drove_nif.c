@@ -34,6 +34,8 @@
 #define DIRTY_VALUE_BYTES (64 * 1024)
 /* Write logs with more operations than this are encoded on a dirty scheduler. */
 #define DIRTY_OUTBOX_OPS 2048
+/* The changed-keys buffers keep their array between flushes up to this size (a burst's goes). */
+#define CHANGED_KEEP_BYTES ((size_t)256 << 10)
 
 typedef struct {
     ErlNifMutex *lock;
@@ -1302,7 +1304,7 @@ static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
         ERL_NIF_TERM diffs =
             r->changed[r->cur].n ? local_diffs(env, r, &r->changed[r->cur]) : empty;
         dv_outbox_reset(&r->log[r->cur]);
-        dv_buf_reset(&r->changed[r->cur]);
+        dv_buf_reset_trim(&r->changed[r->cur], CHANGED_KEEP_BYTES);
         enif_mutex_unlock(r->lock);
         return enif_make_tuple2(env, A_DROPPED, diffs);
     }
@@ -1322,7 +1324,7 @@ static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     if (r->changed[old].n)
         diffs = local_diffs(env, r, &r->changed[old]);
     dv_outbox_reset(&r->log[old]);
-    dv_buf_reset(&r->changed[old]);
+    dv_buf_reset_trim(&r->changed[old], CHANGED_KEEP_BYTES);
     r->taking = false;
     enif_mutex_unlock(r->lock);
     if (rc != DV_OK)
