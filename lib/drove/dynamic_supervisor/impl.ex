@@ -69,7 +69,6 @@ defmodule Drove.DynamicSupervisor.Impl do
               next: [GenServer.from()]
             },
             awaiting: %{id() => [{GenServer.from(), node()}]},
-            unwritten: %{id() => [GenServer.from()]},
             retries: %{id() => non_neg_integer()}
           }
 
@@ -111,11 +110,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       layout: nil,
       # starts placed here waiting until a peer has their entry: one ping in flight at a time
       # (ref, the callers it answers, the callers for the next one); callers waiting for a
-      # child's entry from its node: id => [{from, node}]; and callers of this node's new
-      # children whose entry is not written yet: id => [from]
+      # child's entry from its node: id => [{from, node}]
       confirm: %{ref: nil, waiting: [], next: []},
       awaiting: %{},
-      unwritten: %{},
       # failed takeovers: id => attempts so far
       retries: %{}
     ]
@@ -565,20 +562,21 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   # a caller whose child was started here: answered once a peer has the child's entry
+  # (Starter's call wrote it before the node's DynamicSupervisor answered the caller)
   def handle_call({:confirm, id}, from, s) do
     case :ets.lookup(s.children, id) do
-      [{_, owner, _, _}] when owner == s.me ->
-        {:noreply, confirm_later(s, from)}
-
-      [] ->
-        # Starter's report of the start has not been handled yet (it comes from another
-        # process): confirmed once it is
-        {:noreply, %{s | unwritten: Map.update(s.unwritten, id, [from], &[from | &1])}}
-
-      _ ->
-        # written and taken by another member already: it is durable there
-        {:reply, :ok, s}
+      [{_, owner, _, _}] when owner == s.me -> {:noreply, confirm_later(s, from)}
+      # taken by another member, or gone: nothing of ours to confirm
+      _ -> {:reply, :ok, s}
     end
+  end
+
+  # Starter, in the node's DynamicSupervisor, on every start of a child: its entry is
+  # written and the child monitored before the DynamicSupervisor goes on
+  def handle_call({:drove_child_started, id, pid, spec}, _from, s) do
+    s = %{s | retries: Map.delete(s.retries, id)}
+    {_, s} = child_started(s, id, pid, spec)
+    {:reply, :ok, s}
   end
 
   # a caller whose child was started on `node`: answered once this replica has its entry
@@ -608,19 +606,6 @@ defmodule Drove.DynamicSupervisor.Impl do
   # ------------------------------------------------------------------ info
 
   @impl true
-  def handle_info({:drove_child_started, id, pid, spec}, s) do
-    s = %{s | retries: Map.delete(s.retries, id)}
-    {_, s} = child_started(s, id, pid, spec)
-
-    case Map.pop(s.unwritten, id) do
-      {nil, _} ->
-        {:noreply, s}
-
-      {froms, unwritten} ->
-        {:noreply, Enum.reduce(froms, %{s | unwritten: unwritten}, &confirm_later(&2, &1))}
-    end
-  end
-
   # the first pong of a ping answers every caller that joined it; the callers that came
   # meanwhile share the next ping (one in flight at a time: a burst of starts costs a ping
   # per round trip, not per child)
