@@ -38,13 +38,14 @@ defmodule Drove.StartDurabilityTest do
       assert node(pid) == n1
     end
 
-    # the child's node cannot push its entry (its instance is suspended): start_child does
-    # not answer, though the node's DynamicSupervisor started the child; then it can
-    :ok = :sys.suspend({sup, n2})
+    # the caller's node cannot take the entry in (its instance is suspended): start_child
+    # does not answer, though the child runs on n2; once it can, it answers, and the entry
+    # is there
+    :ok = :sys.suspend({sup, n1})
     :ok = C.rpc(n1, DurablePeer, :start_async, [sup, n2, :dur_held, self()])
-    refute_receive {:started, _, _}, 300
-    assert C.rpc(n2, Process, :whereis, [:dur_held]) != nil
-    :ok = :sys.resume({sup, n2})
+    C.wait_until(fn -> C.rpc(n2, Process, :whereis, [:dur_held]) != nil end)
+    refute_receive {:returned, _}, 300
+    :ok = :sys.resume({sup, n1})
     assert_receive {:started, {:ok, pid}, true}, 5000
     assert node(pid) == n2
   end

@@ -174,13 +174,15 @@ defmodule Drove.Test.DurablePeer do
 
   @doc """
   Starts a child pinned to `target` from a new process, which sends `report_to`
-  `{:started, result, entry_here?}` when start_child has answered.
+  `{:returned, result}` as soon as start_child has answered, then
+  `{:started, result, entry_here?}`.
   """
   @spec start_async(atom(), node(), atom(), pid()) :: :ok
   def start_async(sup, target, tag, report_to) do
     spawn(fn ->
       spec = %{id: {:pin, target}, start: {Drove.Test.Worker, :start_link, [tag]}}
       result = Drove.DynamicSupervisor.start_child(sup, spec)
+      send(report_to, {:returned, result})
       {:ok, pid} = result
       send(report_to, {:started, result, has_pid?(GenServer.call(sup, :children), pid)})
     end)

@@ -27,8 +27,99 @@ defmodule Drove.DynamicSupervisor.Impl do
   import Bitwise
   require Logger
 
+  defmodule State do
+    @moduledoc false
+    # The instance's state. Replicated facts live in the replica (and are mirrored in the
+    # `children` and `owners` tables); everything here is this member's own view.
+
+    @typedoc "A child's id: a random 128-bit integer, kept for its whole life."
+    @type id :: non_neg_integer()
+    @type member :: {atom(), node()}
+
+    @type t :: %__MODULE__{
+            name: atom(),
+            me: member(),
+            flags: map(),
+            procsup: atom(),
+            strategy: module(),
+            seeded: boolean(),
+            member_struct: module(),
+            handle: reference(),
+            repl: Drove.Replicator.t(),
+            table: atom(),
+            children: :ets.tid(),
+            owners: :ets.tid(),
+            auto: boolean(),
+            members: %{member() => 1},
+            infos: %{member() => {atom(), pid()}},
+            dead: MapSet.t(pid()),
+            watched: %{pid() => {nil, reference()}},
+            members_info: %{member() => struct()},
+            local: %{id() => {pid() | :starting | :restarting, map()}},
+            by_pid: %{pid() => id()},
+            stopping: %{id() => Drove.DynamicSupervisor.Lifecycle.stop()},
+            ready: boolean(),
+            shutting_down: boolean(),
+            quorum_waiters: [GenServer.from()],
+            parent: pid() | nil,
+            layout: list() | nil,
+            confirm: %{
+              ref: reference() | nil,
+              waiting: [GenServer.from()],
+              next: [GenServer.from()]
+            },
+            awaiting: %{id() => [{GenServer.from(), node()}]},
+            retries: %{id() => non_neg_integer()}
+          }
+
+    @enforce_keys [:name, :me, :flags, :procsup, :strategy, :handle, :repl, :table]
+    defstruct [
+      :name,
+      :me,
+      :flags,
+      :procsup,
+      :strategy,
+      # strategies that draw random numbers are seeded per child, so all nodes agree
+      :seeded,
+      :member_struct,
+      :handle,
+      :repl,
+      # the table callers read (config, own status, the member list)
+      :table,
+      # children: {id, owner, spec, pid}; owners: {{owner, id}} to find a member's children
+      :children,
+      :owners,
+      :auto,
+      :parent,
+      # the member list (Horde's shape) and what each member says of itself
+      members: %{},
+      infos: %{},
+      # pids of member instances seen going down, and our monitors of live ones
+      dead: MapSet.new(),
+      watched: %{},
+      members_info: %{},
+      # local children: id => {pid | :starting | :restarting, spec}; pid => id; and how this
+      # member is stopping some of them
+      local: %{},
+      by_pid: %{},
+      stopping: %{},
+      ready: false,
+      shutting_down: false,
+      quorum_waiters: [],
+      # the member view :active redistribution last acted on
+      layout: nil,
+      # starts placed here waiting until a peer has their entry: one ping in flight at a time
+      # (ref, the callers it answers, the callers for the next one); callers waiting for a
+      # child's entry from its node: id => [{from, node}]
+      confirm: %{ref: nil, waiting: [], next: []},
+      awaiting: %{},
+      # failed takeovers: id => attempts so far
+      retries: %{}
+    ]
+  end
+
   alias Drove.{Liveness, Native, Replicator}
-  alias Drove.DynamicSupervisor.{Starter, Tree}
+  alias Drove.DynamicSupervisor.{Lifecycle, Starter, Tree}
 
   @call_timeout 5_000
   @confirm_timeout 5_000
@@ -356,13 +447,12 @@ defmodule Drove.DynamicSupervisor.Impl do
         want_diffs: true
       )
 
-    s = %{
+    s = %State{
       name: name,
       me: me,
       flags: flags,
       procsup: Tree.procsup(name),
       strategy: flags.distribution_strategy,
-      # strategies that draw random numbers are seeded per child, so all nodes agree
       seeded: not deterministic?(flags.distribution_strategy),
       member_struct: flags.member_struct,
       handle: handle,
@@ -371,32 +461,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       children: children,
       owners: owners,
       auto: flags.members == :auto,
-      # the member list (Horde's shape) and what each member says of itself
-      members: %{},
-      infos: %{},
-      # pids of member instances seen going down, and our monitors of live ones
-      dead: MapSet.new(),
-      watched: %{},
-      members_info: %{},
-      # local children: id => {pid | :starting | :restarting, spec}; pid => id
-      local: %{},
-      by_pid: %{},
-      stopping: %{},
-      ready: false,
-      shutting_down: false,
-      quorum_waiters: [],
-      parent: Drove.Replicator.parent(),
-      # the member view :active redistribution last acted on
-      layout: nil,
-      # starts placed here waiting until a peer has their entry: one ping in flight at a time
-      # (ref, the callers it answers, the callers for the next one); and callers waiting for
-      # a child's entry from its node: id => [{from, node}], and ids of this node's new
-      # children whose entry is not written yet: id => [from]
-      confirm: %{ref: nil, waiting: [], next: []},
-      awaiting: %{},
-      unwritten: %{},
-      # failed takeovers: id => attempts so far
-      retries: %{}
+      parent: Drove.Replicator.parent()
     }
 
     :ets.insert(table, [
@@ -497,20 +562,21 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   # a caller whose child was started here: answered once a peer has the child's entry
+  # (Starter's call wrote it before the node's DynamicSupervisor answered the caller)
   def handle_call({:confirm, id}, from, s) do
     case :ets.lookup(s.children, id) do
-      [{_, owner, _, _}] when owner == s.me ->
-        {:noreply, confirm_later(s, from)}
-
-      [] ->
-        # Starter's report of the start has not been handled yet (it comes from another
-        # process): confirmed once it is
-        {:noreply, %{s | unwritten: Map.update(s.unwritten, id, [from], &[from | &1])}}
-
-      _ ->
-        # written and taken by another member already: it is durable there
-        {:reply, :ok, s}
+      [{_, owner, _, _}] when owner == s.me -> {:noreply, confirm_later(s, from)}
+      # taken by another member, or gone: nothing of ours to confirm
+      _ -> {:reply, :ok, s}
     end
+  end
+
+  # Starter, in the node's DynamicSupervisor, on every start of a child: its entry is
+  # written and the child monitored before the DynamicSupervisor goes on
+  def handle_call({:drove_child_started, id, pid, spec}, _from, s) do
+    s = %{s | retries: Map.delete(s.retries, id)}
+    {_, s} = child_started(s, id, pid, spec)
+    {:reply, :ok, s}
   end
 
   # a caller whose child was started on `node`: answered once this replica has its entry
@@ -540,19 +606,6 @@ defmodule Drove.DynamicSupervisor.Impl do
   # ------------------------------------------------------------------ info
 
   @impl true
-  def handle_info({:drove_child_started, id, pid, spec}, s) do
-    s = %{s | retries: Map.delete(s.retries, id)}
-    {_, s} = child_started(s, id, pid, spec)
-
-    case Map.pop(s.unwritten, id) do
-      {nil, _} ->
-        {:noreply, s}
-
-      {froms, unwritten} ->
-        {:noreply, Enum.reduce(froms, %{s | unwritten: unwritten}, &confirm_later(&2, &1))}
-    end
-  end
-
   # the first pong of a ping answers every caller that joined it; the callers that came
   # meanwhile share the next ping (one in flight at a time: a burst of starts costs a ping
   # per round trip, not per child)
@@ -797,38 +850,27 @@ defmodule Drove.DynamicSupervisor.Impl do
         {how, stopping} = Map.pop(s.stopping, id)
         s = %{s | stopping: stopping}
 
-        # A child being stopped here (evicted, moved, or this node shutting down) that ended
-        # for good by itself meanwhile (a transient child's :normal exit, a temporary child's
-        # crash...; not the stop's own :shutdown or :kill) has ended: its entry goes, as at
-        # any other time. Any other exit counts as the stop's.
-        restart = Map.get(spec, :restart, :permanent)
-        ended? = reason not in [:shutdown, :killed] and not restarts?(restart, reason)
-        mine? = match?([{_, owner, _, _}] when owner == s.me, :ets.lookup(s.children, id))
+        facts = %{
+          stop: how,
+          shutting_down: s.shutting_down,
+          restart: Map.get(spec, :restart, :permanent),
+          reason: reason,
+          mine: match?([{_, owner, _, _}] when owner == s.me, :ets.lookup(s.children, id))
+        }
 
-        cond do
-          how == :terminate ->
+        case Lifecycle.on_exit(facts) do
+          :forget ->
             %{s | local: Map.delete(s.local, id)}
 
-          how == :evict and not ended? ->
-            # Evicted because another member's claim showed first; if the entry says ours
-            # again by now (that claim lost to ours where it was resolved), nobody runs it:
-            # hand it over so it is placed again.
-            if mine?, do: relinquish(s, id, spec)
-            %{s | local: Map.delete(s.local, id)}
-
-          (how == :redistribute or s.shutting_down) and not ended? ->
+          :relinquish ->
             relinquish(s, id, spec)
             %{s | local: Map.delete(s.local, id)}
 
-          restarts?(restart, reason) ->
+          :restart_here ->
             # the DynamicSupervisor restarts it here; Starter reports the new pid
             %{s | local: Map.put(s.local, id, {:restarting, spec})}
 
-          how == :evict and not mine? ->
-            # ended while being evicted: the entry is another member's copy's
-            %{s | local: Map.delete(s.local, id)}
-
-          true ->
+          :delete ->
             delete_child(s, id)
             %{s | local: Map.delete(s.local, id)}
         end
@@ -837,13 +879,6 @@ defmodule Drove.DynamicSupervisor.Impl do
         s
     end
   end
-
-  defp restarts?(:permanent, _), do: true
-  defp restarts?(:temporary, _), do: false
-  defp restarts?(:transient, :normal), do: false
-  defp restarts?(:transient, :shutdown), do: false
-  defp restarts?(:transient, {:shutdown, _}), do: false
-  defp restarts?(:transient, _), do: true
 
   defp evict(s, id, pid) do
     stop_local(s.procsup, pid, nil)
@@ -939,50 +974,32 @@ defmodule Drove.DynamicSupervisor.Impl do
     mirror(s, id, owner, spec, pid)
     s = entry_arrived(s, id)
 
-    case Map.get(s.local, id) do
-      {local_pid, lspec} when is_pid(local_pid) ->
-        cond do
-          owner == s.me and pid != local_pid ->
-            # a stale write of ours won (a restart raced a sync): state the current pid
-            put_child(s, id, s.me, lspec, local_pid)
-            s
+    case Lifecycle.on_entry(entry_facts(s, id, :add, owner, pid)) do
+      :keep ->
+        s
 
-          owner == s.me ->
-            s
+      :restate ->
+        {running, lspec} = Map.fetch!(s.local, id)
+        put_child(s, id, s.me, lspec, running)
+        s
 
-          owner == nil ->
-            # relinquished elsewhere while it runs here: this node keeps it
-            put_child(s, id, s.me, lspec, local_pid)
-            s
+      :evict ->
+        {running, _} = Map.fetch!(s.local, id)
+        evict(s, id, running)
 
-          true ->
-            # the entry's owner is another member: the copy here is a duplicate
-            if Map.get(s.stopping, id) in [nil, :redistribute],
-              do: evict(s, id, local_pid),
-              else: s
-        end
-
-      _ ->
-        if owner == s.me and Map.has_key?(s.local, id) == false and s.ready do
-          # ours, but not running here (an earlier life of this instance): hand it over
-          relinquish(s, id, spec)
-        end
-
+      :relinquish ->
+        relinquish(s, id, spec)
         s
     end
   end
 
   defp apply_diff({:remove, {:child, id}}, s) do
-    case Map.get(s.local, id) do
-      {pid, spec} when is_pid(pid) ->
-        if Map.has_key?(s.stopping, id) do
-          unmirror(s, id)
-        else
-          # removed elsewhere while it runs here: it still runs, so it stays listed
-          put_child(s, id, s.me, spec, pid)
-        end
+    case Lifecycle.on_entry(entry_facts(s, id, :remove, nil, nil)) do
+      :restate ->
+        {running, spec} = Map.fetch!(s.local, id)
+        put_child(s, id, s.me, spec, running)
 
-      _ ->
+      :keep ->
         unmirror(s, id)
     end
 
@@ -1018,6 +1035,25 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp apply_diff(other, s) do
     %{s | repl: Replicator.bad_message(s.repl, {:unexpected_entry, other})}
+  end
+
+  defp entry_facts(s, id, change, owner, pid) do
+    running =
+      case Map.get(s.local, id) do
+        {p, _} when is_pid(p) -> p
+        _ -> nil
+      end
+
+    %{
+      change: change,
+      running: running,
+      known: Map.has_key?(s.local, id),
+      stopping: Map.get(s.stopping, id),
+      owner: owner,
+      pid: pid,
+      mine: owner == s.me,
+      ready: s.ready
+    }
   end
 
   # ------------------------------------------------------------------ liveness

@@ -86,9 +86,11 @@ end
 defmodule Drove.DynamicSupervisor.Starter do
   @moduledoc false
   # The start function of every child, run by the node's DynamicSupervisor on each start and
-  # restart: starts the user's child, then tells the instance its pid, without waiting, so
-  # the node's DynamicSupervisor goes on with the next start at once. The caller of a new
-  # child waits for its entry to be durable (Impl.start_child).
+  # restart: starts the user's child, then tells the instance its pid and waits until the
+  # instance has written its entry and monitors it (a local hop, no round trip): a child that
+  # exits at once is then seen with its real exit reason, not as :noproc. The caller of a new
+  # child waits for its entry to be durable on another member (Impl.start_child), outside
+  # the node's DynamicSupervisor, which goes on with the next start.
 
   @spec start(atom(), term(), map(), list(), :new | :takeover) ::
           DynamicSupervisor.on_start_child()
@@ -109,9 +111,10 @@ defmodule Drove.DynamicSupervisor.Starter do
     end
   end
 
-  # (a local name that is not registered: the instance is gone, and this whole local tree is
-  # going down with it)
   defp started(sup, id, pid, spec, _mode) do
-    send({sup, node()}, {:drove_child_started, id, pid, spec})
+    GenServer.call(sup, {:drove_child_started, id, pid, spec}, :infinity)
+  catch
+    # the instance is gone: this whole local tree is going down with it
+    :exit, _ -> :ok
   end
 end

@@ -1,0 +1,145 @@
+defmodule Drove.LifecycleTest do
+  # Every combination of the facts Drove.DynamicSupervisor.Lifecycle decides on, against
+  # tables written out by hand: what happens to a child that goes down here, and to a child
+  # whose entry changes elsewhere.
+  use ExUnit.Case, async: true
+
+  alias Drove.DynamicSupervisor.Lifecycle
+
+  @reasons [:normal, :shutdown, {:shutdown, :x}, :killed, :crashed]
+  @restarts [:permanent, :transient, :temporary]
+
+  # F forget, L relinquish, R restart here, D delete. One row per restart rule
+  # (permanent, transient, temporary), one column per reason (:normal, :shutdown,
+  # {:shutdown, _}, :killed, a crash).
+  @exit_table %{
+    # not being stopped here, the member running
+    {nil, false} => ~w(RRRRR DDDRR DDDDD),
+    # not being stopped here, the member stopping gracefully: each exit of the stop's is a
+    # hand-over; a child that ended for good by itself is deleted
+    {nil, true} => ~w(LLLLL DLDLL DLDLD),
+    # moved by :active redistribution (running or stopping)
+    {:redistribute, false} => ~w(LLLLL DLDLL DLDLD),
+    {:redistribute, true} => ~w(LLLLL DLDLL DLDLD),
+    # terminate_child: its entry is gone already
+    {:terminate, false} => ~w(FFFFF FFFFF FFFFF),
+    {:terminate, true} => ~w(FFFFF FFFFF FFFFF)
+  }
+
+  # evicted as a duplicate: depends on whose the entry is by now, not on shutting down
+  @evict_table %{
+    # the entry says ours again: nobody runs it, hand it over (or it ended for good)
+    true => ~w(LLLLL DLDLL DLDLD),
+    # another member's copy's entry: leave it alone whatever the exit
+    false => ~w(FFFFF FFFFF FFFFF)
+  }
+
+  @letters %{"F" => :forget, "L" => :relinquish, "R" => :restart_here, "D" => :delete}
+
+  defp expected(rows, restart, reason) do
+    row = Enum.at(rows, Enum.find_index(@restarts, &(&1 == restart)))
+    letter = String.at(row, Enum.find_index(@reasons, &(&1 == reason)))
+    Map.fetch!(@letters, letter)
+  end
+
+  test "on_exit: every stop, shutting-down flag, restart rule, reason and owner" do
+    combos =
+      for stop <- [nil, :terminate, :evict, :redistribute],
+          shutting_down <- [false, true],
+          restart <- @restarts,
+          reason <- @reasons,
+          mine <- [false, true] do
+        facts = %{
+          stop: stop,
+          shutting_down: shutting_down,
+          restart: restart,
+          reason: reason,
+          mine: mine
+        }
+
+        rows =
+          if stop == :evict,
+            do: Map.fetch!(@evict_table, mine),
+            else: Map.fetch!(@exit_table, {stop, shutting_down})
+
+        assert Lifecycle.on_exit(facts) == expected(rows, restart, reason), inspect(facts)
+        facts
+      end
+
+    assert length(combos) == 240
+  end
+
+  test "restarts?: OTP's restart rules" do
+    for restart <- @restarts, reason <- @reasons do
+      expected =
+        case restart do
+          :permanent -> true
+          :temporary -> false
+          :transient -> reason in [:killed, :crashed]
+        end
+
+      assert Lifecycle.restarts?(restart, reason) == expected
+    end
+  end
+
+  # Entry changes. running: a copy runs here (pid) or not; known: the child is known here at
+  # all (starting or restarting counts); mine: the entry names this member.
+  test "on_entry: an entry joined from a peer, every combination" do
+    here = self()
+    other = spawn(fn -> :ok end)
+
+    for running <- [here, nil],
+        known <- [true, false],
+        running == nil or known,
+        stopping <- [nil, :evict, :redistribute, :terminate],
+        owner <- [:me, nil, :other],
+        pid <- [here, other],
+        ready <- [false, true] do
+      facts = %{
+        change: :add,
+        running: running,
+        known: known,
+        stopping: stopping,
+        owner: owner,
+        pid: pid,
+        mine: owner == :me,
+        ready: ready
+      }
+
+      expected =
+        case {running, owner} do
+          # ours and it runs here: say which pid if the entry names another
+          {^here, :me} -> if pid == here, do: :keep, else: :restate
+          # handed over elsewhere while it runs here: this member keeps it
+          {^here, nil} -> :restate
+          # another member's: the copy here is a duplicate, unless it is being stopped
+          # already (evicted or terminated)
+          {^here, :other} -> if stopping in [nil, :redistribute], do: :evict, else: :keep
+          # ours, not known here, and this member has started: an earlier life wrote it
+          {nil, :me} -> if not known and ready, do: :relinquish, else: :keep
+          {nil, _} -> :keep
+        end
+
+      assert Lifecycle.on_entry(facts) == expected, inspect(facts)
+    end
+  end
+
+  test "on_entry: an entry deleted elsewhere" do
+    for running <- [self(), nil], stopping <- [nil, :evict, :redistribute, :terminate] do
+      facts = %{
+        change: :remove,
+        running: running,
+        known: running != nil,
+        stopping: stopping,
+        owner: nil,
+        pid: nil,
+        mine: false,
+        ready: true
+      }
+
+      # it still runs here and is not being stopped: it stays listed
+      expected = if running != nil and stopping == nil, do: :restate, else: :keep
+      assert Lifecycle.on_entry(facts) == expected, inspect(facts)
+    end
+  end
+end
