@@ -421,15 +421,24 @@ defmodule Drove.Registry do
   @doc false
   @spec keys_table(registry()) :: atom()
   def keys_table(registry) when is_atom(registry) do
-    :persistent_term.get({__MODULE__, :keys, registry}, nil) || :"keys_#{registry}"
+    :persistent_term.get({__MODULE__, :keys, registry}, nil) || table_name("keys_", registry)
   end
 
   def keys_table(registry), do: raise_missing(registry)
 
   @doc false
   @spec members_table(registry()) :: atom()
-  def members_table(registry) when is_atom(registry), do: :"members_#{registry}"
+  def members_table(registry) when is_atom(registry), do: table_name("members_", registry)
   def members_table(registry), do: raise_missing(registry)
+
+  # The table of a registry that never ran here has no atom yet: no new atom is made for it
+  # (nor a SystemLimitError raised for a name too long to prefix), the read raises as
+  # Horde's does. The registry process makes its tables' atoms when it starts.
+  defp table_name(prefix, registry) do
+    String.to_existing_atom(prefix <> Atom.to_string(registry))
+  rescue
+    ArgumentError -> raise_missing(registry)
+  end
 
   defp instance!(registry) do
     case Handles.lookup(registry) do

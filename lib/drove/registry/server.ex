@@ -38,9 +38,12 @@ defmodule Drove.Registry.Server do
   def validate!(opts) do
     Drove.Options.known!(opts, @known, "Drove.Registry")
 
-    case Keyword.get(opts, :name) do
-      n when is_atom(n) and n != nil -> :ok
-      n -> raise ArgumentError, "a registry needs a :name that is an atom, got: #{inspect(n)}"
+    # its tables are named :"keys_#{name}" and :"members_#{name}", atoms of <= 255 chars
+    name = Keyword.get(opts, :name)
+
+    unless is_atom(name) and name != nil and byte_size(Atom.to_string(name)) <= 200 do
+      raise ArgumentError,
+            "a registry needs a :name that is an atom of at most 200 bytes, got: #{inspect(name)}"
     end
 
     case Keyword.get(opts, :keys) do
@@ -118,9 +121,10 @@ defmodule Drove.Registry.Server do
     # bench/registry.exs's 50k rate rose from 44-50k/s to 58-62k/s. A lookup then takes a
     # bucket lock too, 60-75 ns (~15%) more; read_concurrency keeps hot names cheap to read
     # from many cores at once.
-    :ets.new(Reg.keys_table(name), [{:write_concurrency, :auto} | table_opts])
-    :ets.new(Reg.members_table(name), table_opts)
-    :persistent_term.put({Reg, :keys, name}, :"keys_#{name}")
+    keys = :"keys_#{name}"
+    :ets.new(keys, [{:write_concurrency, :auto} | table_opts])
+    :ets.new(:"members_#{name}", table_opts)
+    :persistent_term.put({Reg, :keys, name}, keys)
     # registrants tell this process of each registration only when it has listeners to notify
     :persistent_term.put({Reg, :notify, name}, Keyword.get(opts, :listeners, []) != [])
 
