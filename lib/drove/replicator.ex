@@ -22,7 +22,7 @@ defmodule Drove.Replicator do
   # each tick starts rounds with at most `fanout` neighbours, taken in turn (all of them in a
   # small cluster): a cluster's idle traffic grows with its size, not with its size squared.
   # A new neighbour gets a full request at once; so does a neighbour whose last summary round
-  # expired unanswered (a node of an older version ignores summaries).
+  # expired unanswered (a node of an older version ignores summaries), until it answers one.
   require Logger
 
   alias Drove.Native
@@ -43,7 +43,7 @@ defmodule Drove.Replicator do
 
   defmodule Neighbour do
     @moduledoc false
-    # round: nil or {ref, deadline, :sum | :full}; sum: false once a summary went unanswered
+    # round: nil or {ref, deadline, :sum | :full}; sum: false after a summary went unanswered
     defstruct dest: nil, mref: nil, pid: nil, up: false, round: nil, sum: true
   end
 
@@ -248,7 +248,8 @@ defmodule Drove.Replicator do
       case find_round(r, ref, :full) do
         # a reply to a round we gave up on still carries valid data
         nil -> r
-        {dest, n} -> put_in(r.neighbours[dest], %{n | round: nil, pid: from})
+        # the next round starts with a summary again (see expire_rounds/1)
+        {dest, n} -> put_in(r.neighbours[dest], %{n | round: nil, pid: from, sum: true})
       end
 
     finish_round(r, from, ctx, manifest)
@@ -482,7 +483,9 @@ defmodule Drove.Replicator do
     do: {:drove_sync_req, self(), ref, Native.ctx(r.handle), Native.digest(r.handle)}
 
   # Rounds that got no reply in time are dropped; a summary round that went unanswered makes
-  # the next round with that neighbour a full one.
+  # the next round with that neighbour a full one (a node of an older version ignores
+  # summaries), and any answer makes the one after a summary round again (a busy node may
+  # have answered too late).
   defp expire_rounds(r) do
     now = System.monotonic_time(:millisecond)
 
