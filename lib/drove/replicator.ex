@@ -38,6 +38,8 @@ defmodule Drove.Replicator do
     :drove_bye,
     :drove_ping
   ]
+  # process dictionary key of the counter of sends dropped on a busy distribution port
+  @dropped {__MODULE__, :sends_dropped}
   # DV_MAX_MESSAGE in c_src/codec.h: the largest binary the decoders accept
   @max_message 268_435_456
 
@@ -59,6 +61,7 @@ defmodule Drove.Replicator do
             logging: true,
             fanout: nil,
             cursor: 0,
+            dropped: nil,
             stats: %{
               bad_messages: 0,
               deltas_in: 0,
@@ -79,14 +82,17 @@ defmodule Drove.Replicator do
       interval: Keyword.fetch!(opts, :interval),
       max_bytes: Keyword.fetch!(opts, :max_bytes),
       want_diffs: Keyword.get(opts, :want_diffs, false),
-      fanout: Keyword.get(opts, :fanout)
+      fanout: Keyword.get(opts, :fanout),
+      dropped: :counters.new(1, [:write_concurrency])
     }
+
+    Process.put(@dropped, r.dropped)
 
     # With a flusher, local writes are pushed by a process of their own, so they do not
     # wait behind the owner's mailbox (a registry's owner handles a message per
     # registration). Its local diffs are dropped: use it only when the owner needs none.
     if Keyword.get(opts, :flusher, false) do
-      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes)
+      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes, r.dropped)
       :ok = Native.set_owner(handle, pid)
       %{r | flusher: pid}
     else
@@ -411,6 +417,7 @@ defmodule Drove.Replicator do
       neighbours: Map.keys(r.neighbours),
       neighbours_up: up,
       passive_peers: Map.keys(r.passive),
+      sends_dropped: :counters.get(r.dropped, 1),
       rounds_in_flight: Enum.count(r.neighbours, fn {_, n} -> n.round != nil end)
     })
   end
@@ -583,7 +590,26 @@ defmodule Drove.Replicator do
   defp dest_node({_name, node}), do: node
   defp dest_node(name) when is_atom(name), do: node()
 
-  defp send_to(dest, msg), do: :erlang.send(dest, msg, [:noconnect])
+  # Never wait on a peer (see Drove.Replicator.Sender): a message that finds the connection
+  # busy waits in a sender process of its own, and is dropped and counted when too much
+  # waits already; the anti-entropy rounds repair what it carried. Used by the owner and its
+  # flusher.
+  @doc false
+  @spec send_to(pid() | atom() | {atom(), node()}, term()) :: :ok | :noconnect | :dropped
+  def send_to(dest, msg) do
+    case __MODULE__.Sender.send(dest, msg) do
+      :dropped ->
+        case Process.get(@dropped) do
+          nil -> :ok
+          ref -> :counters.add(ref, 1, 1)
+        end
+
+        :dropped
+
+      other ->
+        other
+    end
+  end
 
   defp bump(r, key, n), do: %{r | stats: Map.update!(r.stats, key, &(&1 + n))}
 
@@ -596,9 +622,12 @@ defmodule Drove.Replicator do
     # how long a push waits for more writes once one has just left
     @coalesce_ms 1
 
-    @spec start_link(reference(), pid(), pos_integer()) :: pid()
-    def start_link(handle, owner, max_bytes) do
-      spawn_link(fn -> loop(%{handle: handle, owner: owner, max: max_bytes, targets: []}) end)
+    @spec start_link(reference(), pid(), pos_integer(), :counters.counters_ref()) :: pid()
+    def start_link(handle, owner, max_bytes, dropped) do
+      spawn_link(fn ->
+        Process.put({Drove.Replicator, :sends_dropped}, dropped)
+        loop(%{handle: handle, owner: owner, max: max_bytes, targets: []})
+      end)
     end
 
     @spec stop(pid()) :: :ok
@@ -631,7 +660,7 @@ defmodule Drove.Replicator do
 
             {chunks, _diffs} ->
               for c <- chunks, t <- s.targets do
-                :erlang.send(t, {:drove_delta, s.owner, c}, [:noconnect])
+                Drove.Replicator.send_to(t, {:drove_delta, s.owner, c})
               end
 
               # poll again after a pause: the writes made meanwhile go in one message (see
