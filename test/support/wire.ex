@@ -19,7 +19,9 @@ defmodule Drove.Test.Wire do
     * `mode: :pass` - forward (the default)
     * `mode: :stall` - stop reading from `a`'s socket, which stays open: `a`'s kernel
       buffers and then its distribution buffer fill, and its senders see `busy_dist_port`
-    * `mode: :blackhole` - read and discard: `b` gets nothing, `a` sees no back-pressure
+    * `mode: :blackhole` - read and discard: `b` gets nothing, `a` sees no back-pressure;
+      when the mode changes again the connections that lost bytes close (their streams are
+      broken), as a TCP connection whose packets vanish ends when its timers run out
     * `mode: :down` - new connections between the two are closed at once (see `cut/2`)
 
   `drop/2` closes the current connections between two nodes (new ones are let through
@@ -229,14 +231,31 @@ defmodule Drove.Test.Wire do
     case :gen_tcp.recv(src, 0) do
       {:ok, data} ->
         case await_flow(key) do
-          :blackhole -> :ok
-          _ -> send(writer, {:data, System.monotonic_time(:millisecond), data})
-        end
+          :blackhole ->
+            blackhole(src, key)
 
-        read_loop(src, key, writer)
+          _ ->
+            send(writer, {:data, System.monotonic_time(:millisecond), data})
+            read_loop(src, key, writer)
+        end
 
       {:error, reason} ->
         exit(reason)
+    end
+  end
+
+  # Discards what comes while the direction is a black hole. Bytes were lost from the middle
+  # of the stream, so the connection cannot go on: once the mode changes it ends (as a TCP
+  # connection whose packets vanish ends when the sender's timers run out).
+  defp blackhole(src, {from, to} = key) do
+    if link(from, to).mode == :blackhole do
+      case :gen_tcp.recv(src, 0, 20) do
+        {:ok, _} -> blackhole(src, key)
+        {:error, :timeout} -> blackhole(src, key)
+        {:error, reason} -> exit(reason)
+      end
+    else
+      exit(:blackholed)
     end
   end
 
