@@ -7,6 +7,7 @@ set grid
 set logscale x 2
 set xtics (4, 8, 16, 32)
 set xlabel "nodes"
+set yrange [0:*]
 
 set title "32,000 names visible on every node"
 set ylabel "ms"
