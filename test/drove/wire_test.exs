@@ -21,7 +21,7 @@ defmodule Drove.WireTest do
     on_exit(&Wire.reset_all/0)
   end
 
-  defp start_cluster(n, prefix) do
+  defp start_cluster(n, prefix, sup? \\ false) do
     nodes = C.start_nodes(n, prefix: prefix, args: Wire.peer_args())
     members = for nd <- nodes, do: {@reg, nd}
     Enum.each(nodes, &C.rpc(&1, P, :start, [@reg, [members: members]]))
@@ -31,9 +31,34 @@ defmodule Drove.WireTest do
       30_000
     )
 
+    if sup?, do: start_supervisors(nodes)
+
     # the peers talk through the proxy, not directly
     for a <- nodes, b <- nodes, a < b, do: assert(Wire.connections(a, b) == 1)
     nodes
+  end
+
+  defp start_supervisors(nodes) do
+    members = for nd <- nodes, do: {@sup, nd}
+    Enum.each(nodes, &C.rpc(&1, SupPeer, :start, [@sup, [members: members]]))
+    alive = List.duplicate(:alive, length(nodes))
+
+    C.wait_until(
+      fn -> Enum.all?(nodes, &(Map.values(C.rpc(&1, SupPeer, :statuses, [@sup])) == alive)) end,
+      30_000
+    )
+  end
+
+  # the next n {:child_started, tag, node} reports: [{tag, node}]
+  defp children_started(0), do: []
+
+  defp children_started(n) do
+    receive do
+      {:child_started, tag, node} -> [{tag, node} | children_started(n - 1)]
+      {:child_failed, tag, result} -> flunk("start_child of #{tag}: #{inspect(result)}")
+    after
+      60_000 -> flunk("#{n} start_child calls still waiting")
+    end
   end
 
   defp status(node) do
@@ -59,7 +84,7 @@ defmodule Drove.WireTest do
 
   for {fault, opts} <- [stalled: [mode: :stall], slow: [rate: 50_000]] do
     test "a #{fault} peer holds up no registration, lookup or replication among the others" do
-      [a, b, c, d] = start_cluster(4, "wire_#{unquote(fault)}")
+      [a, b, c, d] = start_cluster(4, "wire_#{unquote(fault)}", true)
       isolate(d, [a, b, c], unquote(opts))
 
       # a's pushes to d fill the wire to d and then a's distribution buffer for d
@@ -78,8 +103,34 @@ defmodule Drove.WireTest do
       if unquote(fault) == :stalled,
         do: assert(C.rpc(a, Drove.Replicator.Sender, :queued, [d]) > 0)
 
+      # start_child from a: 60 children, about 45 placed on a, b and c; their calls return
+      # while those placed on d wait, and the others see them
+      prefix = "wire_#{unquote(fault)}"
+      tags = for i <- 1..60, do: :"#{prefix}_#{i}"
+      :ok = C.rpc(a, Drove.Test.WireSupPeer, :start_children, [@sup, prefix, 1..60, self()])
+      first = children_started(30)
+
+      for n <- [b, c] do
+        C.wait_until(
+          fn ->
+            entries = C.rpc(n, SupPeer, :entries, [@sup])
+            Enum.all?(first, fn {tag, _} -> Map.has_key?(entries, tag) end)
+          end,
+          60_000
+        )
+      end
+
       # the wire moves again: d gets everything, nothing is lost anywhere
       heal_wires(d, [a, b, c])
+      children_started(30)
+
+      C.wait_until(
+        fn ->
+          running = Enum.flat_map([a, b, c, d], &C.rpc(&1, SupPeer, :running, [tags]))
+          Enum.sort(running) == Enum.sort(tags)
+        end,
+        60_000
+      )
 
       for n <- [a, b, c, d] do
         C.wait_until(

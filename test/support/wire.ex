@@ -376,3 +376,30 @@ defmodule Drove.Test.WirePeer do
     end
   end
 end
+
+defmodule Drove.Test.WireSupPeer do
+  @moduledoc false
+  # Runs ON peer nodes for the wire tests.
+
+  @doc """
+  Calls `Drove.DynamicSupervisor.start_child/2` for a permanent `Drove.Test.Worker` tagged
+  `prefix_i` for every i of `range`, each from a process of its own, all at once; each
+  reports `{:child_started, tag, node}` (the node it runs on) to `report_to` when its call
+  returns `{:ok, pid}`, or `{:child_failed, tag, result}`.
+  """
+  @spec start_children(atom(), String.t(), Range.t(), pid()) :: :ok
+  def start_children(sup, prefix, range, report_to) do
+    for i <- range do
+      tag = :"#{prefix}_#{i}"
+
+      spawn(fn ->
+        case Drove.DynamicSupervisor.start_child(sup, {Drove.Test.Worker, {tag, :permanent}}) do
+          {:ok, pid} -> send(report_to, {:child_started, tag, node(pid)})
+          other -> send(report_to, {:child_failed, tag, other})
+        end
+      end)
+    end
+
+    :ok
+  end
+end
