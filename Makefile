@@ -35,7 +35,10 @@
 #   bench-shrink     Build and run bench/c/shrink.c: the slowest deletes while a map of N keys
 #                    (default 1000000) empties, with and without the shrink steps.
 #   bench            Run every bench/*.exs (or BENCH=bench/x.exs) with `mix run` on the
-#                    distributed node bench@127.0.0.1, cookie drove, MIX_ENV=dev.
+#                    distributed node bench@127.0.0.1, cookie drove, MIX_ENV=dev. Checks
+#                    BENCH_PACKAGES first (setup-bench).
+#   setup-bench      setup for BENCH_PACKAGES (gnuplot-nox, which bench/scale.exs draws its
+#                    chart with); not needed by the tests.
 #   demo             setup, epmd, then demo/demo.exs on node demo@127.0.0.1, cookie drove.
 #   chaos            `mix test --only chaos_long` with DROVE_CHAOS_SECONDS=$(SECONDS) (600).
 #                    Set it on the command line: `make chaos SECONDS=60`.
@@ -59,6 +62,7 @@
 #   NIF_ASAN_SHORT_TESTS  Test files run by test-nif-asan-short.
 #   VALGRIND, VALGRIND_FLAGS
 #   SETUP_PACKAGES    Debian packages checked by setup.
+#   BENCH_PACKAGES    Debian packages checked by setup-bench (only for `make bench`).
 #   SECONDS           Duration of `make chaos`.
 #   BENCH             Bench scripts run by `make bench`.
 #
@@ -170,10 +174,12 @@ export ERL_EPMD_ADDRESS ?= 127.0.0.1
 
 SETUP_PACKAGES ?= make gcc libc6-dev erlang-dev erlang-nox elixir libxxhash-dev \
 	libcriterion-dev valgrind clang libclang-rt-14-dev clang-format
+BENCH_PACKAGES ?= gnuplot-nox
 
 
 .PHONY: calling_from_make all check-erts setup test test-c test-c-asan test-c-valgrind \
 	test-elixir test-nif-asan test-nif-asan-short nif-asan-build fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c bench-shrink demo chaos \
+	setup-bench \
 	clean distclean help start-epmd FORCE
 
 calling_from_make:
@@ -238,6 +244,9 @@ setup:
 	echo "setup: installing$$missing"; \
 	apt-get update; \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing
+
+setup-bench:
+	@$(MAKE) --no-print-directory setup SETUP_PACKAGES="$(BENCH_PACKAGES)"
 
 # ---------------------------------------------------------------------------------------------
 # Everything, in order; each step is a sub-make so that it sees what setup installed.
@@ -382,7 +391,7 @@ test-nif-asan: start-epmd nif-asan-build
 test-nif-asan-short: start-epmd nif-asan-build
 	$(NIF_ASAN_ENV) $(MIX) test --no-compile --include sanitizer $(NIF_ASAN_SHORT_TESTS)
 
-bench: start-epmd
+bench: start-epmd setup-bench
 	@if [ -z "$(strip $(BENCH))" ]; then echo "no bench/*.exs"; exit 0; fi; \
 	for b in $(BENCH); do \
 	  echo "==> $$b"; \

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "hash.h"
 
 const char *dv_strerror(int rc) {
     switch (rc) {
@@ -196,6 +197,35 @@ void dv_encode_manifest(dv_buf *out, const uint32_t *buckets, size_t nb, const d
     }
 }
 
+int dv_summary_of(const dv_ctx *c, const uint64_t digest[DV_BUCKETS], uint64_t out[2]) {
+    dv_buf b;
+    dv_buf_init(&b);
+    dv_encode_ctx(&b, c);
+    if (b.oom) {
+        dv_buf_free(&b);
+        return DV_ENOMEM;
+    }
+    uint64_t ch = dv_hash64(b.p, b.n);
+    dv_buf_reset(&b);
+    /* the digest words in their wire order, so that the hash does not depend on the host */
+    for (size_t i = 0; i < DV_BUCKETS; i++)
+        dv_buf_u64le(&b, digest[i]);
+    if (b.oom) {
+        dv_buf_free(&b);
+        return DV_ENOMEM;
+    }
+    out[0] = ch;
+    out[1] = dv_hash64(b.p, b.n);
+    dv_buf_free(&b);
+    return DV_OK;
+}
+
+void dv_encode_summary(dv_buf *out, const uint64_t s[2]) {
+    dv_encode_header(out, DV_MSG_SUMMARY);
+    dv_buf_u64le(out, s[0]);
+    dv_buf_u64le(out, s[1]);
+}
+
 /* ---- reader ---- */
 
 typedef struct {
@@ -282,7 +312,7 @@ int dv_peek_type(const uint8_t *p, size_t n) {
     int rc = rd_header(&r, p, n, 0);
     if (rc)
         return rc;
-    if (p[3] < DV_MSG_DELTA || p[3] > DV_MSG_MANIFEST)
+    if (p[3] < DV_MSG_DELTA || p[3] > DV_MSG_SUMMARY)
         return DV_ETYPE;
     return p[3];
 }
@@ -416,6 +446,21 @@ int dv_decode_digest(const uint8_t *p, size_t n, uint64_t out[DV_BUCKETS]) {
     for (size_t i = 0; i < DV_BUCKETS; i++)
         rd_u64le(&r, &tmp[i]);
     memcpy(out, tmp, sizeof(tmp));
+    return DV_OK;
+}
+
+int dv_decode_summary(const uint8_t *p, size_t n, uint64_t out[2]) {
+    rd r;
+    int rc = rd_header(&r, p, n, DV_MSG_SUMMARY);
+    if (rc)
+        return rc;
+    if ((size_t)(r.end - r.p) != 16)
+        return (size_t)(r.end - r.p) < 16 ? DV_ETRUNC : DV_ECORRUPT;
+    uint64_t a, b;
+    rd_u64le(&r, &a);
+    rd_u64le(&r, &b);
+    out[0] = a;
+    out[1] = b;
     return DV_OK;
 }
 

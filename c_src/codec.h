@@ -13,6 +13,10 @@
  *  CTX      nranges:v  { rid:u64 lo:v span:v }*
  *  DIGEST   nbuckets:v  { u64 }*                                   (nbuckets == DV_BUCKETS)
  *  MANIFEST nbuckets:v  { bucket:v }*  ndots:v  { rid:u64 ctr:v }*  (buckets strictly rising)
+ *  SUMMARY  ctx_hash:u64  digest_hash:u64
+ *           hashes of a replica's encoded CTX and of its DV_BUCKETS digest words (little-endian):
+ *           two replicas with equal summaries have, but for a hash collision, seen the same
+ *           dots and hold the same live ones, so an anti-entropy round between them is skipped.
  */
 #ifndef DROVE_CODEC_H
 #define DROVE_CODEC_H
@@ -35,6 +39,7 @@ enum {
     DV_MSG_CTX = 2,
     DV_MSG_DIGEST = 3,
     DV_MSG_MANIFEST = 4,
+    DV_MSG_SUMMARY = 5,
 };
 
 enum {
@@ -107,6 +112,9 @@ void dv_encode_ctx(dv_buf *out, const dv_ctx *c);
 void dv_encode_digest(dv_buf *out, const uint64_t *d, size_t n);
 void dv_encode_manifest(dv_buf *out, const uint32_t *buckets, size_t nb, const dv_dot *dots,
                         size_t nd);
+/* The summary of a context and a digest (see SUMMARY above); DV_OK or DV_ENOMEM. */
+int dv_summary_of(const dv_ctx *c, const uint64_t digest[DV_BUCKETS], uint64_t out[2]);
+void dv_encode_summary(dv_buf *out, const uint64_t s[2]);
 
 /* ---- decoders ---- */
 /* Message type after checking magic and version, or a negative error. */
@@ -116,6 +124,7 @@ void dv_delta_free(dv_delta *d);
 int dv_decode_ctx(const uint8_t *p, size_t n, dv_ctx *out); /* out: initialised, replaced */
 int dv_decode_digest(const uint8_t *p, size_t n, uint64_t out[DV_BUCKETS]);
 int dv_decode_manifest(const uint8_t *p, size_t n, dv_manifest *out);
+int dv_decode_summary(const uint8_t *p, size_t n, uint64_t out[2]);
 void dv_manifest_free(dv_manifest *m);
 
 #endif

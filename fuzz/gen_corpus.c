@@ -3,7 +3,7 @@
  *   gcc -std=c11 -O1 -Ic_src -o gen_corpus fuzz/gen_corpus.c c_src/<every .c> && ./gen_corpus [dir]
  *
  * writes <dir>/<name>/seed_<n> (dir defaults to fuzz/corpus) for name in delta, ctx, digest,
- * manifest and join. Messages come from real maps (delta_since chunks, outbox flushes,
+ * manifest, summary and join. Messages come from real maps (delta_since chunks, outbox flushes,
  * contexts, digests, manifests, removal deltas) and from hand-made edge cases. The join seeds
  * are deltas against the pre-populated map of fuzz_join.c, so that they cover and remove its
  * elements. Deterministic: the same tree every run. */
@@ -26,7 +26,7 @@ typedef struct {
 } sink;
 
 static sink S_DELTA = {"delta", 0}, S_CTX = {"ctx", 0}, S_DIGEST = {"digest", 0},
-            S_MANIFEST = {"manifest", 0}, S_JOIN = {"join", 0};
+            S_MANIFEST = {"manifest", 0}, S_SUMMARY = {"summary", 0}, S_JOIN = {"join", 0};
 
 static void die(const char *what) {
     fprintf(stderr, "gen_corpus: %s: %s\n", what, strerror(errno));
@@ -161,6 +161,15 @@ static void seeds_from_maps(void) {
     dv_buf_reset(&b);
     dv_encode_digest(&b, dr, DV_BUCKETS);
     write_seed(&S_DIGEST, b.p, b.n);
+    uint64_t sum[2];
+    check(dv_summary_of(dv_map_ctx(base), db, sum), "summary");
+    dv_buf_reset(&b);
+    dv_encode_summary(&b, sum);
+    write_seed(&S_SUMMARY, b.p, b.n);
+    check(dv_summary_of(dv_map_ctx(r), dr, sum), "summary");
+    dv_buf_reset(&b);
+    dv_encode_summary(&b, sum);
+    write_seed(&S_SUMMARY, b.p, b.n);
 
     dv_buf_reset(&b);
     check(dv_map_manifest(r, db, 1000, &b, NULL), "manifest");
@@ -218,6 +227,10 @@ static void seeds_by_hand(void) {
     dv_buf_reset(&b);
     dv_encode_digest(&b, zero, DV_BUCKETS);
     write_seed(&S_DIGEST, b.p, b.n);
+    uint64_t zsum[2] = {0, UINT64_MAX};
+    dv_buf_reset(&b);
+    dv_encode_summary(&b, zsum);
+    write_seed(&S_SUMMARY, b.p, b.n);
 
     /* a removal-only delta over the base's own dots, and one over a gap */
     dv_range rm[] = {{1, 1, 5}, {2, 2, 3}, {3, 2, 2}};
@@ -282,7 +295,7 @@ int main(int argc, char **argv) {
     ensure_dir(out_dir);
     seeds_by_hand();
     seeds_from_maps();
-    sink *all[] = {&S_DELTA, &S_CTX, &S_DIGEST, &S_MANIFEST, &S_JOIN};
+    sink *all[] = {&S_DELTA, &S_CTX, &S_DIGEST, &S_MANIFEST, &S_SUMMARY, &S_JOIN};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         printf("%s/%s: %d seeds\n", out_dir, all[i]->name, all[i]->n);
     return 0;

@@ -1519,6 +1519,54 @@ static ERL_NIF_TERM digest_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     return t;
 }
 
+DIRTY_FALLBACK(summary)
+
+/* summary(replica) -> summary_bin: hashes of the context and of the digests (codec.h), what
+ * an anti-entropy round sends first; the full digests follow only when the peer's differs.
+ * Normal: a copy of the small context and one hash over 8 KiB. */
+static ERL_NIF_TERM summary_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+    replica *r;
+    if (!get_replica(env, argv[0], &r))
+        return enif_make_badarg(env);
+    uint64_t s[2], d[DV_BUCKETS];
+    LOCK_REPLICA(summary, env, r, argc, argv, dirty);
+    dv_map_digest(r->map, d);
+    int rc = dv_summary_of(dv_map_ctx(r->map), d, s);
+    enif_mutex_unlock(r->lock);
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    dv_buf b;
+    dv_buf_init(&b);
+    dv_encode_summary(&b, s);
+    ERL_NIF_TERM t = b.oom ? error_tuple(env, DV_ENOMEM) : bin_term(env, b.p, b.n);
+    dv_buf_free(&b);
+    return t;
+}
+
+DIRTY_FALLBACK(summary_match)
+
+/* summary_match(replica, peer_summary_bin) -> true | false | {:error, reason}
+ * Whether the peer's summary equals this replica's: then the two have seen the same dots and
+ * hold the same live ones (but for a 64-bit hash collision) and the round is skipped. */
+static ERL_NIF_TERM summary_match_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
+                                       bool dirty) {
+    replica *r;
+    ErlNifBinary b;
+    if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &b))
+        return enif_make_badarg(env);
+    uint64_t peer[2], mine[2], d[DV_BUCKETS];
+    int rc = dv_decode_summary(b.data, b.size, peer); /* outside the lock: pure */
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    LOCK_REPLICA(summary_match, env, r, argc, argv, dirty);
+    dv_map_digest(r->map, d);
+    rc = dv_summary_of(dv_map_ctx(r->map), d, mine);
+    enif_mutex_unlock(r->lock);
+    if (rc != DV_OK)
+        return error_tuple(env, rc);
+    return (peer[0] == mine[0] && peer[1] == mine[1]) ? A_TRUE : A_FALSE;
+}
+
 /* sync_reply(replica, peer_ctx_bin, peer_digest_bin, max_bytes, max_dots)
  *   -> {:ok, [delta_bin], my_ctx_bin, manifest_bin} | {:error, reason}
  * What the peer has not seen, then this replica's context and, taken after it under the same
@@ -1805,6 +1853,8 @@ static ErlNifFunc funcs[] = {
     /* normal, trylock else rescheduled dirty: O(replica ids) and an 8 KiB copy */
     {"ctx", 1, ctx_nif, 0},
     {"digest", 1, digest_nif, 0},
+    {"summary", 1, summary_nif, 0},
+    {"summary_match", 2, summary_match_nif, 0},
     /* normal; when shipping, rescheduled dirty above 2048 logged operations (encoding is
      * outside the lock); dropping is O(1) */
     {"take_outbox", 3, take_outbox_nif, 0},

@@ -4,7 +4,7 @@ defmodule Drove.Application do
 
   @impl true
   def start(_type, _args) do
-    children = [Drove.Handles]
+    children = [Drove.Handles, Drove.Replicator.Sender]
     Supervisor.start_link(children, strategy: :one_for_one, name: Drove.Supervisor)
   end
 end

@@ -26,10 +26,13 @@ defmodule Drove.CRDT do
 
   Local writes are applied at once and coalesced into an outbox that the replica process
   pushes to every neighbour as a delta as soon as it runs (no timer). Every
-  `:sync_interval` ms, and when a neighbour comes up, an anti-entropy round runs with
-  each neighbour: contexts and bucket digests are exchanged and each side receives what it
-  has not seen, in messages of at most `:max_message_bytes`. At most one round is in
-  flight per neighbour. Each message is self-contained: losing one (a connection cut)
+  `:sync_interval` ms an anti-entropy round starts with some neighbours, taken in turn (all
+  of them in a cluster of up to 5 nodes, about 2 log2(n) of n beyond), and with a
+  neighbour at once when it comes up. A round first compares 20-byte summaries (hashes of
+  the context and the bucket digests): replicas that hold the same thing are done. Else
+  contexts and bucket digests are exchanged and each side receives what it has not seen,
+  in messages of at most `:max_message_bytes`. At most one round is in flight per
+  neighbour. Each message is self-contained: losing one (a connection cut)
   never loses data, the next round repairs it.
 
   Replication goes both ways: a replica that receives from a process it does not list

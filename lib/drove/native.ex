@@ -91,6 +91,10 @@ defmodule Drove.Native do
   @doc false
   def digest(_r), do: nif()
   @doc false
+  def summary(_r), do: nif()
+  @doc false
+  def summary_match(_r, _peer_summary), do: nif()
+  @doc false
   def sync_reply(_r, _peer_ctx, _peer_digest, _max_bytes, _max_dots), do: nif()
   @doc false
   def sync_finish(_r, _peer_ctx, _peer_manifest, _max_bytes, _want_diffs), do: nif()

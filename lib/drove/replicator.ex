@@ -6,24 +6,47 @@ defmodule Drove.Replicator do
   #
   # Protocol (all messages carry the sender's pid; binaries are decoded and checked in C):
   #   {:drove_delta, from, delta}                  eager push of local writes, and sync chunks
-  #   {:drove_sync_req, from, ref, ctx, digest}    start of an anti-entropy round
+  #   {:drove_sync_sum, from, ref, summary}        start of an anti-entropy round: 20 bytes,
+  #                                                hashes of the context and of the digests
+  #   {:drove_sync_same, from, ref}                the responder's summary is the same: done
+  #   {:drove_sync_diff, from, ref}                it differs: the initiator goes on with
+  #   {:drove_sync_req, from, ref, ctx, digest}    the full request (8 KiB of bucket digests)
   #   {:drove_sync_reply, from, ref, ctx, manifest} reply, sent after the chunks the
   #                                                initiator has not seen
   #   {:drove_bye, from}                           the sender drops us as a neighbour
   # After a reply the initiator sends the chunks the responder has not seen and the removals
   # the responder's manifest shows it has not made. At most one round is in flight per
   # neighbour; a round that gets no reply expires after max(10 intervals, 5 s).
+  #
+  # Idle cost: a round between replicas that hold the same thing is two small messages, and
+  # each tick starts rounds with at most `fanout` neighbours, taken in turn (all of them in a
+  # small cluster): a cluster's idle traffic grows with its size, not with its size squared.
+  # A new neighbour gets a full request at once; so does a neighbour whose last summary round
+  # expired unanswered (a node of an older version ignores summaries), until it answers one.
   require Logger
 
   alias Drove.Native
 
   @max_manifest_dots 65_536
+  @tags [
+    :drove_delta,
+    :drove_sync_sum,
+    :drove_sync_same,
+    :drove_sync_diff,
+    :drove_sync_req,
+    :drove_sync_reply,
+    :drove_bye,
+    :drove_ping
+  ]
+  # process dictionary key of the counter of sends dropped on a busy distribution port
+  @dropped {__MODULE__, :sends_dropped}
   # DV_MAX_MESSAGE in c_src/codec.h: the largest binary the decoders accept
   @max_message 268_435_456
 
   defmodule Neighbour do
     @moduledoc false
-    defstruct dest: nil, mref: nil, pid: nil, up: false, round: nil
+    # round: nil or {ref, deadline, :sum | :full}; sum: false after a summary went unanswered
+    defstruct dest: nil, mref: nil, pid: nil, up: false, round: nil, sum: true
   end
 
   defstruct handle: nil,
@@ -36,7 +59,17 @@ defmodule Drove.Replicator do
             flusher: nil,
             targets_sent: [],
             logging: true,
-            stats: %{bad_messages: 0, deltas_in: 0, deltas_out: 0, rounds: 0, rounds_done: 0}
+            fanout: nil,
+            cursor: 0,
+            dropped: nil,
+            stats: %{
+              bad_messages: 0,
+              deltas_in: 0,
+              deltas_out: 0,
+              rounds: 0,
+              rounds_done: 0,
+              rounds_same: 0
+            }
 
   @type diff :: {:add, term(), term()} | {:remove, term()}
   @type t :: %__MODULE__{}
@@ -48,14 +81,18 @@ defmodule Drove.Replicator do
       label: Keyword.get(opts, :label, self()),
       interval: Keyword.fetch!(opts, :interval),
       max_bytes: Keyword.fetch!(opts, :max_bytes),
-      want_diffs: Keyword.get(opts, :want_diffs, false)
+      want_diffs: Keyword.get(opts, :want_diffs, false),
+      fanout: Keyword.get(opts, :fanout),
+      dropped: :counters.new(1, [:write_concurrency])
     }
+
+    Process.put(@dropped, r.dropped)
 
     # With a flusher, local writes are pushed by a process of their own, so they do not
     # wait behind the owner's mailbox (a registry's owner handles a message per
     # registration). Its local diffs are dropped: use it only when the owner needs none.
     if Keyword.get(opts, :flusher, false) do
-      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes)
+      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes, r.dropped)
       :ok = Native.set_owner(handle, pid)
       %{r | flusher: pid}
     else
@@ -93,16 +130,29 @@ defmodule Drove.Replicator do
       for d <- wanted, not Map.has_key?(keep, d), into: %{}, do: {d, monitor(%Neighbour{dest: d})}
 
     r = %{r | neighbours: Map.merge(keep, added)}
-    r = if map_size(added) > 0, do: start_rounds(r, false), else: r
+    r = if map_size(added) > 0, do: start_rounds(r, Map.keys(added), :full), else: r
     sync_targets(r)
   end
 
   @doc "Periodic work: re-monitor neighbours that were down, start due rounds."
   @spec tick(t()) :: t()
-  def tick(r), do: r |> remonitor() |> start_rounds(false) |> sync_targets()
+  def tick(r), do: r |> remonitor() |> expire_rounds() |> start_due_rounds() |> sync_targets()
 
+  @doc "Starts a round with every neighbour that is up, in flight or not."
   @spec sync_now(t()) :: t()
-  def sync_now(r), do: start_rounds(r, true)
+  def sync_now(r) do
+    up = for {d, %Neighbour{up: true}} <- r.neighbours, do: d
+    start_rounds(r, up, :sum)
+  end
+
+  @doc """
+  How many neighbours a tick starts rounds with, out of `n`: all of them up to 4, then
+  about 2 log2(n) (4 of 15, 6 of 31, 8 of 63). Each pair is also synced from the other
+  side, so with n neighbours a given pair meets about every n / fanout / 2 ticks.
+  """
+  @spec fanout(non_neg_integer()) :: non_neg_integer()
+  def fanout(n) when n <= 4, do: n
+  def fanout(n), do: min(n, max(4, 2 * ceil(:math.log2(n + 1)) - 4))
 
   @doc """
   Handles a protocol message. Returns `{:ok, r, diffs}` (diffs of joins, or of local writes
@@ -156,13 +206,56 @@ defmodule Drove.Replicator do
     end
   end
 
+  defp do_handle_info({:drove_sync_sum, from, ref, sum}, r)
+       when is_pid(from) and is_reference(ref) and is_binary(sum) do
+    case Native.summary_match(r.handle, sum) do
+      true ->
+        send_to(from, {:drove_sync_same, self(), ref})
+        {:ok, note_peer(r, from), []}
+
+      false ->
+        send_to(from, {:drove_sync_diff, self(), ref})
+        {:ok, note_peer(r, from), []}
+
+      {:error, reason} ->
+        {:ok, bad_message(r, {:sync_sum, reason}), []}
+    end
+  end
+
+  defp do_handle_info({:drove_sync_same, from, ref}, r)
+       when is_pid(from) and is_reference(ref) do
+    case find_round(r, ref, :sum) do
+      nil ->
+        {:ok, r, []}
+
+      {dest, n} ->
+        r = put_in(r.neighbours[dest], %{n | round: nil, pid: from, sum: true})
+        {:ok, r |> bump(:rounds_done, 1) |> bump(:rounds_same, 1), []}
+    end
+  end
+
+  defp do_handle_info({:drove_sync_diff, from, ref}, r)
+       when is_pid(from) and is_reference(ref) do
+    case find_round(r, ref, :sum) do
+      nil ->
+        {:ok, r, []}
+
+      {dest, n} ->
+        # the same ref goes on: the reply to the full request closes this round
+        n = %{n | pid: from, sum: true}
+        send_to(from, full_request(r, ref))
+        {:ok, put_in(r.neighbours[dest], %{n | round: {ref, deadline(r), :full}}), []}
+    end
+  end
+
   defp do_handle_info({:drove_sync_reply, from, ref, ctx, manifest}, r)
        when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(manifest) do
     r =
-      case Enum.find(r.neighbours, fn {_, n} -> match?({^ref, _}, n.round) end) do
+      case find_round(r, ref, :full) do
         # a reply to a round we gave up on still carries valid data
         nil -> r
-        {dest, n} -> put_in(r.neighbours[dest], %{n | round: nil, pid: from})
+        # the next round starts with a summary again (see expire_rounds/1)
+        {dest, n} -> put_in(r.neighbours[dest], %{n | round: nil, pid: from, sum: true})
       end
 
     finish_round(r, from, ctx, manifest)
@@ -191,7 +284,7 @@ defmodule Drove.Replicator do
   defp do_handle_info({:DOWN, mref, :process, _obj, _reason}, r) do
     case Enum.find(r.neighbours, fn {_, n} -> n.mref == mref end) do
       {dest, n} ->
-        {:ok, put_in(r.neighbours[dest], %{n | mref: nil, up: false, round: nil}), []}
+        {:ok, put_in(r.neighbours[dest], %{n | mref: nil, up: false, round: nil, sum: true}), []}
 
       nil ->
         case Enum.find(r.passive, fn {_, m} -> m == mref end) do
@@ -202,7 +295,7 @@ defmodule Drove.Replicator do
   end
 
   defp do_handle_info(msg, r) when is_tuple(msg) and tuple_size(msg) > 0 do
-    if elem(msg, 0) in [:drove_delta, :drove_sync_req, :drove_sync_reply, :drove_bye, :drove_ping] do
+    if elem(msg, 0) in @tags do
       {:ok, bad_message(r, msg), []}
     else
       :unknown
@@ -324,6 +417,7 @@ defmodule Drove.Replicator do
       neighbours: Map.keys(r.neighbours),
       neighbours_up: up,
       passive_peers: Map.keys(r.passive),
+      sends_dropped: :counters.get(r.dropped, 1),
       rounds_in_flight: Enum.count(r.neighbours, fn {_, n} -> n.round != nil end)
     })
   end
@@ -386,25 +480,85 @@ defmodule Drove.Replicator do
     end
   end
 
-  defp start_rounds(r, force) do
+  defp deadline(r), do: System.monotonic_time(:millisecond) + max(10 * r.interval, 5_000)
+
+  defp find_round(r, ref, kind) do
+    Enum.find(r.neighbours, fn {_, n} -> match?({^ref, _, ^kind}, n.round) end)
+  end
+
+  defp full_request(r, ref),
+    do: {:drove_sync_req, self(), ref, Native.ctx(r.handle), Native.digest(r.handle)}
+
+  # Rounds that got no reply in time are dropped; a summary round that went unanswered makes
+  # the next round with that neighbour a full one (a node of an older version ignores
+  # summaries), and any answer makes the one after a summary round again (a busy node may
+  # have answered too late).
+  defp expire_rounds(r) do
     now = System.monotonic_time(:millisecond)
-    timeout = max(10 * r.interval, 5_000)
 
-    {neighbours, started} =
-      Enum.map_reduce(r.neighbours, 0, fn {dest, n}, acc ->
-        free = n.round == nil or match?({_, deadline} when deadline < now, n.round)
+    neighbours =
+      Map.new(r.neighbours, fn
+        {d, %Neighbour{round: {_, dl, kind}} = n} when dl < now ->
+          {d, %{n | round: nil, sum: n.sum and kind != :sum}}
 
-        if n.up and (free or force) do
-          ref = make_ref()
-          req = {:drove_sync_req, self(), ref, Native.ctx(r.handle), Native.digest(r.handle)}
-          send_to(n.pid || dest, req)
-          {{dest, %{n | round: {ref, now + timeout}}}, acc + 1}
-        else
-          {{dest, n}, acc}
-        end
+        other ->
+          other
       end)
 
-    bump(%{r | neighbours: Map.new(neighbours)}, :rounds, started)
+    %{r | neighbours: neighbours}
+  end
+
+  # The next `fanout` neighbours that are up and have no round in flight, in turn.
+  defp start_due_rounds(r) do
+    dests = r.neighbours |> Map.keys() |> Enum.sort()
+    count = length(dests)
+    k = if r.fanout, do: min(r.fanout, count), else: fanout(count)
+
+    if count == 0 or k == 0 do
+      r
+    else
+      start = rem(r.cursor, count)
+      {tail, head} = Enum.split(dests, start)
+
+      due =
+        (head ++ tail)
+        |> Enum.filter(fn d ->
+          n = r.neighbours[d]
+          n.up and n.round == nil
+        end)
+        |> Enum.take(k)
+
+      last = List.last(due)
+      cursor = if last, do: Enum.find_index(dests, &(&1 == last)) + 1, else: start
+      start_rounds(%{r | cursor: cursor}, due, :sum)
+    end
+  end
+
+  defp start_rounds(r, dests, kind) do
+    # one summary for all: taken once, before any of these rounds can change the replica
+    sum =
+      if kind == :sum and Enum.any?(dests, &r.neighbours[&1].sum),
+        do: Native.summary(r.handle)
+
+    neighbours =
+      Enum.reduce(dests, r.neighbours, fn dest, acc ->
+        n = acc[dest]
+        ref = make_ref()
+        to = n.pid || dest
+
+        kind =
+          if kind == :sum and n.sum do
+            send_to(to, {:drove_sync_sum, self(), ref, sum})
+            :sum
+          else
+            send_to(to, full_request(r, ref))
+            :full
+          end
+
+        Map.put(acc, dest, %{n | round: {ref, deadline(r), kind}})
+      end)
+
+    bump(%{r | neighbours: neighbours}, :rounds, length(dests))
   end
 
   defp monitor(%Neighbour{dest: dest} = n) do
@@ -436,7 +590,26 @@ defmodule Drove.Replicator do
   defp dest_node({_name, node}), do: node
   defp dest_node(name) when is_atom(name), do: node()
 
-  defp send_to(dest, msg), do: :erlang.send(addressable(dest), msg, [:noconnect])
+  # Never wait on a peer (see Drove.Replicator.Sender): a message that finds the connection
+  # busy waits in a sender process of its own, and is dropped and counted when too much
+  # waits already; the anti-entropy rounds repair what it carried. Used by the owner and its
+  # flusher.
+  @doc false
+  @spec send_to(pid() | atom() | {atom(), node()}, term()) :: :ok | :noconnect | :dropped
+  def send_to(dest, msg) do
+    case __MODULE__.Sender.send(addressable(dest), msg) do
+      :dropped ->
+        case Process.get(@dropped) do
+          nil -> :ok
+          ref -> :counters.add(ref, 1, 1)
+        end
+
+        :dropped
+
+      other ->
+        other
+    end
+  end
 
   # A bare local name raises badarg when nothing is registered under it (a member that is
   # not started yet, or has stopped); {name, node()} is dropped silently instead.
@@ -454,9 +627,12 @@ defmodule Drove.Replicator do
     # how long a push waits for more writes once one has just left
     @coalesce_ms 1
 
-    @spec start_link(reference(), pid(), pos_integer()) :: pid()
-    def start_link(handle, owner, max_bytes) do
-      spawn_link(fn -> loop(%{handle: handle, owner: owner, max: max_bytes, targets: []}) end)
+    @spec start_link(reference(), pid(), pos_integer(), :counters.counters_ref()) :: pid()
+    def start_link(handle, owner, max_bytes, dropped) do
+      spawn_link(fn ->
+        Process.put({Drove.Replicator, :sends_dropped}, dropped)
+        loop(%{handle: handle, owner: owner, max: max_bytes, targets: []})
+      end)
     end
 
     @spec stop(pid()) :: :ok
@@ -489,7 +665,7 @@ defmodule Drove.Replicator do
 
             {chunks, _diffs} ->
               for c <- chunks, t <- s.targets do
-                :erlang.send(t, {:drove_delta, s.owner, c}, [:noconnect])
+                Drove.Replicator.send_to(t, {:drove_delta, s.owner, c})
               end
 
               # poll again after a pause: the writes made meanwhile go in one message (see

@@ -228,6 +228,11 @@ static void make_message(dv_buf *out, int type) {
         dv_encode_digest(out, d, DV_BUCKETS);
         break;
     }
+    case DV_MSG_SUMMARY: {
+        uint64_t s[2] = {rnd_u64(), rnd_u64()};
+        dv_encode_summary(out, s);
+        break;
+    }
     default: {
         uint32_t b[DV_BUCKETS];
         dv_dot dots[40];
@@ -329,6 +334,21 @@ static int decode_check(int type, const uint8_t *p, size_t n) {
         dv_buf_free(&re);
         break;
     }
+    case DV_MSG_SUMMARY: {
+        uint64_t s[2] = {0x5a5a5a5a5a5a5a5aULL, 0xa5a5a5a5a5a5a5a5ULL};
+        rc = dv_decode_summary(p, n, s);
+        if (rc != DV_OK) {
+            cr_assert(s[0] == 0x5a5a5a5a5a5a5a5aULL && s[1] == 0xa5a5a5a5a5a5a5a5ULL,
+                      "failed summary decode wrote");
+            break;
+        }
+        dv_buf re;
+        dv_buf_init(&re);
+        dv_encode_summary(&re, s);
+        cr_assert(re.n == n && memcmp(re.p, p, n) == 0, "summary decode/encode not identity");
+        dv_buf_free(&re);
+        break;
+    }
     default: {
         dv_manifest m;
         memset(&m, 0xa5, sizeof(m));
@@ -370,7 +390,9 @@ static int decode_exact(int type, const uint8_t *p, size_t n) {
     return rc;
 }
 
-static const int TYPES[4] = {DV_MSG_DELTA, DV_MSG_CTX, DV_MSG_DIGEST, DV_MSG_MANIFEST};
+#define NTYPES 5
+static const int TYPES[NTYPES] = {DV_MSG_DELTA, DV_MSG_CTX, DV_MSG_DIGEST, DV_MSG_MANIFEST,
+                                  DV_MSG_SUMMARY};
 
 /* ---- dv_buf and varints ---- */
 
@@ -761,6 +783,53 @@ Test(codec, digest_round_trip) {
     cr_assert_eq(live_blocks, 0);
 }
 
+Test(codec, summary_round_trip_and_hashes) {
+    uint64_t s[2] = {0, UINT64_MAX}, out[2] = {1, 1};
+    dv_buf b;
+    dv_buf_init(&b);
+    dv_encode_summary(&b, s);
+    cr_assert_eq(b.n, 4 + 16);
+    uint8_t *q = dup_exact(b.p, b.n);
+    cr_assert_eq(dv_peek_type(q, b.n), DV_MSG_SUMMARY);
+    cr_assert_eq(dv_decode_summary(q, b.n, out), DV_OK);
+    cr_assert(out[0] == 0 && out[1] == UINT64_MAX);
+    free(q);
+    dv_buf_free(&b);
+
+    /* the summary follows the context and the digest, each on its own */
+    static uint64_t d[DV_BUCKETS];
+    dv_ctx c;
+    dv_ctx_init(&c);
+    cr_assert_eq(dv_ctx_add_range(&c, 7, 1, 10), DV_OK);
+    uint64_t s1[2], s2[2], s3[2], s4[2];
+    cr_assert_eq(dv_summary_of(&c, d, s1), DV_OK);
+    cr_assert_eq(dv_summary_of(&c, d, s2), DV_OK);
+    cr_assert(s1[0] == s2[0] && s1[1] == s2[1], "not deterministic");
+    d[DV_BUCKETS - 1] ^= 1;
+    cr_assert_eq(dv_summary_of(&c, d, s3), DV_OK);
+    cr_assert(s3[0] == s1[0] && s3[1] != s1[1], "a digest change must change the digest hash only");
+    cr_assert_eq(dv_ctx_add(&c, (dv_dot){7, 11}), DV_OK);
+    cr_assert_eq(dv_summary_of(&c, d, s4), DV_OK);
+    cr_assert(s4[0] != s3[0] && s4[1] == s3[1],
+              "a context change must change the context hash only");
+    dv_ctx_free(&c);
+    cr_assert_eq(live_blocks, 0);
+}
+
+Test(codec, summary_size_rules) {
+    dv_buf b;
+    dv_buf_init(&b);
+    dv_encode_header(&b, DV_MSG_SUMMARY);
+    for (int k = 0; k < 15; k++)
+        dv_buf_u8(&b, (uint8_t)k);
+    cr_assert_eq(decode_exact(DV_MSG_SUMMARY, b.p, b.n), DV_ETRUNC);
+    dv_buf_u8(&b, 15);
+    cr_assert_eq(decode_exact(DV_MSG_SUMMARY, b.p, b.n), DV_OK);
+    dv_buf_u8(&b, 16);
+    cr_assert_eq(decode_exact(DV_MSG_SUMMARY, b.p, b.n), DV_ECORRUPT);
+    dv_buf_free(&b);
+}
+
 Test(codec, manifest_round_trip) {
     static uint32_t buckets[DV_BUCKETS];
     static dv_dot dots[300];
@@ -836,7 +905,7 @@ static void check_all_prefixes(int type, const uint8_t *p, size_t n, bool exact_
 Test(codec, every_truncation_fails) {
     for (int seed = 1; seed <= 12; seed++) {
         rng_state = (uint64_t)seed * 101;
-        for (int t = 0; t < 4; t++) {
+        for (int t = 0; t < NTYPES; t++) {
             if (TYPES[t] == DV_MSG_DIGEST && seed > 1)
                 continue; /* all digests look alike */
             dv_buf b;
@@ -928,7 +997,7 @@ Test(codec, every_truncation_of_a_large_delta_fails) {
 
 Test(codec, trailing_bytes_rejected) {
     rng_state = 7;
-    for (int t = 0; t < 4; t++) {
+    for (int t = 0; t < NTYPES; t++) {
         for (int k = 0; k < 5; k++) {
             dv_buf b;
             dv_buf_init(&b);
@@ -947,7 +1016,7 @@ Test(codec, trailing_bytes_rejected) {
 
 Test(codec, bad_magic_version_type) {
     rng_state = 9;
-    for (int t = 0; t < 4; t++) {
+    for (int t = 0; t < NTYPES; t++) {
         dv_buf b;
         dv_buf_init(&b);
         make_message(&b, TYPES[t]);
@@ -972,14 +1041,14 @@ Test(codec, bad_magic_version_type) {
         q[2] = DV_WIRE_VERSION;
 
         /* every other decoder refuses it as the wrong type */
-        for (int u = 0; u < 4; u++)
+        for (int u = 0; u < NTYPES; u++)
             if (u != t)
                 cr_assert_eq(decode_check(TYPES[u], q, b.n), DV_ETYPE);
-        static const uint8_t unknown[] = {0, 5, 6, 0x80, 255};
+        static const uint8_t unknown[] = {0, 6, 7, 0x80, 255};
         for (size_t i = 0; i < sizeof(unknown); i++) {
             q[3] = unknown[i];
             cr_assert_eq(dv_peek_type(q, b.n), DV_ETYPE);
-            for (int u = 0; u < 4; u++)
+            for (int u = 0; u < NTYPES; u++)
                 cr_assert_eq(decode_check(TYPES[u], q, b.n), DV_ETYPE);
         }
         q[3] = (uint8_t)TYPES[t];
@@ -999,7 +1068,7 @@ Test(codec, bad_magic_version_type) {
         {"DV\x01", 3, DV_ETRUNC}, {"XV", 2, DV_EMAGIC}, {"DX\x01", 3, DV_EMAGIC},
     };
     for (size_t i = 0; i < sizeof(shorts) / sizeof(shorts[0]); i++) {
-        for (int u = 0; u < 4; u++) {
+        for (int u = 0; u < NTYPES; u++) {
             int rc = decode_exact(TYPES[u], (const uint8_t *)shorts[i].s, shorts[i].n);
             cr_assert_eq(rc, shorts[i].rc, "short input #%zu type %d: %d", i, TYPES[u], rc);
         }
@@ -1346,7 +1415,7 @@ Test(codec, message_longer_than_max_rejected) {
     size_t n = DV_MAX_MESSAGE + 1;
     uint8_t *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     cr_assert(p != MAP_FAILED);
-    for (int t = 0; t < 4; t++) {
+    for (int t = 0; t < NTYPES; t++) {
         p[0] = 'D';
         p[1] = 'V';
         p[2] = DV_WIRE_VERSION;
@@ -1377,7 +1446,7 @@ Test(codec, message_longer_than_max_rejected) {
 Test(codec, decoders_under_allocation_failure) {
     rng_state = 77;
     for (int round = 0; round < 20; round++) {
-        for (int t = 0; t < 4; t++) {
+        for (int t = 0; t < NTYPES; t++) {
             dv_buf b;
             dv_buf_init(&b);
             make_message(&b, TYPES[t]);
@@ -1398,6 +1467,9 @@ Test(codec, decoders_under_allocation_failure) {
                 } else if (TYPES[t] == DV_MSG_DIGEST) {
                     uint64_t d[DV_BUCKETS];
                     rc = dv_decode_digest(b.p, b.n, d);
+                } else if (TYPES[t] == DV_MSG_SUMMARY) {
+                    uint64_t sum[2];
+                    rc = dv_decode_summary(b.p, b.n, sum);
                 } else {
                     dv_manifest m;
                     rc = dv_decode_manifest(b.p, b.n, &m);
@@ -1487,8 +1559,8 @@ Test(codec, random_mutations_never_crash) {
         n = mutate(work, n, sizeof(work));
         uint8_t *q = dup_exact(work, n);
         int pt = dv_peek_type(q, n);
-        cr_assert(pt < 0 || (pt >= DV_MSG_DELTA && pt <= DV_MSG_MANIFEST));
-        for (int t = 0; t < 4; t++) {
+        cr_assert(pt < 0 || (pt >= DV_MSG_DELTA && pt <= DV_MSG_SUMMARY));
+        for (int t = 0; t < NTYPES; t++) {
             int rc = decode_check(TYPES[t], q, n);
             if (rc == DV_OK)
                 ok++;

@@ -136,6 +136,13 @@ defmodule Drove.BadPeerTest do
         {:drove_sync_req, self(), ref, digest, ctx},
         {:drove_sync_reply, self(), ref, "x", "y"},
         {:drove_sync_reply, self(), ref, ctx, digest},
+        {:drove_sync_sum, self(), ref, "x"},
+        {:drove_sync_sum, self(), ref, ctx},
+        {:drove_sync_sum, self(), ref, Native.summary(t.handle) <> <<0>>},
+        {:drove_sync_sum, self(), ref, binary_part(Native.summary(t.handle), 0, 19)},
+        {:drove_sync_sum, self(), :not_a_ref, Native.summary(t.handle)},
+        {:drove_sync_same, self()},
+        {:drove_sync_diff, "not a pid", ref},
         {:drove_bye, "not a pid"},
         {:drove_bye, self(), :extra},
         # made-up exit messages naming a process of another node

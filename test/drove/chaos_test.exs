@@ -12,10 +12,15 @@ defmodule Drove.ChaosTest do
   #   * the replicas of both instances have equal digests on every node.
   # The seed is printed; DROVE_CHAOS_SEED=<seed> replays the same fault schedule.
   # `make test` runs a short form; `make chaos SECONDS=600` a long one (tag :chaos_long).
+  # The wire form also runs every connection between two nodes through the proxy of
+  # Drove.Test.Wire and adds wire faults to the schedule: a node's links stalled, slowed to
+  # 20 KB/s, delayed by 50 ms, or black-holed in the direction away from it (the connections
+  # close when that ends) for the outage, then healed.
   use ExUnit.Case, async: false
 
   alias Drove.TestCluster, as: C
   alias Drove.Test.ChaosPeer, as: P
+  alias Drove.Test.Wire
 
   @moduletag :cluster
   @moduletag :capture_log
@@ -35,16 +40,26 @@ defmodule Drove.ChaosTest do
     run(String.to_integer(System.get_env("DROVE_CHAOS_SHORT_SECONDS", "15")), :pair)
   end
 
+  @tag timeout: 300_000
+  test "short chaos run with wire faults (5 nodes)" do
+    run(String.to_integer(System.get_env("DROVE_CHAOS_SHORT_SECONDS", "20")), :single, true)
+  end
+
   @tag :chaos_long
   @tag timeout: :infinity
   test "long chaos run (DROVE_CHAOS_SECONDS, default 600; DROVE_CHAOS_LAYOUT single|pair)" do
     layout = String.to_existing_atom(System.get_env("DROVE_CHAOS_LAYOUT", "single"))
-    run(String.to_integer(System.get_env("DROVE_CHAOS_SECONDS", "600")), layout)
+
+    run(
+      String.to_integer(System.get_env("DROVE_CHAOS_SECONDS", "600")),
+      layout,
+      System.get_env("DROVE_CHAOS_WIRE") in ["1", "true"]
+    )
   end
 
   defp start_peer(node, nodes), do: C.rpc(node, P, :start, [nodes, Process.get(:chaos_layout)])
 
-  defp run(seconds, layout) do
+  defp run(seconds, layout, wire \\ false) do
     Process.put(:chaos_layout, layout)
 
     seed =
@@ -54,12 +69,16 @@ defmodule Drove.ChaosTest do
       end
 
     IO.puts(
-      "\nchaos: seed #{seed}, #{seconds} s, layout #{layout} (replay with DROVE_CHAOS_SEED=#{seed})"
+      "\nchaos: seed #{seed}, #{seconds} s, layout #{layout}#{if wire, do: ", wire faults"} " <>
+        "(replay with DROVE_CHAOS_SEED=#{seed}#{if wire, do: " and the wire form"})"
     )
 
     :rand.seed(:exsss, {seed, 1, 2})
 
-    nodes = C.start_nodes(@nodes, prefix: "chaos", env: [logger: [level: :error]])
+    args = if wire, do: Wire.peer_args(), else: []
+    if wire, do: on_exit(&Wire.reset_all/0)
+
+    nodes = C.start_nodes(@nodes, prefix: "chaos", env: [logger: [level: :error]], args: args)
     Enum.each(nodes, &start_peer(&1, nodes))
     await_settled(nodes, nodes)
 
@@ -74,9 +93,11 @@ defmodule Drove.ChaosTest do
       end
 
     # the fault schedule is drawn up front, so a seed replays the same faults in order
+    kinds = [:kill, :stop, :split] ++ if(wire, do: [:stall, :slow, :lag, :oneway], else: [])
+
     schedule =
       for _ <- 1..10_000 do
-        {Enum.random([:kill, :stop, :split]), :rand.uniform(@nodes) - 1, 300 + :rand.uniform(700),
+        {Enum.random(kinds), :rand.uniform(@nodes) - 1, 300 + :rand.uniform(700),
          300 + :rand.uniform(1500), :rand.uniform(2), :rand.uniform(1_000_000)}
       end
 
@@ -238,6 +259,20 @@ defmodule Drove.ChaosTest do
 
           C.partition([left, right])
           Process.sleep(outage)
+          C.heal(nodes)
+
+        wire ->
+          others = nodes -- [victim]
+
+          case wire do
+            :stall -> Enum.each(others, &Wire.set_both(victim, &1, mode: :stall))
+            :slow -> Enum.each(others, &Wire.set_both(victim, &1, rate: 20_000))
+            :lag -> Enum.each(others, &Wire.set_both(victim, &1, latency: 50))
+            :oneway -> Enum.each(others, &Wire.set(victim, &1, mode: :blackhole))
+          end
+
+          Process.sleep(outage)
+          Enum.each(others, &Wire.reset(victim, &1))
           C.heal(nodes)
       end
 

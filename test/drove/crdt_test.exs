@@ -98,6 +98,24 @@ defmodule Drove.CRDTTest do
     assert Enum.sort(diffs2) == Enum.sort([{:remove, :k1}, {:add, "k3", :v4}])
   end
 
+  test "a summary tells equal replicas from different ones" do
+    alias Drove.Native
+    owner = spawn_link(fn -> Process.sleep(:infinity) end)
+    ha = Native.replica_new(1, owner, false)
+    hb = Native.replica_new(2, owner, false)
+    assert Native.summary_match(hb, Native.summary(ha))
+    for i <- 1..50, do: :ok = Native.put(ha, Native.key(i), Native.value(i))
+    refute Native.summary_match(hb, Native.summary(ha))
+    # b joins all of a's writes: the same context and live dots
+    {chunks, _} = Native.take_outbox(ha, 1_048_576)
+    for c <- chunks, do: assert({:ok, _, _} = Native.join(hb, c, false))
+    assert Native.summary_match(hb, Native.summary(ha))
+    assert Native.summary_match(ha, Native.summary(hb))
+    # a write on either side makes them differ again
+    :ok = Native.delete(hb, Native.key(1))
+    refute Native.summary_match(ha, Native.summary(hb))
+  end
+
   test "wrong argument types raise ArgumentError" do
     assert_raise ArgumentError, fn -> Drove.Native.put(make_ref(), "k", "v") end
     assert_raise ArgumentError, fn -> Drove.Native.get(:not_a_handle, "k") end
@@ -122,6 +140,12 @@ defmodule Drove.CRDTTest do
     assert {:error, _} = Drove.Native.join(h, <<"DV", 1, 1, 0::64, 1, 0>>, false)
     assert {:error, _} = Drove.Native.sync_reply(h, "junk", "junk", 1024, 10)
     assert {:error, _} = Drove.Native.sync_finish(h, Drove.Native.ctx(h), "junk", 1024, false)
+    sum = Drove.Native.summary(h)
+    assert Drove.Native.summary_match(h, sum) == true
+    assert {:error, :truncated} = Drove.Native.summary_match(h, binary_part(sum, 0, 19))
+    assert {:error, :corrupt} = Drove.Native.summary_match(h, sum <> <<0>>)
+    assert {:error, :wrong_type} = Drove.Native.summary_match(h, Drove.Native.ctx(h))
+    assert_raise ArgumentError, fn -> Drove.Native.summary_match(h, :not_binary) end
     # a well-formed delta whose value is not an external term
     bad = <<"DV", 1, 1, 7::little-64, 0, 1, 1, 131, 1::little-64, 1, 1, 1, 0>>
     assert {:error, _} = Drove.Native.join(h, bad, false)
