@@ -562,9 +562,25 @@ defmodule Drove.Replicator do
   end
 
   defp monitor(%Neighbour{dest: dest} = n) do
-    mref = Process.monitor(dest)
-    pid = if is_pid(dest), do: dest, else: n.pid
-    %{n | mref: mref, up: true, pid: pid}
+    if reachable?(dest) do
+      mref = Process.monitor(dest)
+      pid = if is_pid(dest), do: dest, else: n.pid
+      %{n | mref: mref, up: true, pid: pid}
+    else
+      %{n | mref: nil, up: false, round: nil}
+    end
+  end
+
+  # A monitor of a process on a node whose connection is busy would suspend this process
+  # until the connection drains (a stalled peer: for good), and one on a node that is not
+  # connected would try to connect, synchronously: neither may hold up the owner. Such a
+  # neighbour stays down, and is tried again at the next tick (remonitor/1). The probe is a
+  # message to a name nobody registers, dropped on arrival.
+  defp reachable?(dest) do
+    case dest_node(dest) do
+      node when node == node() -> true
+      node -> :erlang.send({:drove_probe, node}, :probe, [:noconnect, :nosuspend]) == :ok
+    end
   end
 
   defp remonitor(r) do
