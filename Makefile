@@ -7,17 +7,22 @@
 #                    Mix compiler task Mix.Tasks.Compile.DroveNif (in mix.exs) runs.
 #   setup            Idempotent. Checks the Debian packages in SETUP_PACKAGES with dpkg and installs
 #                    the missing ones with apt-get (as root); otherwise prints the command and fails.
-#   test             setup, lint, test-c, test-c-asan, test-c-valgrind, fuzz-short (when
-#                    fuzz/fuzz_*.c exist), test-elixir, test-nif-asan-short, in that order;
-#                    stops at the first failure.
+#   test             setup, lint, dialyzer, test-c, test-c-asan, test-c-valgrind, fuzz-short
+#                    (when fuzz/fuzz_*.c exist), test-elixir, test-nif-asan-short, in that
+#                    order; stops at the first failure.
 #   test-c           Build each Criterion suite test/c/test_<name>.c with the core c_src/*.c (not
 #                    c_src/nif) into _build/c/test_<name> and run it; fails on a non-zero exit.
 #   test-c-asan      The same under ASan+UBSan: _build/c/test_<name>_asan.
 #   test-c-valgrind  The plain suites under valgrind (-j1); fails when a log in _build/c/vg.*.log
 #                    has errors or definite/indirect leaks (Criterion itself exits 0 then).
-#   test-elixir      Start epmd (loopback) and run `mix test` (MIX_ENV=test), then
-#                    `mix compile --warnings-as-errors` and `mix test` in compat/horde when
-#                    compat/horde/mix.exs exists (the Horde drop-in package and its suite).
+#   test-elixir      Start epmd (loopback), `mix compile --warnings-as-errors` and `mix test`
+#                    (MIX_ENV=test), then the same in compat/horde when compat/horde/mix.exs
+#                    exists (the Horde drop-in package and its suite).
+#   dialyzer         `mix compile` (MIX_ENV=dev) here and in compat/horde, then Dialyzer
+#                    (erlang-dialyzer) over _build/dev/lib/drove/ebin and the horde beams with
+#                    -Wunknown; fails on any warning. The PLT (erts kernel stdlib crypto, Elixir,
+#                    Logger) is built once into $(DIALYZER_PLT_DIR) (about 2 min) and then
+#                    only checked.
 #   test-nif-asan    Build the NIF with ASan+UBSan into MIX_BUILD_PATH=_build/asan and run the
 #                    ExUnit suite (plus the :sanitizer tag) in a stock BEAM with the ASan runtime
 #                    preloaded and ERL_FLAGS="+Mea min" (about 4 min; see docs/reliability.md).
@@ -57,6 +62,7 @@
 #   NIF_ASAN_SHORT_TESTS  Test files run by test-nif-asan-short.
 #   VALGRIND, VALGRIND_FLAGS
 #   SETUP_PACKAGES    Debian packages checked by setup.
+#   DIALYZER, DIALYZER_FLAGS, DIALYZER_PLT_DIR
 #   SECONDS           Duration of `make chaos`.
 #   BENCH             Bench scripts run by `make bench`.
 #
@@ -167,11 +173,11 @@ SECONDS ?= 600
 export ERL_EPMD_ADDRESS ?= 127.0.0.1
 
 SETUP_PACKAGES ?= make gcc libc6-dev erlang-dev erlang-nox elixir libxxhash-dev \
-	libcriterion-dev valgrind clang libclang-rt-14-dev clang-format
+	libcriterion-dev valgrind clang libclang-rt-14-dev clang-format erlang-dialyzer
 
 
 .PHONY: calling_from_make all check-erts setup test test-c test-c-asan test-c-valgrind \
-	test-elixir test-nif-asan test-nif-asan-short nif-asan-build fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c demo chaos \
+	test-elixir test-nif-asan test-nif-asan-short nif-asan-build dialyzer fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c demo chaos \
 	clean distclean help start-epmd FORCE
 
 calling_from_make:
@@ -243,6 +249,7 @@ setup:
 test:
 	@$(MAKE) --no-print-directory setup
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory dialyzer
 	@$(MAKE) --no-print-directory test-c
 	@$(MAKE) --no-print-directory test-c-asan
 	@$(MAKE) --no-print-directory test-c-valgrind
@@ -355,6 +362,7 @@ start-epmd:
 	@epmd -daemon
 
 test-elixir: start-epmd
+	MIX_ENV=test $(MIX) compile --warnings-as-errors
 	MIX_ENV=test $(MIX) test
 	@if [ -f compat/horde/mix.exs ]; then \
 	  echo "==> compat/horde: mix compile --warnings-as-errors, mix test"; \
@@ -405,6 +413,38 @@ demo:
 # replay a run with DROVE_CHAOS_SEED=<the seed it printed>.
 chaos: start-epmd
 	DROVE_CHAOS_SECONDS=$(or $(SECONDS),600) MIX_ENV=test $(MIX) test --only chaos_long
+
+# ---------------------------------------------------------------------------------------------
+# Dialyzer
+
+DIALYZER ?= dialyzer
+DIALYZER_FLAGS ?= -Wunknown
+DIALYZER_PLT_DIR ?= _build/dialyzer
+DIALYZER_PLT_APPS := erts kernel stdlib crypto
+DIALYZER_BEAMS := _build/dev/lib/drove/ebin $(if $(wildcard compat/horde/mix.exs),\
+	compat/horde/_build/dev/lib/horde/ebin)
+
+# Elixir's beams carry their debug info in Elixir's format: Dialyzer reads it through the
+# elixir application, so Elixir's lib directory goes on the code path (ERL_LIBS). The PLT is
+# named by OTP release; Dialyzer itself updates it when a beam in it changes.
+dialyzer:
+	MIX_ENV=dev $(MIX) compile --warnings-as-errors
+	@if [ -f compat/horde/mix.exs ]; then \
+	  echo "==> compat/horde: mix compile (MIX_ENV=dev)"; \
+	  cd compat/horde && MIX_ENV=dev $(MIX) compile --warnings-as-errors; \
+	fi
+	@command -v $(DIALYZER) >/dev/null || { echo "dialyzer not found: make setup" >&2; exit 1; }
+	@libs=$$(elixir -e 'IO.write(Path.dirname(:code.lib_dir(:elixir)))'); \
+	otp=$$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().'); \
+	plt=$(DIALYZER_PLT_DIR)/drove-otp$$otp.plt; \
+	mkdir -p $(DIALYZER_PLT_DIR); \
+	if [ ! -f $$plt ]; then \
+	  echo "==> dialyzer: building $$plt (once)"; \
+	  ERL_LIBS=$$libs $(DIALYZER) --build_plt --output_plt $$plt.tmp \
+	    --apps $(DIALYZER_PLT_APPS) $$libs/elixir/ebin $$libs/logger/ebin && mv $$plt.tmp $$plt; \
+	fi; \
+	echo "==> dialyzer $(DIALYZER_FLAGS) $(DIALYZER_BEAMS)"; \
+	ERL_LIBS=$$libs $(DIALYZER) --plt $$plt $(DIALYZER_FLAGS) $(DIALYZER_BEAMS)
 
 # ---------------------------------------------------------------------------------------------
 # Lint and format

@@ -514,7 +514,6 @@ defmodule Drove.Membership do
         case result do
           :ok -> {:ok, state}
           {:error, _} = error -> {error, state}
-          other -> {{:error, {:unexpected_reply, other}}, state}
         end
     end
   end

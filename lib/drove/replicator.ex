@@ -463,7 +463,9 @@ defmodule Drove.Replicator do
       receive do
         {:DOWN, ^ref, :process, ^pid, _} -> :ok
       after
-        5000 -> Process.exit(pid, :kill) && :ok
+        5000 ->
+          Process.exit(pid, :kill)
+          :ok
       end
     end
 

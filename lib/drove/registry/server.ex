@@ -639,7 +639,10 @@ defmodule Drove.Registry.Server do
     sync_neighbours(s)
   end
 
-  defp member_row(s, m, true), do: :ets.insert(Reg.members_table(s.name), {m, 1}) && s
+  defp member_row(s, m, true) do
+    :ets.insert(Reg.members_table(s.name), {m, 1})
+    s
+  end
 
   defp member_row(s, m, false) do
     :ets.delete(Reg.members_table(s.name), m)
