@@ -175,7 +175,8 @@ defmodule Drove.DynamicSupervisor do
   @spec start_child(supervisor(), Supervisor.child_spec() | {module(), term()} | module()) ::
           DynamicSupervisor.on_start_child() | {:error, term()}
   def start_child(sup, child_spec) do
-    Impl.start_child(local_name!(sup), Supervisor.child_spec(child_spec, []))
+    start = fn -> Impl.start_child(local_name!(sup), Supervisor.child_spec(child_spec, [])) end
+    Drove.Telemetry.timed([:drove, :supervisor, :start_child], %{supervisor: sup}, start)
   end
 
   @doc """

@@ -460,6 +460,8 @@ defmodule Drove.Membership do
         state
 
       {added, removed} ->
+        Drove.Telemetry.membership(state.instances, state.mode, nodes, added, removed)
+
         Logger.debug(
           "Drove.Membership: members #{inspect(nodes)} (added #{inspect(added)}, " <>
             "removed #{inspect(removed)})"

@@ -55,7 +55,7 @@ defmodule Drove.Replicator do
     # wait behind the owner's mailbox (a registry's owner handles a message per
     # registration). Its local diffs are dropped: use it only when the owner needs none.
     if Keyword.get(opts, :flusher, false) do
-      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes)
+      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes, r.label)
       :ok = Native.set_owner(handle, pid)
       %{r | flusher: pid}
     else
@@ -136,16 +136,25 @@ defmodule Drove.Replicator do
   # A sender becomes a (passive) peer only once one of its messages was valid: garbage from
   # any process changes nothing here.
   defp do_handle_info({:drove_delta, from, bin}, r) when is_pid(from) and is_binary(bin) do
+    t0 = Drove.Telemetry.now()
+
     case Native.join(r.handle, bin, r.want_diffs) do
-      {:ok, diffs, _n} -> {:ok, r |> note_peer(from) |> bump(:deltas_in, 1), diffs}
-      {:error, reason} -> {:ok, bad_message(r, {:delta, reason}), []}
+      {:ok, diffs, n} ->
+        Drove.Telemetry.join(r.label, from, bin, n, t0)
+        {:ok, r |> note_peer(from) |> bump(:deltas_in, 1), diffs}
+
+      {:error, reason} ->
+        {:ok, bad_message(r, {:delta, reason}), []}
     end
   end
 
   defp do_handle_info({:drove_sync_req, from, ref, ctx, digest}, r)
        when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(digest) do
+    t0 = Drove.Telemetry.now()
+
     case Native.sync_reply(r.handle, ctx, digest, r.max_bytes, @max_manifest_dots) do
       {:ok, chunks, my_ctx, manifest} ->
+        Drove.Telemetry.round_reply(r.label, from, chunks, t0)
         r = note_peer(r, from)
         Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
         send_to(from, {:drove_sync_reply, self(), ref, my_ctx, manifest})
@@ -227,6 +236,7 @@ defmodule Drove.Replicator do
 
   defp ship(r) do
     targets = push_targets(r)
+    t0 = Drove.Telemetry.now()
 
     case Native.take_outbox(r.handle, r.max_bytes, targets != []) do
       {:error, reason} ->
@@ -242,6 +252,7 @@ defmodule Drove.Replicator do
         # next write: after any other, poll again (a write made while the log was off leaves
         # diffs and no chunk)
         for c <- chunks, t <- targets, do: send_to(t, {:drove_delta, self(), c})
+        Drove.Telemetry.push(r.label, chunks, length(targets), t0)
         taken = length(chunks) + length(diffs)
         {bump(r, :deltas_out, length(chunks) * length(targets)), diffs, taken}
     end
@@ -332,6 +343,7 @@ defmodule Drove.Replicator do
   @spec bad_message(t(), term()) :: t()
   def bad_message(r, what) do
     n = r.stats.bad_messages + 1
+    Drove.Telemetry.bad_message(r.label, what)
 
     if n <= 10 or rem(n, 1000) == 0 do
       Logger.warning(
@@ -376,8 +388,11 @@ defmodule Drove.Replicator do
   end
 
   defp finish_round(r, from, ctx, manifest) do
+    t0 = Drove.Telemetry.now()
+
     case Native.sync_finish(r.handle, ctx, manifest, r.max_bytes, r.want_diffs) do
-      {:ok, chunks, diffs, _removed} ->
+      {:ok, chunks, diffs, removed} ->
+        Drove.Telemetry.round_finish(r.label, from, chunks, diffs, removed, t0)
         Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
         {:ok, r |> bump(:deltas_out, length(chunks)) |> bump(:rounds_done, 1), diffs}
 
@@ -404,6 +419,7 @@ defmodule Drove.Replicator do
         end
       end)
 
+    Drove.Telemetry.rounds_started(r.label, started)
     bump(%{r | neighbours: Map.new(neighbours)}, :rounds, started)
   end
 
@@ -449,9 +465,10 @@ defmodule Drove.Replicator do
     # how long a push waits for more writes once one has just left
     @coalesce_ms 1
 
-    @spec start_link(reference(), pid(), pos_integer()) :: pid()
-    def start_link(handle, owner, max_bytes) do
-      spawn_link(fn -> loop(%{handle: handle, owner: owner, max: max_bytes, targets: []}) end)
+    @spec start_link(reference(), pid(), pos_integer(), term()) :: pid()
+    def start_link(handle, owner, max_bytes, label) do
+      s = %{handle: handle, owner: owner, max: max_bytes, targets: [], label: label}
+      spawn_link(fn -> loop(s) end)
     end
 
     @spec stop(pid()) :: :ok
@@ -472,6 +489,8 @@ defmodule Drove.Replicator do
     defp loop(s) do
       receive do
         :drove_flush ->
+          t0 = Drove.Telemetry.now()
+
           case Native.take_outbox(s.handle, s.max, s.targets != []) do
             {:error, reason} ->
               Logger.error("Drove flusher: outbox: #{inspect(reason)}")
@@ -488,6 +507,8 @@ defmodule Drove.Replicator do
               for c <- chunks, t <- s.targets do
                 :erlang.send(t, {:drove_delta, s.owner, c}, [:noconnect])
               end
+
+              Drove.Telemetry.push(s.label, chunks, length(s.targets), t0)
 
               # poll again after a pause: the writes made meanwhile go in one message (see
               # take_outbox). A lone write leaves at once; under a burst of writes each push

@@ -109,6 +109,7 @@ defmodule Horde.DynamicSupervisor do
     options
     |> Keyword.put_new(:distribution_strategy, Horde.UniformDistribution)
     |> Keyword.put_new(:member_struct, Horde.DynamicSupervisor.Member)
+    |> Keyword.put(:horde_telemetry, true)
     |> Drove.DynamicSupervisor.init()
   end
 
