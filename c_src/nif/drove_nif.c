@@ -5,7 +5,7 @@
  * handle; the owner process (Drove.CRDT) is sent `:drove_flush` when the outbox goes from
  * empty to non-empty, and ships it.
  *
- * Scheduling rule (ARCHITECTURE.md): single-key calls run on normal schedulers. They take the
+ * Scheduling rule (docs/architecture.md): single-key calls run on normal schedulers. They take the
  * lock with trylock; if it is held (a dirty job is joining a big delta, say) they reschedule
  * themselves as dirty jobs instead of blocking a normal scheduler. Calls whose cost grows with
  * the map or with a peer's message run dirty, or are dispatched by size.
@@ -1773,7 +1773,7 @@ static void unload(ErlNifEnv *env, void *priv) {
     enif_free(priv);
 }
 
-/* Scheduling choice beside each entry (see ARCHITECTURE.md, "Scheduling rule"). */
+/* Scheduling choice beside each entry (see docs/architecture.md, "NIF scheduling rule"). */
 static ErlNifFunc funcs[] = {
     /* normal: O(1) */
     {"replica_new", 3, replica_new, 0},
