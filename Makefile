@@ -20,9 +20,9 @@
 #                    exists (the Horde drop-in package and its suite).
 #   dialyzer         `mix compile` (MIX_ENV=dev) here and in compat/horde, then Dialyzer
 #                    (erlang-dialyzer) over _build/dev/lib/drove/ebin and the horde beams with
-#                    -Wunknown; fails on any warning. The PLT (erts kernel stdlib crypto, Elixir,
-#                    Logger) is built once into $(DIALYZER_PLT_DIR) (about 2 min) and then
-#                    only checked.
+#                    -Wunknown; fails on any warning. The PLT (erts kernel stdlib crypto and
+#                    the Elixir modules used) is built once into $(DIALYZER_PLT_DIR) (about
+#                    1 min) and then only checked.
 #   test-nif-asan    Build the NIF with ASan+UBSan into MIX_BUILD_PATH=_build/asan and run the
 #                    ExUnit suite (plus the :sanitizer tag) in a stock BEAM with the ASan runtime
 #                    preloaded and ERL_FLAGS="+Mea min" (about 4 min; see docs/reliability.md).
@@ -421,12 +421,30 @@ DIALYZER ?= dialyzer
 DIALYZER_FLAGS ?= -Wunknown
 DIALYZER_PLT_DIR ?= _build/dialyzer
 DIALYZER_PLT_APPS := erts kernel stdlib crypto
+# Elixir modules the PLT holds besides those the beams call (found from their imports):
+# behaviours, and modules whose types the specs name. A new one shows as an unknown type or
+# callback in the analysis; add it here.
+DIALYZER_PLT_ELIXIR := elixir Elixir.Application Elixir.Macro Elixir.Registry Elixir.String \
+	Elixir.Range Elixir.Enumerable Elixir.Logger
 DIALYZER_BEAMS := _build/dev/lib/drove/ebin $(if $(wildcard compat/horde/mix.exs),\
 	compat/horde/_build/dev/lib/horde/ebin)
+# The beams of Elixir and Logger modules the analysed beams call, plus DIALYZER_PLT_ELIXIR.
+DIALYZER_ELIXIR_BEAMS = Dirs = string:lexemes(os:getenv("DIA_DIRS"), " "), \
+	Lib = os:getenv("DIA_LIBS"), \
+	Beams = lists:append([filelib:wildcard(D ++ "/*.beam") || D <- Dirs]), \
+	Called = [M || B <- Beams, {ok, {_, [{imports, I}]}} <- [beam_lib:chunks(B, [imports])], \
+	  {M, _, _} <- I], \
+	Extra = [list_to_atom(X) || X <- string:lexemes(os:getenv("DIA_EXTRA"), " ")], \
+	Files = [F || M <- lists:usort(Called ++ Extra), A <- ["elixir", "logger"], \
+	  F <- [filename:join([Lib, A, "ebin", atom_to_list(M) ++ ".beam"])], filelib:is_file(F)], \
+	io:format("~s", [lists:join(" ", Files)]), halt().
 
 # Elixir's beams carry their debug info in Elixir's format: Dialyzer reads it through the
-# elixir application, so Elixir's lib directory goes on the code path (ERL_LIBS). The PLT is
-# named by OTP release; Dialyzer itself updates it when a beam in it changes.
+# elixir application, so Elixir's lib directory goes on the code path (ERL_LIBS). The PLT
+# holds the OTP applications and only the Elixir modules used (a PLT of all of Elixir takes
+# 2-4 min to build on the 2-core machine, this one under a minute); its name carries the OTP
+# release and a hash of its module list, so a new list builds a new PLT. Dialyzer itself
+# updates a PLT when a beam in it changes.
 dialyzer:
 	MIX_ENV=dev $(MIX) compile --warnings-as-errors
 	@if [ -f compat/horde/mix.exs ]; then \
@@ -436,12 +454,15 @@ dialyzer:
 	@command -v $(DIALYZER) >/dev/null || { echo "dialyzer not found: make setup" >&2; exit 1; }
 	@libs=$$(elixir -e 'IO.write(Path.dirname(:code.lib_dir(:elixir)))'); \
 	otp=$$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().'); \
-	plt=$(DIALYZER_PLT_DIR)/drove-otp$$otp.plt; \
+	ex=$$(DIA_DIRS="$(DIALYZER_BEAMS)" DIA_LIBS="$$libs" DIA_EXTRA="$(DIALYZER_PLT_ELIXIR)" \
+	  erl -noshell -eval '$(DIALYZER_ELIXIR_BEAMS)'); \
+	sum=$$(echo "$(DIALYZER_PLT_APPS) $$ex" | md5sum | cut -c1-12); \
+	plt=$(DIALYZER_PLT_DIR)/drove-otp$$otp-$$sum.plt; \
 	mkdir -p $(DIALYZER_PLT_DIR); \
 	if [ ! -f $$plt ]; then \
 	  echo "==> dialyzer: building $$plt (once)"; \
 	  ERL_LIBS=$$libs $(DIALYZER) --build_plt --output_plt $$plt.tmp \
-	    --apps $(DIALYZER_PLT_APPS) $$libs/elixir/ebin $$libs/logger/ebin && mv $$plt.tmp $$plt; \
+	    --apps $(DIALYZER_PLT_APPS) $$ex && mv $$plt.tmp $$plt; \
 	fi; \
 	echo "==> dialyzer $(DIALYZER_FLAGS) $(DIALYZER_BEAMS)"; \
 	ERL_LIBS=$$libs $(DIALYZER) --plt $$plt $(DIALYZER_FLAGS) $(DIALYZER_BEAMS)
