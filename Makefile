@@ -7,17 +7,22 @@
 #                    Mix compiler task Mix.Tasks.Compile.DroveNif (in mix.exs) runs.
 #   setup            Idempotent. Checks the Debian packages in SETUP_PACKAGES with dpkg and installs
 #                    the missing ones with apt-get (as root); otherwise prints the command and fails.
-#   test             setup, lint, test-c, test-c-asan, test-c-valgrind, fuzz-short (when
-#                    fuzz/fuzz_*.c exist), test-elixir, test-nif-asan-short, in that order;
-#                    stops at the first failure.
+#   test             setup, lint, dialyzer, test-c, test-c-asan, test-c-valgrind, fuzz-short
+#                    (when fuzz/fuzz_*.c exist), test-elixir, test-nif-asan-short, in that
+#                    order; stops at the first failure.
 #   test-c           Build each Criterion suite test/c/test_<name>.c with the core c_src/*.c (not
 #                    c_src/nif) into _build/c/test_<name> and run it; fails on a non-zero exit.
 #   test-c-asan      The same under ASan+UBSan: _build/c/test_<name>_asan.
 #   test-c-valgrind  The plain suites under valgrind (-j1); fails when a log in _build/c/vg.*.log
 #                    has errors or definite/indirect leaks (Criterion itself exits 0 then).
-#   test-elixir      Start epmd (loopback) and run `mix test` (MIX_ENV=test), then
-#                    `mix compile --warnings-as-errors` and `mix test` in compat/horde when
-#                    compat/horde/mix.exs exists (the Horde drop-in package and its suite).
+#   test-elixir      Start epmd (loopback), `mix compile --warnings-as-errors` and `mix test`
+#                    (MIX_ENV=test), then the same in compat/horde when compat/horde/mix.exs
+#                    exists (the Horde drop-in package and its suite).
+#   dialyzer         `mix compile` (MIX_ENV=dev) here and in compat/horde, then Dialyzer
+#                    (erlang-dialyzer) over _build/dev/lib/drove/ebin and the horde beams with
+#                    -Wunknown; fails on any warning. The PLT (erts kernel stdlib crypto and
+#                    the Elixir modules used) is built once into $(DIALYZER_PLT_DIR) (about
+#                    1 min) and then only checked.
 #   test-nif-asan    Build the NIF with ASan+UBSan into MIX_BUILD_PATH=_build/asan and run the
 #                    ExUnit suite (plus the :sanitizer tag) in a stock BEAM with the ASan runtime
 #                    preloaded and ERL_FLAGS="+Mea min" (about 4 min; see docs/reliability.md).
@@ -63,6 +68,7 @@
 #   VALGRIND, VALGRIND_FLAGS
 #   SETUP_PACKAGES    Debian packages checked by setup.
 #   BENCH_PACKAGES    Debian packages checked by setup-bench (only for `make bench`).
+#   DIALYZER, DIALYZER_FLAGS, DIALYZER_PLT_DIR
 #   SECONDS           Duration of `make chaos`.
 #   BENCH             Bench scripts run by `make bench`.
 #
@@ -173,12 +179,12 @@ SECONDS ?= 600
 export ERL_EPMD_ADDRESS ?= 127.0.0.1
 
 SETUP_PACKAGES ?= make gcc libc6-dev erlang-dev erlang-nox elixir libxxhash-dev \
-	libcriterion-dev valgrind clang libclang-rt-14-dev clang-format
+	libcriterion-dev valgrind clang libclang-rt-14-dev clang-format erlang-dialyzer
 BENCH_PACKAGES ?= gnuplot-nox
 
 
 .PHONY: calling_from_make all check-erts setup test test-c test-c-asan test-c-valgrind \
-	test-elixir test-nif-asan test-nif-asan-short nif-asan-build fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c bench-shrink demo chaos \
+	test-elixir test-nif-asan test-nif-asan-short nif-asan-build dialyzer fuzz fuzz-short fuzz-run fuzz-merge lint format bench bench-c bench-shrink demo chaos \
 	setup-bench \
 	clean distclean help start-epmd FORCE
 
@@ -254,6 +260,7 @@ setup-bench:
 test:
 	@$(MAKE) --no-print-directory setup
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory dialyzer
 	@$(MAKE) --no-print-directory test-c
 	@$(MAKE) --no-print-directory test-c-asan
 	@$(MAKE) --no-print-directory test-c-valgrind
@@ -366,6 +373,7 @@ start-epmd:
 	@epmd -daemon
 
 test-elixir: start-epmd
+	MIX_ENV=test $(MIX) compile --warnings-as-errors
 	MIX_ENV=test $(MIX) test
 	@if [ -f compat/horde/mix.exs ]; then \
 	  echo "==> compat/horde: mix compile --warnings-as-errors, mix test"; \
@@ -425,6 +433,59 @@ demo:
 # replay a run with DROVE_CHAOS_SEED=<the seed it printed>.
 chaos: start-epmd
 	DROVE_CHAOS_SECONDS=$(or $(SECONDS),600) MIX_ENV=test $(MIX) test --only chaos_long
+
+# ---------------------------------------------------------------------------------------------
+# Dialyzer
+
+DIALYZER ?= dialyzer
+DIALYZER_FLAGS ?= -Wunknown
+DIALYZER_PLT_DIR ?= _build/dialyzer
+DIALYZER_PLT_APPS := erts kernel stdlib crypto
+# Elixir modules the PLT holds besides those the beams call (found from their imports):
+# behaviours, and modules whose types the specs name. A new one shows as an unknown type or
+# callback in the analysis; add it here.
+DIALYZER_PLT_ELIXIR := elixir Elixir.Application Elixir.Macro Elixir.Registry Elixir.String \
+	Elixir.Range Elixir.Enumerable Elixir.Logger
+DIALYZER_BEAMS := _build/dev/lib/drove/ebin $(if $(wildcard compat/horde/mix.exs),\
+	compat/horde/_build/dev/lib/horde/ebin)
+# The beams of Elixir and Logger modules the analysed beams call, plus DIALYZER_PLT_ELIXIR.
+DIALYZER_ELIXIR_BEAMS = Dirs = string:lexemes(os:getenv("DIA_DIRS"), " "), \
+	Lib = os:getenv("DIA_LIBS"), \
+	Beams = lists:append([filelib:wildcard(D ++ "/*.beam") || D <- Dirs]), \
+	Called = [M || B <- Beams, {ok, {_, [{imports, I}]}} <- [beam_lib:chunks(B, [imports])], \
+	  {M, _, _} <- I], \
+	Extra = [list_to_atom(X) || X <- string:lexemes(os:getenv("DIA_EXTRA"), " ")], \
+	Files = [F || M <- lists:usort(Called ++ Extra), A <- ["elixir", "logger"], \
+	  F <- [filename:join([Lib, A, "ebin", atom_to_list(M) ++ ".beam"])], filelib:is_file(F)], \
+	io:format("~s", [lists:join(" ", Files)]), halt().
+
+# Elixir's beams carry their debug info in Elixir's format: Dialyzer reads it through the
+# elixir application, so Elixir's lib directory goes on the code path (ERL_LIBS). The PLT
+# holds the OTP applications and only the Elixir modules used (a PLT of all of Elixir takes
+# 2-4 min to build on the 2-core machine, this one under a minute); its name carries the OTP
+# release and a hash of its module list, so a new list builds a new PLT. Dialyzer itself
+# updates a PLT when a beam in it changes.
+dialyzer:
+	MIX_ENV=dev $(MIX) compile --warnings-as-errors
+	@if [ -f compat/horde/mix.exs ]; then \
+	  echo "==> compat/horde: mix compile (MIX_ENV=dev)"; \
+	  cd compat/horde && MIX_ENV=dev $(MIX) compile --warnings-as-errors; \
+	fi
+	@command -v $(DIALYZER) >/dev/null || { echo "dialyzer not found: make setup" >&2; exit 1; }
+	@libs=$$(elixir -e 'IO.write(Path.dirname(:code.lib_dir(:elixir)))'); \
+	otp=$$(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().'); \
+	ex=$$(DIA_DIRS="$(DIALYZER_BEAMS)" DIA_LIBS="$$libs" DIA_EXTRA="$(DIALYZER_PLT_ELIXIR)" \
+	  erl -noshell -eval '$(DIALYZER_ELIXIR_BEAMS)'); \
+	sum=$$(echo "$(DIALYZER_PLT_APPS) $$ex" | md5sum | cut -c1-12); \
+	plt=$(DIALYZER_PLT_DIR)/drove-otp$$otp-$$sum.plt; \
+	mkdir -p $(DIALYZER_PLT_DIR); \
+	if [ ! -f $$plt ]; then \
+	  echo "==> dialyzer: building $$plt (once)"; \
+	  ERL_LIBS=$$libs $(DIALYZER) --build_plt --output_plt $$plt.tmp \
+	    --apps $(DIALYZER_PLT_APPS) $$ex && mv $$plt.tmp $$plt; \
+	fi; \
+	echo "==> dialyzer $(DIALYZER_FLAGS) $(DIALYZER_BEAMS)"; \
+	ERL_LIBS=$$libs $(DIALYZER) --plt $$plt $(DIALYZER_FLAGS) $(DIALYZER_BEAMS)
 
 # ---------------------------------------------------------------------------------------------
 # Lint and format

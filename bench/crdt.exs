@@ -203,22 +203,42 @@ waits =
   for n <- [b, cnode],
       do: Task.async(fn -> :erpc.call(n, r, :wait_size, [:bulk, bulk], 120_000) end)
 
-t_start = System.os_time(:microsecond)
+# The writer's node stamps its first write (and the first send of the reference): both clocks
+# are this machine's, so "from the first write" is the whole transfer, writing included.
+t_start = :erpc.call(a, System, :os_time, [:microsecond])
 t_last = :erpc.call(a, r, :write, [:bulk, bulk, :bulk], 120_000)
 t_seen = waits |> Enum.map(&Task.await(&1, 120_000)) |> Enum.max()
 drove_ms = (t_seen - t_last) / 1000
+drove_first_ms = (t_seen - t_start) / 1000
 write_ms = (t_last - t_start) / 1000
 
 sinks = for n <- [b, cnode], do: :erpc.call(n, r, :raw_sink, [bulk, self()])
+r_start = :erpc.call(a, System, :os_time, [:microsecond])
 r_last = :erpc.call(a, r, :raw_send, [sinks, bulk, 1000], 120_000)
 r_seen = for _ <- sinks, do: receive(do: ({:raw_done, _, tt} -> tt))
 raw_ms = (Enum.max(r_seen) - r_last) / 1000
+raw_first_ms = (Enum.max(r_seen) - r_start) / 1000
 
 IO.puts(
-  "\n== #{bulk} writes on one node (#{Float.round(write_ms, 1)} ms to write), ms from the last write until 2 other nodes hold all"
+  "\n== #{bulk} writes on one node (#{Float.round(write_ms, 1)} ms to write, the reference " <>
+    "#{Float.round((r_last - r_start) / 1000, 1)} ms to send), until 2 other nodes hold all, ms"
 )
 
-Bench.row("Drove eager push", drove_ms, raw_ms, "raw batched send + ETS", "<= 300 ms")
+Bench.row(
+  "Drove eager push, from the last write",
+  drove_ms,
+  raw_ms,
+  "raw batched send + ETS",
+  "<= 300 ms"
+)
+
+Bench.row(
+  "Drove eager push, from the first write",
+  drove_first_ms,
+  raw_first_ms,
+  "raw batched send + ETS",
+  "-"
+)
 
 # ---- 4. a new node catches up a 1M-entry replica ----------------------------------------------
 big = 1_000_000
@@ -258,7 +278,7 @@ Bench.row(
   "replica bytes/entry beyond key+value (1.1M)",
   (info.memory - info.payload) / info.size,
   nil,
-  "DeltaCrdt (reference doc)",
+  "-",
   "<= 200"
 )
 

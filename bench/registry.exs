@@ -233,8 +233,8 @@ for {label, node} <- [{"A (owner)", a}, {"B (replica)", b}] do
   Bench.row(
     "bytes/registration beyond key+value, #{label}",
     (m.replica + m.ets - 2 * m.payload) / m.count,
-    935,
-    "Horde (reference doc)",
+    nil,
+    "-",
     "<= 300"
   )
 end

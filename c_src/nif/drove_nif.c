@@ -5,7 +5,7 @@
  * handle; the owner process (Drove.CRDT) is sent `:drove_flush` when the outbox goes from
  * empty to non-empty, and ships it.
  *
- * Scheduling rule (ARCHITECTURE.md): single-key calls run on normal schedulers. They take the
+ * Scheduling rule (docs/architecture.md): single-key calls run on normal schedulers. They take the
  * lock with trylock; if it is held (a dirty job is joining a big delta, say) they reschedule
  * themselves as dirty jobs instead of blocking a normal scheduler. Calls whose cost grows with
  * the map or with a peer's message run dirty, or are dispatched by size.
@@ -1724,17 +1724,33 @@ static ERL_NIF_TERM info_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     return m;
 }
 
-/* ------------------------------------------------------------------ load */
+/* ------------------------------------------------------------------ load, upgrade, unload
+ *
+ * A hot code upgrade of Drove.Native (`:code.load_file/1`, a release upgrade) loads the library
+ * again while the old module's replicas stay alive in the processes that hold them: `upgrade`
+ * takes the resource types over (their destructors and down callbacks become the new
+ * library's) so those replicas keep working with the new code, and `unload` runs when the old
+ * module is purged.
+ *
+ * Loading the same file again gives back the same image (dlopen counts references), so the
+ * globals below are shared by the old and the new library, and NIF calls may be reading them
+ * while `upgrade` runs: they are written only by the first load of an image (`image_ready`),
+ * never rewritten. Only load, upgrade and unload touch `image_ready`, and the runtime runs them
+ * one at a time. A new version of the library (another file) has its own globals, and gets
+ * the old replicas: `priv` records the layout of a replica, and an upgrade between layouts
+ * that differ is refused (the old code keeps running) rather than misreading them. */
 
-static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
-    (void)priv;
-    (void)info;
-    static const dv_allocator a = {nif_alloc, nif_realloc, nif_free};
-    dv_set_allocator(&a);
-    ErlNifResourceTypeInit init = {.dtor = replica_dtor, .down = replica_down};
-    REPLICA = enif_open_resource_type_x(env, "drove_replica", &init, ERL_NIF_RT_CREATE, NULL);
-    if (!REPLICA || dv_ring_nif_load(env) != 0)
-        return -1;
+/* Bump when the replica struct or anything it points to changes meaning. */
+#define REPLICA_ABI 1u
+
+typedef struct {
+    uint32_t abi;
+    uint32_t replica_size;
+} lib_priv;
+
+static bool image_ready;
+
+static void init_atoms(ErlNifEnv *env) {
     A_OK = mk_atom(env, "ok");
     A_ERROR = mk_atom(env, "error");
     A_NIL = mk_atom(env, "nil");
@@ -1762,6 +1778,31 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
     A_FALLBACK = mk_atom(env, "fallback");
     A_DEFERRED = mk_atom(env, "exits_deferred");
     A_BUSY = mk_atom(env, "lock_busy");
+}
+
+/* Opens (or takes over) the resource types and fills *priv. CREATE | TAKEOVER in load as well:
+ * after the module was deleted and purged, replicas still held by processes keep their type
+ * alive, and a later load takes it over like an upgrade does. */
+static int open_library(ErlNifEnv *env, void **priv) {
+    static const dv_allocator a = {nif_alloc, nif_realloc, nif_free};
+    const ErlNifResourceFlags flags = ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER;
+    ErlNifResourceTypeInit init = {.dtor = replica_dtor, .down = replica_down};
+    ErlNifResourceType *rt = enif_open_resource_type_x(env, "drove_replica", &init, flags, NULL);
+    if (!rt || dv_ring_nif_load(env, flags) != 0)
+        return -1;
+    lib_priv *p = enif_alloc(sizeof *p);
+    if (!p)
+        return -1;
+    p->abi = REPLICA_ABI;
+    p->replica_size = (uint32_t)sizeof(replica);
+    if (!image_ready) {
+        dv_set_allocator(&a);
+        init_atoms(env);
+        image_ready = true;
+    }
+    if (REPLICA != rt) /* the same type object when the image is shared */
+        REPLICA = rt;
+    *priv = p;
     return 0;
 }
 
@@ -1813,7 +1854,25 @@ static ERL_NIF_TERM test_counters_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
     return enif_make_tuple2(env, enif_make_uint64(env, deferred), enif_make_uint64(env, busy));
 }
 
-/* Scheduling choice beside each entry (see ARCHITECTURE.md, "Scheduling rule"). */
+static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
+    (void)info;
+    return open_library(env, priv);
+}
+
+static int upgrade(ErlNifEnv *env, void **priv, void **old_priv, ERL_NIF_TERM info) {
+    (void)info;
+    const lib_priv *old = *old_priv;
+    if (!old || old->abi != REPLICA_ABI || old->replica_size != sizeof(replica))
+        return -1;
+    return open_library(env, priv);
+}
+
+static void unload(ErlNifEnv *env, void *priv) {
+    (void)env;
+    enif_free(priv);
+}
+
+/* Scheduling choice beside each entry (see docs/architecture.md, "NIF scheduling rule"). */
 static ErlNifFunc funcs[] = {
     /* test hooks: dirty I/O (waits until released); normal, O(1) */
     {"test_hold", 2, test_hold_nif, ERL_NIF_DIRTY_JOB_IO_BOUND},
@@ -1887,4 +1946,4 @@ static ErlNifFunc funcs[] = {
     {"rendezvous_owners", 2, dv_rendezvous_owners_nif, 0},
 };
 
-ERL_NIF_INIT(Elixir.Drove.Native, funcs, load, NULL, NULL, NULL)
+ERL_NIF_INIT(Elixir.Drove.Native, funcs, load, NULL, upgrade, unload)

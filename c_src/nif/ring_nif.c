@@ -21,9 +21,14 @@ static void ring_dtor(ErlNifEnv *env, void *obj) {
     dv_ring_free(&((ring_res *)obj)->ring);
 }
 
-int dv_ring_nif_load(ErlNifEnv *env) {
-    RING_RT = enif_open_resource_type(env, NULL, "drove_ring", ring_dtor, ERL_NIF_RT_CREATE, NULL);
-    return RING_RT ? 0 : -1;
+int dv_ring_nif_load(ErlNifEnv *env, ErlNifResourceFlags flags) {
+    ErlNifResourceType *rt =
+        enif_open_resource_type(env, NULL, "drove_ring", ring_dtor, flags, NULL);
+    if (!rt)
+        return -1;
+    if (RING_RT != rt) /* written once per image: see "load, upgrade, unload" in drove_nif.c */
+        RING_RT = rt;
+    return 0;
 }
 
 static bool on_normal_scheduler(void) {

@@ -42,8 +42,10 @@
 #define DV_RING_NIF_DIRTY_WORK     65536
 #define DV_RING_NIF_DIRTY_BYTES    (256 * 1024)
 
-/* Opens the ring resource type; call from the library's load. 0 on success. */
-int dv_ring_nif_load(ErlNifEnv *env);
+/* Opens the ring resource type (flags: ERL_NIF_RT_CREATE, and ERL_NIF_RT_TAKEOVER to take it
+ * over from the library being upgraded); call from the library's load and upgrade. 0 on
+ * success. */
+int dv_ring_nif_load(ErlNifEnv *env, ErlNifResourceFlags flags);
 
 ERL_NIF_TERM dv_ring_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM dv_ring_owner_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);

@@ -182,7 +182,12 @@ defmodule Drove.DynamicSupervisor do
           DynamicSupervisor.on_start_child() | {:error, term()}
   def start_child(sup, child_spec) do
     spec = Supervisor.child_spec(child_spec, [])
-    on_instance(sup, :start_child, [spec], &Impl.start_child(&1, spec))
+
+    on_instance(sup, :start_child, [spec], fn name ->
+      Drove.Telemetry.timed([:drove, :supervisor, :start_child], %{supervisor: name}, fn ->
+        Impl.start_child(name, spec)
+      end)
+    end)
   end
 
   @doc """

@@ -460,6 +460,8 @@ defmodule Drove.Membership do
         state
 
       {added, removed} ->
+        Drove.Telemetry.membership(state.instances, state.mode, nodes, added, removed)
+
         Logger.debug(
           "Drove.Membership: members #{inspect(nodes)} (added #{inspect(added)}, " <>
             "removed #{inspect(removed)})"
@@ -514,7 +516,6 @@ defmodule Drove.Membership do
         case result do
           :ok -> {:ok, state}
           {:error, _} = error -> {error, state}
-          other -> {{:error, {:unexpected_reply, other}}, state}
         end
     end
   end

@@ -92,7 +92,7 @@ defmodule Drove.Replicator do
     # wait behind the owner's mailbox (a registry's owner handles a message per
     # registration). Its local diffs are dropped: use it only when the owner needs none.
     if Keyword.get(opts, :flusher, false) do
-      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes, r.dropped)
+      pid = __MODULE__.Flusher.start_link(handle, self(), r.max_bytes, r.dropped, r.label)
       :ok = Native.set_owner(handle, pid)
       %{r | flusher: pid}
     else
@@ -186,16 +186,25 @@ defmodule Drove.Replicator do
   # A sender becomes a (passive) peer only once one of its messages was valid: garbage from
   # any process changes nothing here.
   defp do_handle_info({:drove_delta, from, bin}, r) when is_pid(from) and is_binary(bin) do
+    t0 = Drove.Telemetry.now()
+
     case Native.join(r.handle, bin, r.want_diffs) do
-      {:ok, diffs, _n} -> {:ok, r |> note_peer(from) |> bump(:deltas_in, 1), diffs}
-      {:error, reason} -> {:ok, bad_message(r, {:delta, reason}), []}
+      {:ok, diffs, n} ->
+        Drove.Telemetry.join(r.label, from, bin, n, t0)
+        {:ok, r |> note_peer(from) |> bump(:deltas_in, 1), diffs}
+
+      {:error, reason} ->
+        {:ok, bad_message(r, {:delta, reason}), []}
     end
   end
 
   defp do_handle_info({:drove_sync_req, from, ref, ctx, digest}, r)
        when is_pid(from) and is_reference(ref) and is_binary(ctx) and is_binary(digest) do
+    t0 = Drove.Telemetry.now()
+
     case Native.sync_reply(r.handle, ctx, digest, r.max_bytes, @max_manifest_dots) do
       {:ok, chunks, my_ctx, manifest} ->
+        Drove.Telemetry.round_reply(r.label, from, chunks, t0)
         r = note_peer(r, from)
         Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
         send_to(from, {:drove_sync_reply, self(), ref, my_ctx, manifest})
@@ -320,6 +329,7 @@ defmodule Drove.Replicator do
 
   defp ship(r) do
     targets = push_targets(r)
+    t0 = Drove.Telemetry.now()
 
     case Native.take_outbox(r.handle, r.max_bytes, targets != []) do
       {:error, reason} ->
@@ -335,6 +345,7 @@ defmodule Drove.Replicator do
         # next write: after any other, poll again (a write made while the log was off leaves
         # diffs and no chunk)
         for c <- chunks, t <- targets, do: send_to(t, {:drove_delta, self(), c})
+        Drove.Telemetry.push(r.label, chunks, length(targets), t0)
         taken = length(chunks) + length(diffs)
         {bump(r, :deltas_out, length(chunks) * length(targets)), diffs, taken}
     end
@@ -426,6 +437,7 @@ defmodule Drove.Replicator do
   @spec bad_message(t(), term()) :: t()
   def bad_message(r, what) do
     n = r.stats.bad_messages + 1
+    Drove.Telemetry.bad_message(r.label, what)
 
     if n <= 10 or rem(n, 1000) == 0 do
       Logger.warning(
@@ -470,8 +482,11 @@ defmodule Drove.Replicator do
   end
 
   defp finish_round(r, from, ctx, manifest) do
+    t0 = Drove.Telemetry.now()
+
     case Native.sync_finish(r.handle, ctx, manifest, r.max_bytes, r.want_diffs) do
-      {:ok, chunks, diffs, _removed} ->
+      {:ok, chunks, diffs, removed} ->
+        Drove.Telemetry.round_finish(r.label, from, chunks, diffs, removed, t0)
         Enum.each(chunks, &send_to(from, {:drove_delta, self(), &1}))
         {:ok, r |> bump(:deltas_out, length(chunks)) |> bump(:rounds_done, 1), diffs}
 
@@ -558,6 +573,7 @@ defmodule Drove.Replicator do
         Map.put(acc, dest, %{n | round: {ref, deadline(r), kind}})
       end)
 
+    Drove.Telemetry.rounds_started(r.label, length(dests))
     bump(%{r | neighbours: neighbours}, :rounds, length(dests))
   end
 
@@ -643,11 +659,13 @@ defmodule Drove.Replicator do
     # how long a push waits for more writes once one has just left
     @coalesce_ms 1
 
-    @spec start_link(reference(), pid(), pos_integer(), :counters.counters_ref()) :: pid()
-    def start_link(handle, owner, max_bytes, dropped) do
+    @spec start_link(reference(), pid(), pos_integer(), :counters.counters_ref(), term()) :: pid()
+    def start_link(handle, owner, max_bytes, dropped, label) do
+      s = %{handle: handle, owner: owner, max: max_bytes, targets: [], label: label}
+
       spawn_link(fn ->
         Process.put({Drove.Replicator, :sends_dropped}, dropped)
-        loop(%{handle: handle, owner: owner, max: max_bytes, targets: []})
+        loop(s)
       end)
     end
 
@@ -660,13 +678,17 @@ defmodule Drove.Replicator do
       receive do
         {:DOWN, ^ref, :process, ^pid, _} -> :ok
       after
-        5000 -> Process.exit(pid, :kill) && :ok
+        5000 ->
+          Process.exit(pid, :kill)
+          :ok
       end
     end
 
     defp loop(s) do
       receive do
         :drove_flush ->
+          t0 = Drove.Telemetry.now()
+
           case Native.take_outbox(s.handle, s.max, s.targets != []) do
             {:error, reason} ->
               Logger.error("Drove flusher: outbox: #{inspect(reason)}")
@@ -683,6 +705,8 @@ defmodule Drove.Replicator do
               for c <- chunks, t <- s.targets do
                 Drove.Replicator.send_to(t, {:drove_delta, s.owner, c})
               end
+
+              Drove.Telemetry.push(s.label, chunks, length(s.targets), t0)
 
               # poll again after a pause: the writes made meanwhile go in one message (see
               # take_outbox). A lone write leaves at once; under a burst of writes each push

@@ -144,7 +144,8 @@ defmodule Drove.DynamicSupervisor.Impl do
     :proxy_message_ttl,
     :shutdown,
     :name,
-    :id
+    :id,
+    :horde_telemetry
   ]
 
   # ------------------------------------------------------------------ flags
@@ -211,6 +212,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       members: members,
       distribution_strategy: strategy,
       member_struct: member_struct,
+      horde_telemetry: Keyword.get(opts, :horde_telemetry, false) == true,
       max_restarts: check_int!(opts, :max_restarts, 3, 0),
       max_seconds: check_int!(opts, :max_seconds, 5, 1),
       max_children: max_children!(Keyword.get(opts, :max_children, :infinity)),
@@ -900,6 +902,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   defp start_takeover(s, id, spec) do
+    Drove.Telemetry.takeover(s.name, s.children, id)
     sup = s.name
     procsup = s.procsup
     extra = s.flags.extra_arguments
@@ -1279,7 +1282,8 @@ defmodule Drove.DynamicSupervisor.Impl do
   # Adds and removes {:member, m} keys; never touches children or infos.
   defp apply_members(s, members) do
     wanted = [s.me | members]
-    Drove.Cluster.write_members(s.handle, Map.keys(s.members), wanted)
+    changed = Drove.Cluster.write_members(s.handle, Map.keys(s.members), wanted)
+    Drove.Telemetry.members(s.name, wanted, changed)
     sync_neighbours(%{s | members: Map.new(wanted, &{&1, 1})})
   end
 

@@ -1,13 +1,14 @@
 defmodule Drove.DynamicSupervisor.Tree do
   @moduledoc false
   # The top supervisor of one instance, `:"#{name}.Supervisor"`: the instance process, the
-  # OTP DynamicSupervisor that runs this node's children, and the shutdown signal, in that
-  # order (so on a stop the signal goes first, then the children, then the instance).
+  # OTP DynamicSupervisor that runs this node's children, the shutdown signal and the
+  # telemetry poller, in that order (so on a stop the signal goes before the children, then
+  # the instance).
   # :one_for_all with no restarts, as Horde: a crash of any part takes the local instance
   # down, its peers take over its children, and the parent decides what comes next.
   use Supervisor
 
-  alias Drove.DynamicSupervisor.{Impl, Signal}
+  alias Drove.DynamicSupervisor.{Impl, Poller, Signal}
 
   @spec name(atom()) :: atom()
   def name(sup), do: :"#{sup}.Supervisor"
@@ -43,7 +44,8 @@ defmodule Drove.DynamicSupervisor.Tree do
             type: :supervisor,
             shutdown: :infinity
           },
-          %{id: Signal, start: {Signal, :start_link, [name]}, shutdown: 30_000}
+          %{id: Signal, start: {Signal, :start_link, [name]}, shutdown: 30_000},
+          %{id: Poller, start: {Poller, :start_link, [name, flags.horde_telemetry]}}
         ]
 
         Supervisor.init(children, strategy: :one_for_all, max_restarts: 0)

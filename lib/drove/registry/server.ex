@@ -514,6 +514,7 @@ defmodule Drove.Registry.Server do
   end
 
   defp lose(s, key, pid, value, winner) do
+    Drove.Telemetry.conflict(s.name, key, pid, winner)
     Native.remove_value(s.handle, Entry.key(key), Entry.value(pid, value, s.name))
     disown(s, pid, key)
     Process.exit(pid, {:name_conflict, {key, value}, s.name, winner})
@@ -633,13 +634,17 @@ defmodule Drove.Registry.Server do
   # add-wins), and makes every member a sync neighbour. Never touches registrations.
   defp apply_members(s, members) do
     {added, removed} = Drove.Cluster.write_members(s.handle, current_members(s), [s.me | members])
+    Drove.Telemetry.members(s.name, [s.me | members], {added, removed})
 
     Enum.each(added, &member_row(s, &1, true))
     Enum.each(removed, &member_row(s, &1, false))
     sync_neighbours(s)
   end
 
-  defp member_row(s, m, true), do: :ets.insert(Reg.members_table(s.name), {m, 1}) && s
+  defp member_row(s, m, true) do
+    :ets.insert(Reg.members_table(s.name), {m, 1})
+    s
+  end
 
   defp member_row(s, m, false) do
     :ets.delete(Reg.members_table(s.name), m)

@@ -112,6 +112,7 @@ defmodule Horde.DynamicSupervisor do
     |> Keyword.take(@init_keys ++ [:sync_interval, :max_message_bytes])
     |> Keyword.put_new(:distribution_strategy, Horde.UniformDistribution)
     |> Keyword.put_new(:member_struct, Horde.DynamicSupervisor.Member)
+    |> Keyword.put(:horde_telemetry, true)
     |> Drove.DynamicSupervisor.init()
   end
 

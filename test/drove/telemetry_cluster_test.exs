@@ -1,0 +1,106 @@
+defmodule Drove.TelemetryClusterTest do
+  # The events that need several nodes, seen through the test-only :telemetry stand-in on
+  # real peers: each peer forwards its events here.
+  use ExUnit.Case, async: false
+
+  alias Drove.TestCluster, as: C
+  alias Drove.Test.{Named, SupPeer}
+  alias Drove.Test.FakeInstance, as: F
+  alias Drove.Test.RegistryPeer, as: P
+  alias Drove.Test.Telemetry, as: T
+
+  @moduletag :cluster
+  @moduletag timeout: 180_000
+
+  @reg :telemetry_registry
+  @sup :telemetry_sup
+
+  defp forward(nodes, events), do: Enum.each(nodes, &C.rpc(&1, T, :forward, [events, self()]))
+
+  defp receive_events(event, n, acc \\ [])
+  defp receive_events(_event, 0, acc), do: Enum.reverse(acc)
+
+  defp receive_events(event, n, acc) do
+    receive do
+      {:telemetry, ^event, measurements, metadata} ->
+        receive_events(event, n - 1, [{measurements, metadata} | acc])
+    after
+      30_000 -> flunk("#{n} more #{inspect(event)} events expected, got #{inspect(acc)}")
+    end
+  end
+
+  test "a registration that loses a conflict after a partition heals" do
+    [a, b] = nodes = C.start_nodes(2)
+    for n <- nodes, do: C.rpc(n, P, :start, [@reg, [members: for(m <- nodes, do: {@reg, m})]])
+    forward(nodes, [[:drove, :registry, :conflict]])
+    C.partition([[a], [b]])
+    {:ok, on_a} = C.rpc(a, Named, :start, [@reg, :contested])
+    {:ok, on_b} = C.rpc(b, Named, :start, [@reg, :contested])
+    C.heal(nodes)
+
+    [{%{count: 1}, meta}] = receive_events([:drove, :registry, :conflict], 1)
+    assert %{registry: @reg, key: :contested} = meta
+    assert Enum.sort([meta.loser, meta.winner]) == Enum.sort([on_a, on_b])
+
+    C.wait_until(fn ->
+      C.rpc(a, Drove.Registry, :lookup, [@reg, :contested]) == [{meta.winner, nil}]
+    end)
+  end
+
+  test "membership changes, handoff on a graceful stop, failover on a node's loss" do
+    [a, b] = nodes = C.start_nodes(2)
+    members = for n <- nodes, do: {@sup, n}
+    forward([a], [[:drove, :cluster, :members]])
+    for n <- nodes, do: C.rpc(n, SupPeer, :start, [@sup, [members: members]])
+
+    # a's instance starts with both members
+    assert [{%{members: 2, added: 2, removed: 0}, %{instance: @sup} = meta}] =
+             receive_events([:drove, :cluster, :members], 1)
+
+    assert Enum.sort(meta.added) == Enum.sort(members)
+
+    forward([a], [[:drove, :supervisor, :handoff], [:drove, :supervisor, :failover]])
+    tags = C.rpc(a, SupPeer, :start_workers, [@sup, "handed", 1..20, :permanent])
+    on_b = C.rpc(b, SupPeer, :running, [tags])
+    assert on_b != [] and on_b != tags
+
+    # b stops gracefully: a starts each of b's children as a handoff
+    :ok = C.rpc(b, SupPeer, :stop, [@sup])
+    handoffs = receive_events([:drove, :supervisor, :handoff], length(on_b))
+    assert Enum.all?(handoffs, &match?({%{count: 1}, %{supervisor: @sup}}, &1))
+    C.wait_until(fn -> C.rpc(a, SupPeer, :running, [tags]) == tags end)
+
+    # b comes back and gets new children; then it is lost: a starts them as a failover
+    C.rpc(b, SupPeer, :start, [@sup, [members: members]])
+    more = C.rpc(a, SupPeer, :start_workers, [@sup, "failed", 1..20, :permanent])
+    on_b = C.rpc(b, SupPeer, :running, [more])
+    assert on_b != []
+    C.kill(b)
+    failovers = receive_events([:drove, :supervisor, :failover], length(on_b))
+    assert Enum.all?(failovers, &match?({%{count: 1}, %{supervisor: @sup, from: {@sup, ^b}}}, &1))
+    C.wait_until(fn -> C.rpc(a, SupPeer, :running, [more]) == more end, 15_000)
+    refute_received {:telemetry, [:drove, :supervisor, :handoff], _, _}
+  end
+
+  test "Drove.Membership reports each new node set" do
+    [a, b] = nodes = C.start_nodes(2)
+    opts = [name: :telemetry_membership, instances: [:telemetry_instance], mode: :participation]
+
+    for n <- nodes, do: {:ok, _} = C.rpc(n, F, :start, [:telemetry_instance])
+    forward([a], [[:drove, :membership, :change]])
+    {:ok, _} = C.rpc(a, F, :start_membership, [opts])
+    {:ok, _} = C.rpc(b, F, :start_membership, [opts])
+
+    # a's Membership started alone; b's joining is its first change
+    assert [{%{nodes: 2, added: 1, removed: 0}, meta}] =
+             receive_events([:drove, :membership, :change], 1)
+
+    assert %{instances: [:telemetry_instance], mode: :participation, added: [^b]} = meta
+    assert meta.nodes == Enum.sort(nodes)
+
+    :ok = C.rpc(b, F, :stop_membership, [:telemetry_membership])
+
+    assert [{%{nodes: 1, removed: 1}, %{nodes: [^a], removed: [^b], added: []}}] =
+             receive_events([:drove, :membership, :change], 1)
+  end
+end
