@@ -122,9 +122,7 @@ defmodule Drove.Replicator.Sender do
   defp sender_loop(node, bytes) do
     receive do
       {:send, dest, msg, size} ->
-        # may wait here: that is what this process is for
-        :erlang.send(dest, msg, [:noconnect])
-        :counters.sub(bytes, 1, size)
+        deliver(dest, msg, bytes, size)
         sender_loop(node, bytes)
 
       {:nodedown, ^node} ->
@@ -134,14 +132,19 @@ defmodule Drove.Replicator.Sender do
     end
   end
 
+  # may wait here: that is what this process is for
+  defp deliver(dest, msg, bytes, size) do
+    :erlang.send(dest, msg, [:noconnect])
+    :counters.sub(bytes, 1, size)
+  end
+
   # Nothing queued: stay a moment for the next busy spell, then leave the table and deliver
   # what came meanwhile (a message sent after that by a caller that still found this
   # process is lost: anti-entropy repairs it).
   defp idle(node, bytes) do
     receive do
       {:send, dest, msg, size} ->
-        :erlang.send(dest, msg, [:noconnect])
-        :counters.sub(bytes, 1, size)
+        deliver(dest, msg, bytes, size)
         sender_loop(node, bytes)
 
       {:nodedown, ^node} ->
