@@ -117,42 +117,31 @@ defmodule Drove.Replicator.Sender do
     sender_loop(node, bytes)
   end
 
-  # Ends once the queue is empty, or when the node goes down (the server then removes its
-  # entry: later messages are sent directly again).
-  defp sender_loop(node, bytes) do
+  # Delivers what is queued, one at a time. Nothing queued: stays a moment (1 s) for the
+  # next busy spell, then leaves the table and delivers what came meanwhile (a message sent
+  # after that by a caller that still found this process is lost: anti-entropy repairs it).
+  # Ends then, or when the node goes down (the server then removes its entry: later
+  # messages are sent directly again).
+  defp sender_loop(node, bytes), do: next(node, bytes, 0)
+
+  defp next(node, bytes, wait) do
     receive do
       {:send, dest, msg, size} ->
-        deliver(dest, msg, bytes, size)
+        # may wait here: that is what this process is for
+        :erlang.send(dest, msg, [:noconnect])
+        :counters.sub(bytes, 1, size)
         sender_loop(node, bytes)
 
       {:nodedown, ^node} ->
         exit(:normal)
     after
-      0 -> idle(node, bytes)
-    end
-  end
-
-  # may wait here: that is what this process is for
-  defp deliver(dest, msg, bytes, size) do
-    :erlang.send(dest, msg, [:noconnect])
-    :counters.sub(bytes, 1, size)
-  end
-
-  # Nothing queued: stay a moment for the next busy spell, then leave the table and deliver
-  # what came meanwhile (a message sent after that by a caller that still found this
-  # process is lost: anti-entropy repairs it).
-  defp idle(node, bytes) do
-    receive do
-      {:send, dest, msg, size} ->
-        deliver(dest, msg, bytes, size)
-        sender_loop(node, bytes)
-
-      {:nodedown, ^node} ->
-        exit(:normal)
-    after
-      1_000 ->
-        :ets.delete_object(@table, {node, self(), bytes})
-        drain()
+      wait ->
+        if wait == 0 do
+          next(node, bytes, 1_000)
+        else
+          :ets.delete_object(@table, {node, self(), bytes})
+          drain()
+        end
     end
   end
 
