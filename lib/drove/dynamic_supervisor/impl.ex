@@ -591,6 +591,10 @@ defmodule Drove.DynamicSupervisor.Impl do
         {:reply, {:error, :nodedown}, s}
 
       true ->
+        # bounded as a confirmation is: the entry may have come and gone already (a child
+        # that ended at once), and then nothing arrives
+        Process.send_after(self(), {:drove_await_timeout, id, from}, @start_confirm_timeout)
+
         {:noreply,
          %{s | awaiting: Map.update(s.awaiting, id, [{from, node}], &[{from, node} | &1])}}
     end
@@ -621,6 +625,23 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   def handle_info({:drove_confirm_timeout, ref}, s) do
     handle_info({:drove_pong, ref, nil}, s)
+  end
+
+  def handle_info({:drove_await_timeout, id, from}, s) do
+    waiters = Map.get(s.awaiting, id, [])
+
+    case Enum.split_with(waiters, &match?({^from, _}, &1)) do
+      {[], _} ->
+        {:noreply, s}
+
+      {_, rest} ->
+        GenServer.reply(from, :ok)
+
+        awaiting =
+          if rest == [], do: Map.delete(s.awaiting, id), else: Map.put(s.awaiting, id, rest)
+
+        {:noreply, %{s | awaiting: awaiting}}
+    end
   end
 
   def handle_info({:drove_start_failed, id, result}, s) do
