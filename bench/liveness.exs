@@ -1,6 +1,7 @@
 # What a lookup of a remote pid costs, with the liveness check that asks the kernel about the
 # connection (Drove.Liveness), against the Node.list() check it replaced and against Horde's
-# way (an :erpc round trip to the pid's node per remote lookup), in the same run.
+# way (an :erpc round trip to the pid's node per remote lookup), in the same run; and the
+# confirmed lookup (confirm: true, compat's Horde.Registry.lookup/2), which pays that round trip.
 # Run: make bench BENCH=bench/liveness.exs
 Code.require_file("bench_helper.exs", __DIR__)
 
@@ -51,7 +52,11 @@ new = per_call.(fn -> Drove.Liveness.node_up?(peer) end, n)
 lookup = per_call.(fn -> Drove.Registry.lookup(:livebench, :remote_key) end, n)
 rpc = per_call.(fn -> :erpc.call(peer, Process, :alive?, [remote_pid]) end, div(n, 20))
 
+confirmed =
+  per_call.(fn -> Drove.Registry.lookup(:livebench, :remote_key, confirm: true) end, div(n, 20))
+
 Bench.row("node_up? (kernel-checked), ns", new, old, "Node.list() member, ns", "-")
 Bench.row("Drove lookup of a remote pid, ns", lookup, rpc, ":erpc Process.alive?, ns", "-")
+Bench.row("confirmed lookup (confirm: true), ns", confirmed, rpc, ":erpc Process.alive?, ns", "-")
 
 Bench.stop_peer(p)

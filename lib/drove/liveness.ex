@@ -20,8 +20,9 @@ defmodule Drove.Liveness do
   answer (bench/RESULTS.md) and no message.
 
   What no node can know without a round trip remains: a peer that is gone but whose end of
-  the stream has not arrived (a machine that lost power, a cable cut) counts as up until
-  the connection times out (`net_ticktime`).
+  the stream has not arrived (a node that is halting and has not closed this connection yet,
+  a machine that lost power, a cable cut) counts as up until the connection ends or times
+  out (`net_ticktime`). `confirm_pid/2` pays that round trip for a caller that needs it.
   """
 
   @doc "Whether `node` is this node, or connected and not known to have closed."
@@ -48,4 +49,27 @@ defmodule Drove.Liveness do
   @spec pid_up?(pid()) :: boolean()
   def pid_up?(pid) when node(pid) == node(), do: Process.alive?(pid)
   def pid_up?(pid), do: node_up?(node(pid))
+
+  @doc """
+  Whether `pid` is alive, asked of its own node when it is remote: one round trip (what
+  Horde pays on every remote lookup). A node that is halting does not answer, and its
+  connection ends, so its pids are never confirmed, even in the moments before this node's
+  runtime has handled its `nodedown`.
+
+  A local pid is answered at once. When the remote node does not answer within `timeout`
+  milliseconds (a stalled connection), the pid counts as alive: nothing says it is gone,
+  and the check without a round trip (`pid_up?/1`) says the same.
+  """
+  @spec confirm_pid(pid(), timeout()) :: boolean()
+  def confirm_pid(pid, _timeout) when node(pid) == node(), do: Process.alive?(pid)
+
+  def confirm_pid(pid, timeout) do
+    node_up?(node(pid)) and
+      try do
+        :erpc.call(node(pid), :erlang, :is_process_alive, [pid], timeout)
+      catch
+        :error, {:erpc, :timeout} -> true
+        :error, {:erpc, _noconnection_or_notsup} -> false
+      end
+  end
 end

@@ -64,11 +64,14 @@ defmodule Drove.Registry do
       has not closed its connection to this one yet (`:peer.stop/1` returns to its caller
       when the caller's own connection drops, which can be a few milliseconds earlier), or
       one whose machine lost power (seen at `net_ticktime`), is still up here. A caller that
-      must not act on such a pid monitors it: the monitor fires `:noconnection` when the
-      connection goes.
+      must not act on such a pid either monitors it (the monitor fires `:noconnection` when
+      the connection goes) or asks with `lookup(registry, key, confirm: true)`, which pays
+      one round trip to the pid's node for a remote answer and never answers a pid of a
+      node that has stopped.
 
-  Horde answers the halting-node case with `[]` because it makes an RPC to the pid's node
-  on every remote lookup and waits for it; Drove's lookups stay local (bench/RESULTS.md).
+  Horde makes that round trip on every remote lookup. Drove's `lookup/2` stays local
+  (bench/RESULTS.md gives both costs); `Horde.Registry.lookup/2` of compat/horde confirms
+  remote answers, as Horde does.
   """
 
   import Kernel, except: [send: 2]
@@ -289,6 +292,31 @@ defmodule Drove.Registry do
     case :ets.lookup(keys_table(registry), key) do
       [{_key, _member, {pid, value}}] -> if alive?(pid), do: [{pid, value}], else: []
       [] -> []
+    end
+  end
+
+  @doc """
+  `lookup/2` with options:
+
+    * `confirm: true` asks a remote pid's own node whether it is alive before answering
+      it (`Drove.Liveness.confirm_pid/2`): one round trip per remote answer, as Horde pays
+      on every remote lookup. With it, a pid of a node that is halting is never answered,
+      even right after `:peer.stop/1` returned to another node (see "What a lookup can rely
+      on"). A local answer costs nothing more. Default `false`.
+    * `timeout` (default 5000 ms) bounds that round trip; a node that does not answer in
+      time is taken as up.
+  """
+  @spec lookup(registry(), key(), keyword()) :: [{pid(), value()}]
+  def lookup(registry, key, opts) when is_list(opts) do
+    case lookup(registry, key) do
+      [{pid, _value}] = found when node(pid) != node() ->
+        if Keyword.get(opts, :confirm, false) and
+             not Drove.Liveness.confirm_pid(pid, Keyword.get(opts, :timeout, 5000)),
+           do: [],
+           else: found
+
+      local_or_none ->
+        local_or_none
     end
   end
 

@@ -24,7 +24,7 @@ defmodule Horde.Registry do
       end
 
   Where Drove deliberately differs from Horde (a via registration of a taken name is refused
-  at once, read-your-writes, no RPC per lookup, membership changes never remove
+  at once, read-your-writes, membership changes never remove
   registrations, `unregister/2` removes only the caller's own key, `delta_crdt_options` are
   accepted and ignored) is listed in `Drove.Registry` and in `docs/migrating-from-horde.md`.
   """
@@ -164,9 +164,14 @@ defmodule Horde.Registry do
   # ------------------------------------------------------------------ reads
 
   @doc """
-  `[{pid, value}]` of `key`, or `[]`. A local pid must be alive; a remote one must be on a
-  connected node (no RPC). Reads the `:"keys_\#{registry}"` table directly, so a read after
-  the registry stopped raises `ArgumentError` from `:ets.lookup/2`, as Horde's does.
+  `[{pid, value}]` of `key`, or `[]`. A local pid must be alive. A remote one is confirmed
+  alive by its own node, as Horde does (one round trip, `Drove.Liveness.confirm_pid/2`), so
+  a pid of a node that has just stopped is never answered, even before this node has
+  handled its `nodedown`. Set `config :horde, confirm_remote_lookups: false` to answer
+  remote pids from the local tables alone (no round trip; a connected node's pids count as
+  alive), as `Drove.Registry.lookup/2` does. Reads the `:"keys_\#{registry}"` table
+  directly, so a read after the registry stopped raises `ArgumentError` from
+  `:ets.lookup/2`, as Horde's does.
   """
   @spec lookup(atom(), Registry.key()) :: [{pid(), Registry.value()}]
   def lookup(registry, key) when is_atom(registry) do
@@ -174,11 +179,19 @@ defmodule Horde.Registry do
 
     case entries do
       [{_key, _member, {pid, value}}] ->
-        if Drove.Registry.alive?(pid), do: [{pid, value}], else: []
+        if alive?(pid), do: [{pid, value}], else: []
 
       [] ->
         []
     end
+  end
+
+  defp alive?(pid) when node(pid) == node(), do: Process.alive?(pid)
+
+  defp alive?(pid) do
+    if Application.get_env(:horde, :confirm_remote_lookups, true),
+      do: Drove.Liveness.confirm_pid(pid, 5000),
+      else: Drove.Registry.alive?(pid)
   end
 
   @doc "`lookup/2` of a via tuple `{:via, Horde.Registry, {registry, key}}`."
