@@ -56,6 +56,7 @@ defmodule Drove.CRDT do
       state; DeltaCrdt's reads exit then, as Drove's do afterwards until the restart.
   """
   use GenServer
+  @behaviour Drove.Owner
   require Logger
 
   alias Drove.{Handles, Native, Replicator}
@@ -268,30 +269,24 @@ defmodule Drove.CRDT do
 
   @impl true
   def init(opts) do
-    Process.flag(:trap_exit, true)
-    <<rid::64>> = :crypto.strong_rand_bytes(8)
     on_diffs = Keyword.get(opts, :on_diffs)
-    handle = Native.replica_new(rid, self(), on_diffs != nil)
     name = Keyword.get(opts, :name)
-    Handles.register(name, self(), handle)
 
-    repl =
-      Replicator.new(handle,
-        label: name || self(),
-        interval: Keyword.get(opts, :sync_interval, @default_sync_interval),
-        max_bytes: Keyword.get(opts, :max_message_bytes, @default_max_message_bytes),
-        want_diffs: on_diffs != nil
+    {handle, repl} =
+      Drove.Owner.open(
+        [
+          label: name || self(),
+          interval: Keyword.get(opts, :sync_interval, @default_sync_interval),
+          max_bytes: Keyword.get(opts, :max_message_bytes, @default_max_message_bytes),
+          want_diffs: on_diffs != nil
+        ],
+        on_diffs != nil
       )
 
+    Handles.register(name, self(), handle)
     state = %{handle: handle, name: name, on_diffs: on_diffs, repl: repl}
-
-    state = %{
-      state
-      | repl: Replicator.set_neighbours(repl, Keyword.get(opts, :neighbours, []), name)
-    }
-
-    Process.send_after(self(), :sync_tick, repl.interval)
-    {:ok, state}
+    repl = Replicator.set_neighbours(repl, Keyword.get(opts, :neighbours, []), name)
+    {:ok, %{state | repl: repl}}
   end
 
   @impl true
@@ -310,31 +305,12 @@ defmodule Drove.CRDT do
     {:reply, s.handle |> Native.info() |> Map.merge(Replicator.info(s.repl)), s}
   end
 
-  def handle_call(other, _from, s) do
-    {:reply, {:error, :unknown_call}, %{s | repl: Replicator.bad_message(s.repl, {:call, other})}}
-  end
+  def handle_call(other, from, s), do: Drove.Owner.handle_call(other, from, s)
 
   @impl true
-  def handle_cast({:set_neighbours, list} = msg, s) when is_list(list) do
-    {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
-  rescue
-    # a cast that did not come through set_neighbours/2 (which checks the list)
-    _ in [ArgumentError, FunctionClauseError] ->
-      {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, msg})}}
-  end
-
-  def handle_cast(:sync_now, s), do: {:noreply, %{s | repl: Replicator.sync_now(s.repl)}}
-
-  def handle_cast(other, s) do
-    {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, other})}}
-  end
+  def handle_cast(msg, s), do: Drove.Owner.handle_cast(msg, s)
 
   @impl true
-  def handle_info(:sync_tick, s) do
-    Process.send_after(self(), :sync_tick, s.repl.interval)
-    {:noreply, %{s | repl: Replicator.tick(s.repl)}}
-  end
-
   def handle_info({:EXIT, _pid, reason}, s)
       when reason in [:normal, :shutdown] or
              (is_tuple(reason) and tuple_size(reason) == 2 and elem(reason, 0) == :shutdown) do
@@ -352,23 +328,19 @@ defmodule Drove.CRDT do
     end
   end
 
-  def handle_info(msg, s) do
-    case Replicator.handle_info(msg, s.repl) do
-      {:ok, repl, diffs} ->
-        emit(s, diffs)
-        {:noreply, %{s | repl: repl}}
+  def handle_info(msg, s), do: Drove.Owner.handle_info(__MODULE__, msg, s)
 
-      :unknown ->
-        {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
-    end
+  @impl Drove.Owner
+  def handle_diffs(diffs, s) do
+    emit(s, diffs)
+    s
   end
 
   @impl true
   def terminate(_reason, s) do
     # last flush: writes made just before a stop still reach the neighbours
-    {_repl, diffs} = Replicator.terminate(s.repl)
+    {_repl, diffs} = Drove.Owner.close(s)
     emit(s, diffs)
-    Handles.unregister(s.name, self())
     :ok
   end
 

@@ -24,6 +24,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   # entry's single owner, after last-writer-wins, is another node: the copy here is stopped
   # without touching the entry.
   use GenServer
+  @behaviour Drove.Owner
   import Bitwise
   require Logger
 
@@ -428,7 +429,6 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   @impl true
   def init({name, flags}) do
-    Process.flag(:trap_exit, true)
     me = {name, node()}
     table = :ets.new(table(name), [:named_table, :protected, :set, read_concurrency: true])
 
@@ -436,18 +436,16 @@ defmodule Drove.DynamicSupervisor.Impl do
     children = :ets.new(:children, [:set, :protected])
     owners = :ets.new(:owners, [:ordered_set, :protected])
 
-    <<rid::64>> = :crypto.strong_rand_bytes(8)
-    handle = Native.replica_new(rid, self(), false)
-    Drove.Handles.register(name, self(), handle)
-    :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
-
-    repl =
-      Replicator.new(handle,
+    {handle, repl} =
+      Drove.Owner.open(
         label: name,
         interval: flags.sync_interval,
         max_bytes: flags.max_message_bytes,
         want_diffs: true
       )
+
+    Drove.Handles.register(name, self(), handle)
+    :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
 
     s = %State{
       name: name,
@@ -483,7 +481,6 @@ defmodule Drove.DynamicSupervisor.Impl do
       end
 
     s = s |> apply_members(members) |> refresh()
-    Process.send_after(self(), :sync_tick, repl.interval)
     {:ok, s}
   end
 
@@ -600,14 +597,10 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
-  def handle_call(other, _from, s) do
-    {:reply, {:error, :unknown_call}, %{s | repl: Replicator.bad_message(s.repl, {:call, other})}}
-  end
+  def handle_call(other, from, s), do: Drove.Owner.handle_call(other, from, s)
 
   @impl true
-  def handle_cast(other, s) do
-    {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, other})}}
-  end
+  def handle_cast(msg, s), do: Drove.Owner.handle_cast(msg, s)
 
   # ------------------------------------------------------------------ info
 
@@ -738,35 +731,26 @@ defmodule Drove.DynamicSupervisor.Impl do
     {:noreply, s |> revive(pid) |> refresh() |> rebalance()}
   end
 
-  def handle_info(:sync_tick, s) do
-    Process.send_after(self(), :sync_tick, s.repl.interval)
-    s = %{s | repl: Replicator.tick(s.repl)}
-    # a safety net for decisions that depended on messages that raced: cheap when nothing
-    # is orphaned (one ordered-set walk over the owners that are gone)
-    {:noreply, rebalance(s)}
-  end
-
   def handle_info(msg, s), do: forward(s, msg)
 
-  defp forward(s, msg) do
-    case Replicator.handle_info(msg, s.repl) do
-      {:ok, repl, []} ->
-        {:noreply, %{s | repl: repl}}
+  defp forward(s, msg), do: Drove.Owner.handle_info(__MODULE__, msg, s)
 
-      {:ok, repl, diffs} ->
-        view = s.members_info
-        s = Enum.reduce(diffs, %{s | repl: repl}, &apply_diff/2)
-        # only member diffs can change the member view
-        s = if Enum.any?(diffs, &member_diff?/1), do: refresh(s), else: s
+  @impl Drove.Owner
+  # a safety net for decisions that depended on messages that raced: cheap when nothing is
+  # orphaned (one ordered-set walk over the owners that are gone)
+  def handle_tick(s), do: rebalance(s)
 
-        # A changed member view can move any orphaned child: look at them all. Otherwise
-        # only the children these diffs touched can need a new home (a full pass per
-        # message would cost O(orphans) for each of the other survivors' claims).
-        if s.members_info != view, do: {:noreply, rebalance(s)}, else: {:noreply, place(s, diffs)}
+  @impl Drove.Owner
+  def handle_diffs(diffs, s) do
+    view = s.members_info
+    s = Enum.reduce(diffs, s, &apply_diff/2)
+    # only member diffs can change the member view
+    s = if Enum.any?(diffs, &member_diff?/1), do: refresh(s), else: s
 
-      :unknown ->
-        {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
-    end
+    # A changed member view can move any orphaned child: look at them all. Otherwise only
+    # the children these diffs touched can need a new home (a full pass per message would
+    # cost O(orphans) for each of the other survivors' claims).
+    if s.members_info != view, do: rebalance(s), else: place(s, diffs)
   end
 
   @impl true
@@ -776,9 +760,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       Enum.each(s.local, fn {id, {_, spec}} -> relinquish(s, id, spec) end)
     end
 
-    {repl, _} = Replicator.terminate(s.repl)
+    {repl, _} = Drove.Owner.close(s)
     Replicator.confirm(repl, @confirm_timeout)
-    Drove.Handles.unregister(s.name, self())
     :ok
   end
 

@@ -13,6 +13,7 @@ defmodule Drove.Registry.Server do
   # Registrants are not linked to this process: a guard process (guard/2) gives them the
   # exit signal a link would when this process dies, however it dies.
   use GenServer
+  @behaviour Drove.Owner
   require Logger
 
   alias Drove.{Handles, Native, Replicator}
@@ -107,7 +108,6 @@ defmodule Drove.Registry.Server do
 
   @impl true
   def init(opts) do
-    Process.flag(:trap_exit, true)
     # deltas arrive in bursts: kept off the heap, queued messages are not copied by every
     # garbage collection while they wait
     Process.flag(:message_queue_data, :off_heap)
@@ -128,22 +128,20 @@ defmodule Drove.Registry.Server do
     # registrants tell this process of each registration only when it has listeners to notify
     :persistent_term.put({Reg, :notify, name}, Keyword.get(opts, :listeners, []) != [])
 
-    <<rid::64>> = :crypto.strong_rand_bytes(8)
-    handle = Native.replica_new(rid, self(), false)
-    :ok = Native.watch(handle, self())
-    server = self()
-    guard = spawn_link(fn -> guard(server, handle, name) end)
-    Handles.register(name, self(), handle)
-    :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
-
-    repl =
-      Replicator.new(handle,
+    {handle, repl} =
+      Drove.Owner.open(
         label: name,
         interval: Keyword.get(opts, :sync_interval, 500),
         max_bytes: Keyword.get(opts, :max_message_bytes, 1_048_576),
         want_diffs: true,
         flusher: true
       )
+
+    :ok = Native.watch(handle, self())
+    server = self()
+    guard = spawn_link(fn -> guard(server, handle, name) end)
+    Handles.register(name, self(), handle)
+    :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
 
     s = %{
       name: name,
@@ -166,7 +164,6 @@ defmodule Drove.Registry.Server do
     s = apply_members(s, members)
     Enum.each(Keyword.get(opts, :meta, []), fn {k, v} -> put_meta(s, k, v) end)
     Enum.each(Node.list(), &fetch_creation/1)
-    Process.send_after(self(), :sync_tick, repl.interval)
     {:ok, s}
   end
 
@@ -205,21 +202,10 @@ defmodule Drove.Registry.Server do
     {:reply, info, s}
   end
 
-  def handle_call(other, _from, s) do
-    {:reply, {:error, :unknown_call}, %{s | repl: Replicator.bad_message(s.repl, {:call, other})}}
-  end
+  def handle_call(other, from, s), do: Drove.Owner.handle_call(other, from, s)
 
   @impl true
-  def handle_cast({:set_neighbours, list} = msg, s) when is_list(list) do
-    {:noreply, %{s | repl: Replicator.set_neighbours(s.repl, list, s.name)}}
-  rescue
-    _ in [ArgumentError, FunctionClauseError] ->
-      {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, msg})}}
-  end
-
-  def handle_cast(other, s) do
-    {:noreply, %{s | repl: Replicator.bad_message(s.repl, {:cast, other})}}
-  end
+  def handle_cast(msg, s), do: Drove.Owner.handle_cast(msg, s)
 
   # ------------------------------------------------------------------ info
 
@@ -294,21 +280,10 @@ defmodule Drove.Registry.Server do
     end
   end
 
-  def handle_info(:sync_tick, s) do
-    Process.send_after(self(), :sync_tick, s.repl.interval)
-    {:noreply, %{s | repl: Replicator.tick(s.repl)}}
-  end
+  def handle_info(msg, s), do: Drove.Owner.handle_info(__MODULE__, msg, s)
 
-  def handle_info(msg, s) do
-    case Replicator.handle_info(msg, s.repl) do
-      {:ok, repl, diffs} ->
-        s = %{s | repl: repl}
-        {:noreply, Enum.reduce(diffs, s, &apply_diff/2)}
-
-      :unknown ->
-        {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
-    end
-  end
+  @impl Drove.Owner
+  def handle_diffs(diffs, s), do: Enum.reduce(diffs, s, &apply_diff/2)
 
   @impl true
   def terminate(reason, s) do
@@ -319,8 +294,7 @@ defmodule Drove.Registry.Server do
     registrants = local_registrants(s.handle, s.name)
     Native.drop_owned(s.handle, registrants)
     Native.delete(s.handle, Entry.member_key(s.me))
-    Replicator.terminate(s.repl)
-    Handles.unregister(s.name, self())
+    Drove.Owner.close(s)
     Enum.each(registrants, &Process.exit(&1, reason))
     :ok
   end
