@@ -115,12 +115,11 @@ defmodule Drove.Registry.Server do
     table_opts = [:named_table, :set, :public, read_concurrency: true]
     :ets.new(name, table_opts)
     # Read by every lookup (a via call is one), written by every registrant. With
-    # write_concurrency, registrants on different schedulers do not queue for one table lock:
-    # 50k processes registering at once on 2 cores spend 2.5-3.2 us each in the insert
-    # (mean; 99th percentile 15-19 us) instead of 6.5-7.3 us (35-42 us), and
-    # bench/registry.exs's 50k rate rose from 44-50k/s to 58-62k/s. A lookup then takes a
-    # bucket lock too, 60-75 ns (~15%) more; read_concurrency keeps hot names cheap to read
-    # from many cores at once.
+    # write_concurrency, registrants on different schedulers do not queue for one table lock
+    # (a burst of registrations spends a fraction of the time in the insert, and the
+    # registration rate of bench/registry.exs rises); a lookup then takes a bucket lock too,
+    # a few tens of nanoseconds; read_concurrency keeps hot names cheap to read from many
+    # cores at once.
     keys = :"keys_#{name}"
     :ets.new(keys, [{:write_concurrency, :auto} | table_opts])
     :ets.new(:"members_#{name}", table_opts)
