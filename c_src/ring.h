@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dots.h" /* DV_OK, DV_ENOMEM, DV_EINVAL */
+#include "errors.h"
 
 /* What the lookups return for an empty ring or an empty member list. */
 #define DV_RING_NONE UINT32_MAX

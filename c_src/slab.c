@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "dots.h" /* DV_OK, DV_ENOMEM */
+#include "errors.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SLAB_PASSTHROUGH 1

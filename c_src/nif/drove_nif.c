@@ -20,6 +20,7 @@
 #include "alloc.h"
 #include "awmap.h"
 #include "codec.h"
+#include "errors.h"
 #include "hash.h"
 #include "liveness_nif.h"
 #include "members_nif.h"
@@ -76,10 +77,10 @@ typedef struct {
 
 static ErlNifResourceType *REPLICA;
 
-static ERL_NIF_TERM A_OK, A_ERROR, A_NIL, A_TRUE, A_FALSE, A_ADD, A_REMOVE, A_FLUSH, A_GONE,
-    A_NOPROC, A_NOT_LOCAL;
+static ERL_NIF_TERM A_OK, A_ERROR, A_TRUE, A_FALSE, A_ADD, A_REMOVE, A_FLUSH, A_GONE, A_NOPROC,
+    A_NOT_LOCAL;
 static ERL_NIF_TERM A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD, A_RID, A_REPLICAS, A_CLOUD, A_OUTBOX,
-    A_HLC, A_ENOMEM, A_BAD_TERM, A_EXISTS, A_DROPPED, A_FALLBACK, A_DEFERRED, A_BUSY;
+    A_BAD_TERM, A_EXISTS, A_DROPPED, A_FALLBACK, A_DEFERRED, A_BUSY;
 
 static void *nif_alloc(size_t n) {
     return enif_alloc(n);
@@ -1432,7 +1433,7 @@ static ERL_NIF_TERM join_small(ErlNifEnv *env, replica *r, dv_delta *d, bool wan
     size_t n = d->nelems;
     dv_delta_free(d);
     if (!valid)
-        return enif_make_tuple2(env, A_ERROR, A_BAD_TERM);
+        return error_tuple(env, DV_EBADTERM);
     if (rc != DV_OK)
         return error_tuple(env, rc);
     return enif_make_tuple3(env, A_OK, reverse(env, c.list), enif_make_uint64(env, n));
@@ -1458,7 +1459,7 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         return join_small(env, r, &d, want, argc, argv);
     if (!delta_terms_valid(&d)) {
         dv_delta_free(&d);
-        return enif_make_tuple2(env, A_ERROR, A_BAD_TERM);
+        return error_tuple(env, DV_EBADTERM);
     }
     if (dirty) {
         enif_mutex_lock(r->lock);
@@ -1753,7 +1754,6 @@ static bool image_ready;
 static void init_atoms(ErlNifEnv *env) {
     A_OK = mk_atom(env, "ok");
     A_ERROR = mk_atom(env, "error");
-    A_NIL = mk_atom(env, "nil");
     A_TRUE = mk_atom(env, "true");
     A_FALSE = mk_atom(env, "false");
     A_ADD = mk_atom(env, "add");
@@ -1770,9 +1770,7 @@ static void init_atoms(ErlNifEnv *env) {
     A_REPLICAS = mk_atom(env, "replicas_seen");
     A_CLOUD = mk_atom(env, "cloud_dots");
     A_OUTBOX = mk_atom(env, "outbox");
-    A_HLC = mk_atom(env, "hlc");
-    A_ENOMEM = mk_atom(env, "out_of_memory");
-    A_BAD_TERM = mk_atom(env, "bad_term");
+    A_BAD_TERM = mk_atom(env, dv_strerror(DV_EBADTERM));
     A_EXISTS = mk_atom(env, "exists");
     A_DROPPED = mk_atom(env, "dropped");
     A_FALLBACK = mk_atom(env, "fallback");
