@@ -200,7 +200,7 @@ static bool valid_term(ErlNifEnv *scratch, tf_atom_cache *atoms, const uint8_t *
 /* Lock for a normal-scheduler call. Critical sections of single-key calls last about a
  * microsecond, so spin on trylock a little first; if the lock stays held (another scheduler's
  * call, a holder preempted by the OS or growing an index, a dirty job joining a big delta),
- * yield and try again, then re-run the call as a dirty job (busy_reschedule) instead of
+ * yield and try again, then re-run the call as a dirty job (reschedule_busy) instead of
  * blocking a normal scheduler. */
 #define SPIN_TRIES 200
 
@@ -221,7 +221,20 @@ static bool spin_trylock(ErlNifMutex *m) {
     return false;
 }
 
-typedef ERL_NIF_TERM (*nif_call)(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+typedef ERL_NIF_TERM (*nif_fn)(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+/* A NIF call that takes the replica lock, with what it takes to run it again: every such NIF
+ * is one function that reschedules itself (enif_schedule_nif) after a yield or as a dirty
+ * job, and learns which of these it is from call_of. */
+typedef struct {
+    ErlNifEnv *env;
+    const char *name; /* the NIF's name */
+    nif_fn self;      /* the NIF itself */
+    int arity;        /* its arity: argv holds one more argument after a yield */
+    const ERL_NIF_TERM *argv;
+    int yields; /* the yields for the lock so far */
+    bool dirty; /* running on a dirty scheduler */
+} nif_call;
 
 /* A call that finds the lock busy first yields its scheduler (the process is put back in the
  * run queue: the holder, on another scheduler or preempted by the OS, goes on meanwhile) and
@@ -234,65 +247,50 @@ typedef ERL_NIF_TERM (*nif_call)(ErlNifEnv *, int, const ERL_NIF_TERM[]);
 #define LOCK_YIELDS  4
 #define MAX_NIF_ARGS 8
 
-static _Thread_local int lock_yields; /* the yields so far of the call this thread runs */
+/* The call a NIF of the given arity is running: the first one (argc == arity), one after a
+ * yield (argc == arity + 1, the last argument the yields so far), or a dirty one. */
+static nif_call call_of(ErlNifEnv *env, const char *name, nif_fn self, int arity, int argc,
+                        const ERL_NIF_TERM argv[]) {
+    nif_call c = {
+        env, name, self, arity, argv, 0, enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER};
+    if (argc > arity && !enif_get_int(env, argv[arity], &c.yields))
+        c.yields = LOCK_YIELDS;
+    return c;
+}
 
-static ERL_NIF_TERM busy_reschedule(ErlNifEnv *env, replica *r, const char *name, nif_call retry_fn,
-                                    nif_call dirty_fn, int argc, const ERL_NIF_TERM argv[]) {
-    if (retry_fn && lock_yields < LOCK_YIELDS && argc < MAX_NIF_ARGS) {
+/* Runs the call again as a dirty CPU job (a big job, or the lock stayed busy). */
+static ERL_NIF_TERM run_dirty(const nif_call *c) {
+    return enif_schedule_nif(c->env, c->name, ERL_NIF_DIRTY_JOB_CPU_BOUND, c->self, c->arity,
+                             c->argv);
+}
+
+/* For a call that found the lock busy: runs it again after a yield (if may_yield, up to
+ * LOCK_YIELDS times), else as a dirty job, counted in r->busy. */
+static ERL_NIF_TERM reschedule_busy(const nif_call *c, replica *r, bool may_yield) {
+    if (may_yield && c->yields < LOCK_YIELDS && c->arity < MAX_NIF_ARGS) {
         ERL_NIF_TERM args[MAX_NIF_ARGS];
-        memcpy(args, argv, (size_t)argc * sizeof(*args));
-        args[argc] = enif_make_int(env, lock_yields + 1);
-        enif_consume_timeslice(env, 100);
-        return enif_schedule_nif(env, name, 0, retry_fn, argc + 1, args);
+        memcpy(args, c->argv, (size_t)c->arity * sizeof(*args));
+        args[c->arity] = enif_make_int(c->env, c->yields + 1);
+        enif_consume_timeslice(c->env, 100);
+        return enif_schedule_nif(c->env, c->name, 0, c->self, c->arity + 1, args);
     }
     __atomic_fetch_add(&r->busy, 1, __ATOMIC_RELAXED);
-    return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, dirty_fn, argc, argv);
+    return run_dirty(c);
 }
 
-/* name##_retry: the call again after a yield, its last argument the yields so far. */
-static ERL_NIF_TERM retry_call(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
-                               ERL_NIF_TERM (*impl)(ErlNifEnv *, int, const ERL_NIF_TERM[], bool)) {
-    int n = LOCK_YIELDS;
-    enif_get_int(env, argv[argc - 1], &n);
-    lock_yields = n;
-    ERL_NIF_TERM t = impl(env, argc - 1, argv, false);
-    lock_yields = 0;
-    return t;
-}
-
-#define LOCK_OR_RESCHEDULE(env, r, name, retry_fn, dirty_fn, argc, argv)                           \
-    do {                                                                                           \
-        if (!spin_trylock((r)->lock))                                                              \
-            return busy_reschedule(env, r, name, retry_fn, dirty_fn, argc, argv);                  \
-    } while (0)
-
-/* Takes the replica lock in name##_impl: blocking on a dirty scheduler, trylock (else yield
- * and retry as name##_retry, then reschedule as name##_dirty) on a normal one. */
-#define LOCK_REPLICA(name, env, r, argc, argv, dirty)                                              \
-    do {                                                                                           \
-        if (dirty)                                                                                 \
-            enif_mutex_lock((r)->lock);                                                            \
-        else                                                                                       \
-            LOCK_OR_RESCHEDULE(env, r, #name, name##_retry, name##_dirty, argc, argv);             \
-    } while (0)
-
-/* For a call written once as name##_impl(env, argc, argv, bool dirty): name##_nif runs on a
- * normal scheduler (the one in the function table), name##_retry is it again after a yield
- * for the lock, and name##_dirty is what it reschedules itself as when the replica lock stays
- * busy or the job is big. */
-#define DIRTY_FALLBACK(name)                                                                       \
-    static ERL_NIF_TERM name##_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],           \
-                                    bool dirty);                                                   \
-    static ERL_NIF_TERM name##_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {        \
-        return name##_impl(env, argc, argv, true);                                                 \
-    }                                                                                              \
-    __attribute__((unused)) static ERL_NIF_TERM name##_retry(ErlNifEnv *env, int argc,             \
-                                                             const ERL_NIF_TERM argv[]) {          \
-        return retry_call(env, argc, argv, name##_impl);                                           \
-    }                                                                                              \
-    static ERL_NIF_TERM name##_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {          \
-        return name##_impl(env, argc, argv, false);                                                \
+/* Takes r->lock for the call: blocking on a dirty scheduler; on a normal one with
+ * spin_trylock, and when that fails the call is rescheduled (reschedule_busy): false then,
+ * and *busy is what the NIF must return. */
+static bool lock_call(const nif_call *c, replica *r, ERL_NIF_TERM *busy) {
+    if (c->dirty) {
+        enif_mutex_lock(r->lock);
+        return true;
     }
+    if (spin_trylock(r->lock))
+        return true;
+    *busy = reschedule_busy(c, r, true);
+    return false;
+}
 
 /* ------------------------------------------------------------------ lifecycle */
 
@@ -364,52 +362,55 @@ static ERL_NIF_TERM end_write(ErlNifEnv *env, replica *r, int rc, const ErlNifBi
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
 }
 
-DIRTY_FALLBACK(put)
-
 /* put(replica, key_bin, value_bin) -> :ok. Key and value are external term format. */
-static ERL_NIF_TERM put_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "put", put_nif, 3, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k, v;
     if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
-    if (!dirty && v.size > DIRTY_VALUE_BYTES)
-        return enif_schedule_nif(env, "put", ERL_NIF_DIRTY_JOB_CPU_BOUND, put_dirty, argc, argv);
-    LOCK_REPLICA(put, env, r, argc, argv, dirty);
+    if (!call.dirty && v.size > DIRTY_VALUE_BYTES)
+        return run_dirty(&call);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     bool changed = false;
     int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
                             cur_log(r), &changed);
     return end_write(env, r, rc, &k, changed);
 }
 
-DIRTY_FALLBACK(delete)
-
 /* delete(replica, key_bin) -> :ok */
-static ERL_NIF_TERM delete_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM delete_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "delete", delete_nif, 2, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k))
         return enif_make_badarg(env);
-    LOCK_REPLICA(delete, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     bool changed = false;
     int rc = dv_map_remove_log(r->map, k.data, (uint32_t)k.size, cur_log(r), &changed);
     return end_write(env, r, rc, &k, changed);
 }
 
-DIRTY_FALLBACK(get)
-
 /* get(replica, key_bin) -> {:ok, value} | :error */
-static ERL_NIF_TERM get_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "get", get_nif, 2, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &k))
         return enif_make_badarg(env);
-    LOCK_REPLICA(get, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     dv_read rd;
     ERL_NIF_TERM res = A_ERROR;
     bool found = dv_map_get(r->map, k.data, (uint32_t)k.size, &rd);
-    if (found && !dirty && rd.vlen > DIRTY_VALUE_BYTES) {
+    if (found && !call.dirty && rd.vlen > DIRTY_VALUE_BYTES) {
         enif_mutex_unlock(r->lock);
-        return enif_schedule_nif(env, "get", ERL_NIF_DIRTY_JOB_CPU_BOUND, get_dirty, argc, argv);
+        return run_dirty(&call);
     }
     if (found)
         res = enif_make_tuple2(env, A_OK, decode_term(env, &r->atoms, rd.val, rd.vlen));
@@ -429,10 +430,12 @@ static ERL_NIF_TERM get_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
 
 enum term_op { OP_PUT, OP_GET, OP_DELETE };
 
-typedef ERL_NIF_TERM (*nif_fn)(ErlNifEnv *, int, const ERL_NIF_TERM[]);
-
-static ERL_NIF_TERM term_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty,
-                            enum term_op op, nif_fn dirty_fn, const char *name) {
+/* The body of put_t, get_t and delete_t. When the lock is busy they go dirty at once (they
+ * do not yield first). */
+static ERL_NIF_TERM term_op(const nif_call *call, enum term_op op) {
+    ErlNifEnv *env = call->env;
+    const ERL_NIF_TERM *argv = call->argv;
+    bool dirty = call->dirty;
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
@@ -446,7 +449,7 @@ static ERL_NIF_TERM term_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
     if (dirty) {
         enif_mutex_lock(r->lock);
     } else if (!spin_trylock(r->lock)) {
-        res = busy_reschedule(env, r, name, NULL, dirty_fn, argc, argv);
+        res = reschedule_busy(call, r, false);
         goto out;
     }
     if (op == OP_GET) {
@@ -454,7 +457,7 @@ static ERL_NIF_TERM term_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
         bool found = dv_map_get(r->map, k.p, (uint32_t)k.n, &rd);
         if (found && !dirty && rd.vlen > DIRTY_VALUE_BYTES) { /* decode it on a dirty one */
             enif_mutex_unlock(r->lock);
-            res = enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, dirty_fn, argc, argv);
+            res = run_dirty(call);
             goto out;
         }
         res = found ? enif_make_tuple2(env, A_OK, decode_term(env, &r->atoms, rd.val, rd.vlen))
@@ -478,21 +481,23 @@ out:
     return res;
 }
 
-#define TERM_CALL(name, op)                                                                        \
-    static ERL_NIF_TERM name##_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);         \
-    static ERL_NIF_TERM name##_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {          \
-        return term_op(env, argc, argv, false, op, name##_dirty, #name);                           \
-    }                                                                                              \
-    static ERL_NIF_TERM name##_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {        \
-        return term_op(env, argc, argv, true, op, name##_dirty, #name);                            \
-    }
-
 /* put_t(replica, key, value) -> :ok | :fallback | {:error, reason} */
-TERM_CALL(put_t, OP_PUT)
+static ERL_NIF_TERM put_t_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "put_t", put_t_nif, 3, argc, argv);
+    return term_op(&call, OP_PUT);
+}
+
 /* get_t(replica, key) -> {:ok, value} | :error | :fallback */
-TERM_CALL(get_t, OP_GET)
+static ERL_NIF_TERM get_t_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "get_t", get_t_nif, 2, argc, argv);
+    return term_op(&call, OP_GET);
+}
+
 /* delete_t(replica, key) -> :ok | :fallback | {:error, reason} */
-TERM_CALL(delete_t, OP_DELETE)
+static ERL_NIF_TERM delete_t_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "delete_t", delete_t_nif, 2, argc, argv);
+    return term_op(&call, OP_DELETE);
+}
 
 /* encode(term) -> binary | :fallback: the fast encoder alone, for tests. Normal: bounded by
  * TERM_MAX. */
@@ -518,16 +523,17 @@ static ERL_NIF_TERM decode_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
                                                         : A_FALLBACK;
 }
 
-DIRTY_FALLBACK(holds)
-
 /* holds(replica, key_bin, value_bin) -> boolean: whether the read value of key is exactly
  * value_bin (a registrant checking it still wins its key, without decoding anything). */
-static ERL_NIF_TERM holds_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM holds_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "holds", holds_nif, 3, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k, v;
     if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
-    LOCK_REPLICA(holds, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     dv_read rd;
     bool same = dv_map_get(r->map, k.data, (uint32_t)k.size, &rd) && rd.vlen == v.size &&
                 memcmp(rd.val, v.data, v.size) == 0;
@@ -535,26 +541,25 @@ static ERL_NIF_TERM holds_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return same ? A_TRUE : A_FALSE;
 }
 
-DIRTY_FALLBACK(put_new)
-
 /* put_new(replica, key_bin, value_bin) -> :ok | {:exists, current_value}
  * Check-and-put under one lock hold: the put happens only if the key has no element. */
-static ERL_NIF_TERM put_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM put_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "put_new", put_new_nif, 3, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k, v;
     if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
-    if (!dirty && v.size > DIRTY_VALUE_BYTES)
-        return enif_schedule_nif(env, "put_new", ERL_NIF_DIRTY_JOB_CPU_BOUND, put_new_dirty, argc,
-                                 argv);
-    LOCK_REPLICA(put_new, env, r, argc, argv, dirty);
+    if (!call.dirty && v.size > DIRTY_VALUE_BYTES)
+        return run_dirty(&call);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     dv_read rd;
     ERL_NIF_TERM res;
     bool found = dv_map_get(r->map, k.data, (uint32_t)k.size, &rd);
-    if (found && !dirty && rd.vlen > DIRTY_VALUE_BYTES) {
+    if (found && !call.dirty && rd.vlen > DIRTY_VALUE_BYTES) {
         enif_mutex_unlock(r->lock);
-        return enif_schedule_nif(env, "put_new", ERL_NIF_DIRTY_JOB_CPU_BOUND, put_new_dirty, argc,
-                                 argv);
+        return run_dirty(&call);
     }
     if (found) {
         res = enif_make_tuple2(env, A_EXISTS, decode_term(env, &r->atoms, rd.val, rd.vlen));
@@ -572,17 +577,17 @@ static ERL_NIF_TERM put_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     return res;
 }
 
-DIRTY_FALLBACK(remove_value)
-
 /* remove_value(replica, key_bin, value_bin) -> :ok
  * Removes only the elements of the key whose value bytes equal value_bin. */
-static ERL_NIF_TERM remove_value_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
-                                      bool dirty) {
+static ERL_NIF_TERM remove_value_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "remove_value", remove_value_nif, 3, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k, v;
     if (!replica_key_value(env, argv, &r, &k, &v))
         return enif_make_badarg(env);
-    LOCK_REPLICA(remove_value, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     bool changed = false;
     int rc = dv_map_remove_value_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
                                      cur_log(r), &changed);
@@ -630,32 +635,32 @@ static ERL_NIF_TERM remove_values_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
 }
 
-DIRTY_FALLBACK(set_logging)
-
 /* set_logging(replica, boolean) -> :ok: whether local writes are logged for the eager push
  * (the owner turns it off while it has no push target). Normal: O(1). */
-static ERL_NIF_TERM set_logging_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
-                                     bool dirty) {
+static ERL_NIF_TERM set_logging_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "set_logging", set_logging_nif, 2, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     if (!get_replica(env, argv[0], &r) ||
         (enif_compare(argv[1], A_TRUE) != 0 && enif_compare(argv[1], A_FALSE) != 0))
         return enif_make_badarg(env);
-    LOCK_REPLICA(set_logging, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     r->logging = enif_compare(argv[1], A_TRUE) == 0;
     enif_mutex_unlock(r->lock);
     return A_OK;
 }
 
-DIRTY_FALLBACK(set_owner)
-
 /* set_owner(replica, pid) -> :ok: the process sent :drove_flush from now on. Normal: O(1). */
-static ERL_NIF_TERM set_owner_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
-                                   bool dirty) {
+static ERL_NIF_TERM set_owner_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "set_owner", set_owner_nif, 2, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifPid pid;
     if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &pid))
         return enif_make_badarg(env);
-    LOCK_REPLICA(set_owner, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     r->owner = pid;
     r->has_owner = true;
     r->flush_pending = false;
@@ -818,8 +823,6 @@ static int file_key(ErlNifEnv *env, replica *r, uint64_t pid, uint64_t key, bool
     return rc;
 }
 
-DIRTY_FALLBACK(register)
-
 /* register(replica, key_bin, value_bin, pid) -> :ok | {:exists, current_value} | :noproc |
  * :not_local
  * put_new for a registry entry: value_bin must encode {pid, value}; on success the key is
@@ -827,22 +830,23 @@ DIRTY_FALLBACK(register)
  * index holds one pair too many, which its readers ignore. In registry mode (watch/2) pid
  * must be a live local process (:not_local, :noproc otherwise, and nothing is written); it is
  * monitored from its first registration on. */
-static ERL_NIF_TERM register_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM register_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "register", register_nif, 4, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k, v;
     if (!replica_key_value(env, argv, &r, &k, &v) || !is_pid_pair(&v) || !enif_is_pid(env, argv[3]))
         return enif_make_badarg(env);
     uint64_t pid = pid_key(env, argv[3]);
-    if (!dirty && v.size > DIRTY_VALUE_BYTES)
-        return enif_schedule_nif(env, "register", ERL_NIF_DIRTY_JOB_CPU_BOUND, register_dirty, argc,
-                                 argv);
-    LOCK_REPLICA(register, env, r, argc, argv, dirty);
+    if (!call.dirty && v.size > DIRTY_VALUE_BYTES)
+        return run_dirty(&call);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     dv_read rd;
     if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd)) {
-        if (!dirty && rd.vlen > DIRTY_VALUE_BYTES) {
+        if (!call.dirty && rd.vlen > DIRTY_VALUE_BYTES) {
             enif_mutex_unlock(r->lock);
-            return enif_schedule_nif(env, "register", ERL_NIF_DIRTY_JOB_CPU_BOUND, register_dirty,
-                                     argc, argv);
+            return run_dirty(&call);
         }
         ERL_NIF_TERM cur = decode_term(env, &r->atoms, rd.val, rd.vlen);
         enif_mutex_unlock(r->lock);
@@ -872,19 +876,20 @@ static bool replica_key_pid(ErlNifEnv *env, const ERL_NIF_TERM argv[], replica *
     return true;
 }
 
-DIRTY_FALLBACK(own)
-
 /* own(replica, key_bin, pid) -> :ok | :noproc | {:error, reason}: files key
  * under pid (a registry showing an entry it learned from a peer). In registry mode a local
  * pid is watched as by register (:noproc when it is gone: nothing is filed); remote pids are
  * filed unwatched (their node's registry watches them). Normal: O(1). */
-static ERL_NIF_TERM own_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM own_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "own", own_nif, 3, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k;
     uint64_t pid;
     if (!replica_key_pid(env, argv, &r, &k, &pid))
         return enif_make_badarg(env);
-    LOCK_REPLICA(own, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     bool fresh;
     ErlNifMonitor mon = {{0}};
     ERL_NIF_TERM w = watch_for_filing(env, r, argv[2], pid, &fresh, &mon);
@@ -897,19 +902,20 @@ static ERL_NIF_TERM own_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     return w == A_NOPROC ? A_NOPROC : A_OK;
 }
 
-DIRTY_FALLBACK(disown)
-
 /* disown(replica, key_bin, pid) -> :ok: pid no longer holds key (a pair that is not there is
  * not an error). In registry mode the last key of a local pid stays filed: its entry is what
  * says it is monitored, and its exit removes it. Normal: O(1). */
-static ERL_NIF_TERM disown_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM disown_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "disown", disown_nif, 3, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k;
     uint64_t pid;
     ErlNifPid lp;
     if (!replica_key_pid(env, argv, &r, &k, &pid))
         return enif_make_badarg(env);
-    LOCK_REPLICA(disown, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     const uint64_t *places;
     size_t nplaces;
     if (!r->watching || !enif_get_local_pid(env, argv[2], &lp) ||
@@ -952,33 +958,56 @@ static void walk_held(replica *r, held_ctx *c) {
 /* Above this many keys under one pid, owned_keys and owns run dirty. */
 #define DIRTY_OWNED_KEYS 512
 
-#define OWNED_CALL(name, first_only, answer)                                                       \
-    DIRTY_FALLBACK(name)                                                                           \
-    static ERL_NIF_TERM name##_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],           \
-                                    bool dirty) {                                                  \
-        replica *r;                                                                                \
-        pid_id id;                                                                                 \
-        if (!get_replica(env, argv[0], &r) || !pid_id_of(env, argv[1], &id))                       \
-            return enif_make_badarg(env);                                                          \
-        LOCK_REPLICA(name, env, r, argc, argv, dirty);                                             \
-        const uint64_t *places;                                                                    \
-        size_t nplaces;                                                                            \
-        if (!dirty && dv_owners_get(&r->owners, id.hash, &places, &nplaces) > DIRTY_OWNED_KEYS) {  \
-            enif_mutex_unlock(r->lock);                                                            \
-            return enif_schedule_nif(env, #name, ERL_NIF_DIRTY_JOB_CPU_BOUND, name##_dirty, argc,  \
-                                     argv);                                                        \
-        }                                                                                          \
-        held_ctx c = {env, r, &id, enif_make_list(env, 0), 0, first_only};                         \
-        walk_held(r, &c);                                                                          \
-        enif_mutex_unlock(r->lock);                                                                \
-        return answer;                                                                             \
+/* The body of owned_keys and owns: walks into c (its first_only set by the caller) the keys
+ * filed under the pid argv[1] whose read value that pid holds. False when the NIF must
+ * answer *other instead (badarg, or the call rescheduled). */
+static bool held_keys(const nif_call *call, held_ctx *c, ERL_NIF_TERM *other) {
+    ErlNifEnv *env = call->env;
+    replica *r;
+    pid_id id;
+    if (!get_replica(env, call->argv[0], &r) || !pid_id_of(env, call->argv[1], &id)) {
+        *other = enif_make_badarg(env);
+        return false;
     }
+    if (!lock_call(call, r, other))
+        return false;
+    const uint64_t *places;
+    size_t nplaces;
+    if (!call->dirty && dv_owners_get(&r->owners, id.hash, &places, &nplaces) > DIRTY_OWNED_KEYS) {
+        enif_mutex_unlock(r->lock);
+        *other = run_dirty(call);
+        return false;
+    }
+    c->env = env;
+    c->r = r;
+    c->id = &id;
+    c->list = enif_make_list(env, 0);
+    c->found = 0;
+    walk_held(r, c);
+    c->id = NULL; /* gone with this frame */
+    enif_mutex_unlock(r->lock);
+    return true;
+}
 
 /* owned_keys(replica, pid) -> [key]: the keys whose read value pid holds (the replica's keys,
- * i.e. {:key, key} for a registry). owns(replica, pid) -> boolean: whether there is one.
- * Normal: O(keys of pid); dirty above DIRTY_OWNED_KEYS. */
-OWNED_CALL(owned_keys, false, c.list)
-OWNED_CALL(owns, true, c.found ? A_TRUE : A_FALSE)
+ * i.e. {:key, key} for a registry). Normal: O(keys of pid); dirty above DIRTY_OWNED_KEYS. */
+static ERL_NIF_TERM owned_keys_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "owned_keys", owned_keys_nif, 2, argc, argv);
+    held_ctx c = {.first_only = false};
+    ERL_NIF_TERM other;
+    return held_keys(&call, &c, &other) ? c.list : other;
+}
+
+/* owns(replica, pid) -> boolean: whether pid holds the read value of a key. Normal: O(keys of
+ * pid); dirty above DIRTY_OWNED_KEYS. */
+static ERL_NIF_TERM owns_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "owns", owns_nif, 2, argc, argv);
+    held_ctx c = {.first_only = true};
+    ERL_NIF_TERM other;
+    if (!held_keys(&call, &c, &other))
+        return other;
+    return c.found ? A_TRUE : A_FALSE;
+}
 
 static int collect_key(void *ud, const uint8_t *key, uint32_t klen, const dv_read *rd) {
     (void)rd;
@@ -1136,16 +1165,17 @@ static void replica_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonito
         enif_send(env, &watcher, NULL, A_GONE);
 }
 
-DIRTY_FALLBACK(watch)
-
 /* watch(replica, registry_pid) -> :ok: registry mode from now on (see replica). Normal,
  * trylock else rescheduled dirty: O(1). */
-static ERL_NIF_TERM watch_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM watch_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "watch", watch_nif, 2, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifPid pid;
     if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &pid))
         return enif_make_badarg(env);
-    LOCK_REPLICA(watch, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     enif_mutex_lock(r->pend_lock); /* held only for O(1) by anyone */
     r->watcher = pid;
     r->watching = true;
@@ -1154,15 +1184,16 @@ static ERL_NIF_TERM watch_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return A_OK;
 }
 
-DIRTY_FALLBACK(unwatch)
-
 /* unwatch(replica) -> :ok: exits of watched processes no longer drop anything (the registry
  * that used the replica is gone). Normal, trylock else rescheduled dirty: O(1). */
-static ERL_NIF_TERM unwatch_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM unwatch_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "unwatch", unwatch_nif, 1, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
-    LOCK_REPLICA(unwatch, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     r->watching = false;
     enif_mutex_unlock(r->lock);
     return A_OK;
@@ -1172,25 +1203,24 @@ static ERL_NIF_TERM unwatch_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 #define DIRTY_GONE_PIDS  64
 #define DIRTY_GONE_BYTES (64 * 1024)
 
-DIRTY_FALLBACK(take_gone)
-
 /* take_gone(replica) -> [{key, pid}] | {:error, reason}
  * The registrations that exits dropped since the last call (first dropping those of the exits
  * queued while the lock was busy); the next exit sends :drove_gone again. Normal below
  * DIRTY_GONE_PIDS queued exits and DIRTY_GONE_BYTES of keys, else rescheduled dirty. */
-static ERL_NIF_TERM take_gone_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
-                                   bool dirty) {
+static ERL_NIF_TERM take_gone_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "take_gone", take_gone_nif, 1, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
-    LOCK_REPLICA(take_gone, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     enif_mutex_lock(r->pend_lock);
-    if (!dirty &&
+    if (!call.dirty &&
         (r->pend.n > DIRTY_GONE_PIDS * sizeof(ErlNifPid) || r->gone.n > DIRTY_GONE_BYTES)) {
         enif_mutex_unlock(r->pend_lock);
         enif_mutex_unlock(r->lock);
-        return enif_schedule_nif(env, "take_gone", ERL_NIF_DIRTY_JOB_CPU_BOUND, take_gone_dirty,
-                                 argc, argv);
+        return run_dirty(&call);
     }
     dv_buf pend = r->pend;
     dv_buf_init(&r->pend);
@@ -1262,8 +1292,6 @@ static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *change
     return reverse(env, list);
 }
 
-DIRTY_FALLBACK(take_outbox)
-
 /* take_outbox(replica, max_bytes, ship) -> {[delta_bin], local_diffs} (both may be empty)
  *                                         | {:dropped, local_diffs}
  * Flips the write log under the lock and encodes the full one outside it. When the log was
@@ -1272,23 +1300,20 @@ DIRTY_FALLBACK(take_outbox)
  * emptied without being encoded and the answer is :dropped: the caller polls again just the
  * same; anti-entropy gives a neighbour that comes later everything. Normal scheduler for
  * small logs, dirty above DIRTY_OUTBOX_OPS when shipping. */
-static ERL_NIF_TERM take_outbox_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
-                                     bool dirty) {
+static ERL_NIF_TERM take_outbox_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "take_outbox", take_outbox_nif, 3, argc, argv);
     replica *r;
     ErlNifUInt64 max;
     if (!get_replica(env, argv[0], &r) || !enif_get_uint64(env, argv[1], &max) || max == 0 ||
         (enif_compare(argv[2], A_TRUE) != 0 && enif_compare(argv[2], A_FALSE) != 0))
         return enif_make_badarg(env);
     bool ship = enif_compare(argv[2], A_TRUE) == 0;
-    if (dirty) {
-        enif_mutex_lock(r->lock);
-    } else {
-        LOCK_OR_RESCHEDULE(env, r, "take_outbox", take_outbox_retry, take_outbox_dirty, argc, argv);
-        if (ship && dv_outbox_ops(&r->log[r->cur]) > DIRTY_OUTBOX_OPS) {
-            enif_mutex_unlock(r->lock);
-            return enif_schedule_nif(env, "take_outbox", ERL_NIF_DIRTY_JOB_CPU_BOUND,
-                                     take_outbox_dirty, argc, argv);
-        }
+    ERL_NIF_TERM busy;
+    if (!lock_call(&call, r, &busy))
+        return busy;
+    if (!call.dirty && ship && dv_outbox_ops(&r->log[r->cur]) > DIRTY_OUTBOX_OPS) {
+        enif_mutex_unlock(r->lock);
+        return run_dirty(&call);
     }
     ERL_NIF_TERM empty = enif_make_list(env, 0);
     if (r->taking) { /* another caller is encoding: nothing for this one */
@@ -1405,18 +1430,16 @@ static bool claims_unissued_dots(const dv_map *m, const dv_delta *d) {
     return false;
 }
 
-DIRTY_FALLBACK(join)
-
 /* Deltas of at most this many elements (the eager pushes) are joined on a normal scheduler
  * by join_small: their keys and values are decoded once, under the lock, into the caller's
  * env, both to validate them and to report the diffs. */
 #define JOIN_DECODE_ONCE 64
 
-static ERL_NIF_TERM join_small(ErlNifEnv *env, replica *r, dv_delta *d, bool want, int argc,
-                               const ERL_NIF_TERM argv[]) {
+static ERL_NIF_TERM join_small(const nif_call *call, replica *r, dv_delta *d, bool want) {
+    ErlNifEnv *env = call->env;
     if (!spin_trylock(r->lock)) {
         dv_delta_free(d);
-        return enif_schedule_nif(env, "join", ERL_NIF_DIRTY_JOB_CPU_BOUND, join_dirty, argc, argv);
+        return run_dirty(call);
     }
     ERL_NIF_TERM kt[JOIN_DECODE_ONCE], vt[JOIN_DECODE_ONCE];
     int rc = claims_unissued_dots(r->map, d) ? DV_ECORRUPT : DV_OK;
@@ -1442,30 +1465,31 @@ static ERL_NIF_TERM join_small(ErlNifEnv *env, replica *r, dv_delta *d, bool wan
 /* join(replica, delta_bin, want_diffs) -> {:ok, diffs, n_elements} | {:error, reason}.
  * A bad message changes nothing. Size-dispatched: big messages are joined dirty; small ones
  * (JOIN_DECODE_ONCE) by join_small. */
-static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM join_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "join", join_nif, 3, argc, argv);
     replica *r;
     ErlNifBinary b;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &b) ||
         (enif_compare(argv[2], A_TRUE) != 0 && enif_compare(argv[2], A_FALSE) != 0))
         return enif_make_badarg(env);
-    if (!dirty && b.size >= DIRTY_JOIN_BYTES)
-        return enif_schedule_nif(env, "join", ERL_NIF_DIRTY_JOB_CPU_BOUND, join_dirty, argc, argv);
+    if (!call.dirty && b.size >= DIRTY_JOIN_BYTES)
+        return run_dirty(&call);
     bool want = enif_compare(argv[2], A_TRUE) == 0;
     dv_delta d;
     int rc = dv_decode_delta(b.data, b.size, &d); /* outside the lock: pure */
     if (rc != DV_OK)
         return error_tuple(env, rc);
-    if (!dirty && d.nelems <= JOIN_DECODE_ONCE)
-        return join_small(env, r, &d, want, argc, argv);
+    if (!call.dirty && d.nelems <= JOIN_DECODE_ONCE)
+        return join_small(&call, r, &d, want);
     if (!delta_terms_valid(&d)) {
         dv_delta_free(&d);
         return error_tuple(env, DV_EBADTERM);
     }
-    if (dirty) {
+    if (call.dirty) {
         enif_mutex_lock(r->lock);
     } else if (!spin_trylock(r->lock)) {
         dv_delta_free(&d);
-        return enif_schedule_nif(env, "join", ERL_NIF_DIRTY_JOB_CPU_BOUND, join_dirty, argc, argv);
+        return run_dirty(&call);
     }
     if (claims_unissued_dots(r->map, &d)) {
         enif_mutex_unlock(r->lock);
@@ -1484,16 +1508,17 @@ static ERL_NIF_TERM join_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
 
 /* ------------------------------------------------------------------ anti-entropy */
 
-DIRTY_FALLBACK(ctx)
-
 /* ctx(replica) -> ctx_bin. Small (a few ranges per replica id ever seen); normal. */
-static ERL_NIF_TERM ctx_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM ctx_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "ctx", ctx_nif, 1, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
     dv_buf b;
     dv_buf_init(&b);
-    LOCK_REPLICA(ctx, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     dv_encode_ctx(&b, dv_map_ctx(r->map));
     enif_mutex_unlock(r->lock);
     ERL_NIF_TERM t = b.oom ? error_tuple(env, DV_ENOMEM) : bin_term(env, b.p, b.n);
@@ -1501,15 +1526,16 @@ static ERL_NIF_TERM ctx_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     return t;
 }
 
-DIRTY_FALLBACK(digest)
-
 /* digest(replica) -> digest_bin (8 KiB copy of incrementally kept digests); normal. */
-static ERL_NIF_TERM digest_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM digest_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "digest", digest_nif, 1, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
     uint64_t d[DV_BUCKETS];
-    LOCK_REPLICA(digest, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     dv_map_digest(r->map, d);
     enif_mutex_unlock(r->lock);
     dv_buf b;
@@ -1520,17 +1546,18 @@ static ERL_NIF_TERM digest_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     return t;
 }
 
-DIRTY_FALLBACK(summary)
-
 /* summary(replica) -> summary_bin: hashes of the context and of the digests (codec.h), what
  * an anti-entropy round sends first; the full digests follow only when the peer's differs.
  * Normal: a copy of the small context and one hash over 8 KiB. */
-static ERL_NIF_TERM summary_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM summary_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "summary", summary_nif, 1, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
     uint64_t s[2], d[DV_BUCKETS];
-    LOCK_REPLICA(summary, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     dv_map_digest(r->map, d);
     int rc = dv_summary_of(dv_map_ctx(r->map), d, s);
     enif_mutex_unlock(r->lock);
@@ -1544,13 +1571,12 @@ static ERL_NIF_TERM summary_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     return t;
 }
 
-DIRTY_FALLBACK(summary_match)
-
 /* summary_match(replica, peer_summary_bin) -> true | false | {:error, reason}
  * Whether the peer's summary equals this replica's: then the two have seen the same dots and
  * hold the same live ones (but for a 64-bit hash collision) and the round is skipped. */
-static ERL_NIF_TERM summary_match_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
-                                       bool dirty) {
+static ERL_NIF_TERM summary_match_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "summary_match", summary_match_nif, 2, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary b;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &b))
@@ -1559,7 +1585,8 @@ static ERL_NIF_TERM summary_match_impl(ErlNifEnv *env, int argc, const ERL_NIF_T
     int rc = dv_decode_summary(b.data, b.size, peer); /* outside the lock: pure */
     if (rc != DV_OK)
         return error_tuple(env, rc);
-    LOCK_REPLICA(summary_match, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     dv_map_digest(r->map, d);
     rc = dv_summary_of(dv_map_ctx(r->map), d, mine);
     enif_mutex_unlock(r->lock);
@@ -1694,14 +1721,15 @@ static ERL_NIF_TERM to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     return c.list;
 }
 
-DIRTY_FALLBACK(info)
-
 /* info(replica) -> map of counters. Normal: O(replica ids). */
-static ERL_NIF_TERM info_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], bool dirty) {
+static ERL_NIF_TERM info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "info", info_nif, 1, argc, argv);
+    ERL_NIF_TERM busy;
     replica *r;
     if (!get_replica(env, argv[0], &r))
         return enif_make_badarg(env);
-    LOCK_REPLICA(info, env, r, argc, argv, dirty);
+    if (!lock_call(&call, r, &busy))
+        return busy;
     enif_mutex_lock(r->pend_lock);
     uint64_t deferred = r->deferred;
     enif_mutex_unlock(r->pend_lock);
