@@ -27,60 +27,15 @@
 #include "owners.h"
 #include "ring_nif.h"
 #include "term_fast.h"
+#include "replica_nif.h"
+#include "lock_nif.h"
 
 /* Messages at or above this size are joined on a dirty scheduler. */
 #define DIRTY_JOIN_BYTES (64 * 1024)
-/* Single-key calls whose value (written, or read back and decoded) is larger than this
- * run on a dirty scheduler: copying or decoding it could hold a normal one for milliseconds. */
-#define DIRTY_VALUE_BYTES (64 * 1024)
 /* Write logs with more operations than this are encoded on a dirty scheduler. */
 #define DIRTY_OUTBOX_OPS 2048
 /* The changed-keys buffers keep their array between flushes up to this size (a burst's goes). */
 #define CHANGED_KEEP_BYTES ((size_t)256 << 10)
-
-typedef struct {
-    ErlNifMutex *lock;
-    dv_map *map;
-    /* Two write logs: writers append to log[cur]; take_outbox flips cur under the lock and
-     * encodes the other one outside it. changed[] holds the keys whose read value local
-     * writes changed (for on_diffs), double-buffered the same way. */
-    dv_outbox log[2];
-    dv_buf changed[2];
-    int cur;
-    bool taking; /* a take_outbox is encoding the other log */
-    ErlNifPid owner;
-    bool has_owner;
-    bool flush_pending;
-    bool track;          /* remember locally changed keys for on_diffs */
-    bool logging;        /* log local writes for the eager push; off while the owner has nobody to
-                          * push to (anti-entropy gives a neighbour that comes later everything) */
-    tf_atom_cache atoms; /* for decoding keys and values, used under the lock */
-    dv_owners owners;    /* pid -> keys of the registry's {pid, value} entries (owners.h) */
-    /* Registry mode (watch/2): every local process filed in owners is watched by a resource
-     * monitor, and its exit drops its registrations in replica_down, run by the exiting
-     * process itself. A local pid has an owners entry exactly while it is monitored: its last
-     * key stays filed when it unregisters (the index may hold pairs that are no longer true),
-     * and only its exit removes the entry. */
-    bool watching;
-    ErlNifPid watcher; /* the registry process: sent :drove_gone when `gone` fills */
-    dv_buf gone;       /* (ErlNifPid, key) of the registrations that exits dropped, for its table */
-    /* Exits whose down callback found the replica lock busy: their pids wait here (a down
-     * callback cannot reschedule itself, and must not block a scheduler behind a dirty join)
-     * until take_gone drops them. pend_lock guards pend and rung, and is held only for O(1). */
-    ErlNifMutex *pend_lock;
-    dv_buf pend;
-    bool rung;         /* :drove_gone sent and not yet answered by a take_gone */
-    uint64_t deferred; /* exits queued in pend so far (info's exits_deferred) */
-    uint64_t busy;     /* calls rescheduled dirty because the lock was busy (info's lock_busy),
-                        * counted with atomic adds: they do not hold the lock */
-} replica;
-
-static ErlNifResourceType *REPLICA;
-
-static ERL_NIF_TERM A_OK, A_ERROR, A_TRUE, A_FALSE, A_ADD, A_REMOVE, A_FLUSH, A_GONE, A_NOPROC,
-    A_NOT_LOCAL;
-static ERL_NIF_TERM A_SIZE, A_ELEMENTS, A_MEMORY, A_PAYLOAD, A_RID, A_REPLICAS, A_CLOUD, A_OUTBOX,
-    A_BAD_TERM, A_EXISTS, A_DROPPED, A_FALLBACK, A_DEFERRED, A_BUSY;
 
 static void *nif_alloc(size_t n) {
     return enif_alloc(n);
@@ -92,275 +47,7 @@ static void nif_free(void *p) {
     enif_free(p);
 }
 
-static void replica_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    replica *r = obj;
-    dv_map_free(r->map);
-    dv_owners_free(&r->owners);
-    for (int i = 0; i < 2; i++) {
-        dv_outbox_free(&r->log[i]);
-        dv_buf_free(&r->changed[i]);
-    }
-    dv_buf_free(&r->gone);
-    dv_buf_free(&r->pend);
-    if (r->lock)
-        enif_mutex_destroy(r->lock);
-    if (r->pend_lock)
-        enif_mutex_destroy(r->pend_lock);
-}
-
-static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
-    ERL_NIF_TERM a;
-    if (enif_make_existing_atom(env, name, &a, ERL_NIF_LATIN1))
-        return a;
-    return enif_make_atom(env, name);
-}
-
-static ERL_NIF_TERM error_tuple(ErlNifEnv *env, int rc) {
-    return enif_make_tuple2(env, A_ERROR, mk_atom(env, dv_strerror(rc)));
-}
-
-/* The physical part of the hybrid logical clock. The coarse clock (the kernel's last tick,
- * 1-4 ms old) costs a tenth of a precise read, and the HLC only keeps milliseconds: two
- * writes on two nodes within a tick of each other are ordered like writes within a
- * millisecond (by counter, then replica id), as they would be under that much clock skew. */
-static uint64_t wall_ms(void) {
-    struct timespec ts;
-#ifdef CLOCK_REALTIME_COARSE
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-#else
-    clock_gettime(CLOCK_REALTIME, &ts);
-#endif
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static bool get_replica(ErlNifEnv *env, ERL_NIF_TERM t, replica **r) {
-    return enif_get_resource(env, t, REPLICA, (void **)r) && (*r)->map;
-}
-
-static bool get_bin(ErlNifEnv *env, ERL_NIF_TERM t, ErlNifBinary *b) {
-    return enif_inspect_binary(env, t, b) && b->size <= DV_MAX_MESSAGE;
-}
-
-/* The (replica, key_bin, value_bin) arguments of the single-key calls. */
-static bool replica_key_value(ErlNifEnv *env, const ERL_NIF_TERM argv[], replica **r,
-                              ErlNifBinary *k, ErlNifBinary *v) {
-    return get_replica(env, argv[0], r) && get_bin(env, argv[1], k) && get_bin(env, argv[2], v);
-}
-
-static ERL_NIF_TERM bin_term(ErlNifEnv *env, const uint8_t *p, size_t n) {
-    ERL_NIF_TERM t;
-    unsigned char *d = enif_make_new_binary(env, n, &t);
-    if (n)
-        memcpy(d, p, n);
-    return t;
-}
-
-/* The next byte string of a buffer written with dv_buf_bytes (varint length + bytes) into
- * *s, *n; false at its end. */
-static bool next_bytes(const uint8_t **p, const uint8_t *end, const uint8_t **s, size_t *n) {
-    uint64_t len = 0;
-    if (*p >= end)
-        return false;
-    for (int shift = 0; *p < end && shift < 64; shift += 7) {
-        uint8_t byte = *(*p)++;
-        len |= (uint64_t)(byte & 0x7f) << shift;
-        if (!(byte & 0x80))
-            break;
-    }
-    if (len > (uint64_t)(end - *p))
-        return false;
-    *s = *p;
-    *n = (size_t)len;
-    *p += len;
-    return true;
-}
-
-/* Decode stored external-format bytes (validated on the way in): the fast decoder for the
- * common shapes, enif_binary_to_term for the rest (term_fast.h). */
-static ERL_NIF_TERM decode_term(ErlNifEnv *env, tf_atom_cache *atoms, const uint8_t *p, size_t n) {
-    ERL_NIF_TERM t;
-    if (tf_decode(env, atoms, p, n, &t))
-        return t;
-    if (enif_binary_to_term(env, p, n, &t, 0) == 0)
-        return A_BAD_TERM;
-    return t;
-}
-
-/* A well-formed external term occupying all of [p, p+n): one that the fast decoder or else
- * binary_to_term decodes completely. Not ERL_NIF_BIN2TERM_SAFE: keys and values may hold
- * atoms this node has not seen yet, exactly as distribution messages do (a peer that can
- * reach this replica can already create atoms here). */
-static bool valid_term(ErlNifEnv *scratch, tf_atom_cache *atoms, const uint8_t *p, size_t n) {
-    ERL_NIF_TERM t;
-    return n > 0 &&
-           (tf_decode(scratch, atoms, p, n, &t) || enif_binary_to_term(scratch, p, n, &t, 0) == n);
-}
-
-/* Lock for a normal-scheduler call. Critical sections of single-key calls last about a
- * microsecond, so spin on trylock a little first; if the lock stays held (another scheduler's
- * call, a holder preempted by the OS or growing an index, a dirty job joining a big delta),
- * yield and try again, then re-run the call as a dirty job (reschedule_busy) instead of
- * blocking a normal scheduler. */
-#define SPIN_TRIES 200
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static bool spin_trylock(ErlNifMutex *m) {
-    for (int i = 0; i < SPIN_TRIES; i++) {
-        if (enif_mutex_trylock(m) == 0)
-            return true;
-        cpu_relax();
-    }
-    return false;
-}
-
-typedef ERL_NIF_TERM (*nif_fn)(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
-
-/* A NIF call that takes the replica lock, with what it takes to run it again: every such NIF
- * is one function that reschedules itself (enif_schedule_nif) after a yield or as a dirty
- * job, and learns which of these it is from call_of. */
-typedef struct {
-    ErlNifEnv *env;
-    const char *name; /* the NIF's name */
-    nif_fn self;      /* the NIF itself */
-    int arity;        /* its arity: argv holds one more argument after a yield */
-    const ERL_NIF_TERM *argv;
-    int yields; /* the yields for the lock so far */
-    bool dirty; /* running on a dirty scheduler */
-} nif_call;
-
-/* A call that finds the lock busy first yields its scheduler (the process is put back in the
- * run queue: the holder, on another scheduler or preempted by the OS, goes on meanwhile) and
- * tries again there, up to LOCK_YIELDS times; then it is rescheduled dirty (counted: info's
- * lock_busy), where it blocks on the lock. Going dirty costs more than a yield under load:
- * a dirty thread must be woken and given a core, and spins after its job. 50k processes
- * registering at once on 2 cores: 5.5-9% of the calls went dirty after 200 pauses of spin and
- * no yield (3-4% after 1000), 0.3-1.8% with 4 yields; the dirty schedulers were busy 6-19% of
- * the burst, then 2-5%. */
-#define LOCK_YIELDS  4
-#define MAX_NIF_ARGS 8
-
-/* The call a NIF of the given arity is running: the first one (argc == arity), one after a
- * yield (argc == arity + 1, the last argument the yields so far), or a dirty one. */
-static nif_call call_of(ErlNifEnv *env, const char *name, nif_fn self, int arity, int argc,
-                        const ERL_NIF_TERM argv[]) {
-    nif_call c = {
-        env, name, self, arity, argv, 0, enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER};
-    if (argc > arity && !enif_get_int(env, argv[arity], &c.yields))
-        c.yields = LOCK_YIELDS;
-    return c;
-}
-
-/* Runs the call again as a dirty CPU job (a big job, or the lock stayed busy). */
-static ERL_NIF_TERM run_dirty(const nif_call *c) {
-    return enif_schedule_nif(c->env, c->name, ERL_NIF_DIRTY_JOB_CPU_BOUND, c->self, c->arity,
-                             c->argv);
-}
-
-/* For a call that found the lock busy: runs it again after a yield (if may_yield, up to
- * LOCK_YIELDS times), else as a dirty job, counted in r->busy. */
-static ERL_NIF_TERM reschedule_busy(const nif_call *c, replica *r, bool may_yield) {
-    if (may_yield && c->yields < LOCK_YIELDS && c->arity < MAX_NIF_ARGS) {
-        ERL_NIF_TERM args[MAX_NIF_ARGS];
-        memcpy(args, c->argv, (size_t)c->arity * sizeof(*args));
-        args[c->arity] = enif_make_int(c->env, c->yields + 1);
-        enif_consume_timeslice(c->env, 100);
-        return enif_schedule_nif(c->env, c->name, 0, c->self, c->arity + 1, args);
-    }
-    __atomic_fetch_add(&r->busy, 1, __ATOMIC_RELAXED);
-    return run_dirty(c);
-}
-
-/* Takes r->lock for the call: blocking on a dirty scheduler; on a normal one with
- * spin_trylock, and when that fails the call is rescheduled (reschedule_busy): false then,
- * and *busy is what the NIF must return. */
-static bool lock_call(const nif_call *c, replica *r, ERL_NIF_TERM *busy) {
-    if (c->dirty) {
-        enif_mutex_lock(r->lock);
-        return true;
-    }
-    if (spin_trylock(r->lock))
-        return true;
-    *busy = reschedule_busy(c, r, true);
-    return false;
-}
-
-/* ------------------------------------------------------------------ lifecycle */
-
-/* replica_new(rid :: u64, owner :: pid, track_changes :: boolean) */
-static ERL_NIF_TERM replica_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
-    ErlNifUInt64 rid;
-    ErlNifPid owner;
-    if (!enif_get_uint64(env, argv[0], &rid) || !enif_get_local_pid(env, argv[1], &owner) ||
-        (enif_compare(argv[2], A_TRUE) != 0 && enif_compare(argv[2], A_FALSE) != 0))
-        return enif_make_badarg(env);
-    replica *r = enif_alloc_resource(REPLICA, sizeof(replica));
-    if (!r)
-        return error_tuple(env, DV_ENOMEM);
-    memset(r, 0, sizeof(*r));
-    for (int i = 0; i < 2; i++) {
-        dv_outbox_init(&r->log[i]);
-        dv_buf_init(&r->changed[i]);
-    }
-    dv_owners_init(&r->owners);
-    dv_buf_init(&r->gone);
-    dv_buf_init(&r->pend);
-    r->lock = enif_mutex_create("drove_replica");
-    r->pend_lock = enif_mutex_create("drove_replica_exits");
-    r->map = dv_map_new(rid);
-    r->owner = owner;
-    r->has_owner = true;
-    r->track = enif_compare(argv[2], A_TRUE) == 0;
-    r->logging = true;
-    if (!r->lock || !r->pend_lock || !r->map) {
-        enif_release_resource(r); /* the destructor frees what was made */
-        return error_tuple(env, DV_ENOMEM);
-    }
-    ERL_NIF_TERM t = enif_make_resource(env, r);
-    enif_release_resource(r);
-    return t;
-}
-
 /* ------------------------------------------------------------------ single-key calls */
-
-/* The write log local writes go to, or NULL while logging is off. */
-static dv_outbox *cur_log(replica *r) {
-    return r->logging ? &r->log[r->cur] : NULL;
-}
-
-static void note_change(replica *r, const uint8_t *k, size_t klen) {
-    if (r->track)
-        dv_buf_bytes(&r->changed[r->cur], k, klen);
-}
-
-static void maybe_notify(ErlNifEnv *env, replica *r) {
-    if (r->flush_pending || !r->has_owner)
-        return;
-    if (dv_outbox_empty(&r->log[r->cur]) && r->changed[r->cur].n == 0)
-        return;
-    r->flush_pending = true;
-    enif_send(env, &r->owner, NULL, A_FLUSH);
-}
-
-/* The tail of every single-key write, with the lock held: remember a changed key for
- * on_diffs, wake the owner if the log just became non-empty, unlock, answer. */
-static ERL_NIF_TERM end_write(ErlNifEnv *env, replica *r, int rc, const ErlNifBinary *k,
-                              bool changed) {
-    if (rc == DV_OK && changed)
-        note_change(r, k->data, k->size);
-    if (rc == DV_OK)
-        maybe_notify(env, r);
-    enif_mutex_unlock(r->lock);
-    return rc == DV_OK ? A_OK : error_tuple(env, rc);
-}
 
 /* put(replica, key_bin, value_bin) -> :ok. Key and value are external term format. */
 static ERL_NIF_TERM put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -633,40 +320,6 @@ static ERL_NIF_TERM remove_values_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
         maybe_notify(env, r);
     enif_mutex_unlock(r->lock);
     return rc == DV_OK ? A_OK : error_tuple(env, rc);
-}
-
-/* set_logging(replica, boolean) -> :ok: whether local writes are logged for the eager push
- * (the owner turns it off while it has no push target). Normal: O(1). */
-static ERL_NIF_TERM set_logging_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    nif_call call = call_of(env, "set_logging", set_logging_nif, 2, argc, argv);
-    ERL_NIF_TERM busy;
-    replica *r;
-    if (!get_replica(env, argv[0], &r) ||
-        (enif_compare(argv[1], A_TRUE) != 0 && enif_compare(argv[1], A_FALSE) != 0))
-        return enif_make_badarg(env);
-    if (!lock_call(&call, r, &busy))
-        return busy;
-    r->logging = enif_compare(argv[1], A_TRUE) == 0;
-    enif_mutex_unlock(r->lock);
-    return A_OK;
-}
-
-/* set_owner(replica, pid) -> :ok: the process sent :drove_flush from now on. Normal: O(1). */
-static ERL_NIF_TERM set_owner_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    nif_call call = call_of(env, "set_owner", set_owner_nif, 2, argc, argv);
-    ERL_NIF_TERM busy;
-    replica *r;
-    ErlNifPid pid;
-    if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &pid))
-        return enif_make_badarg(env);
-    if (!lock_call(&call, r, &busy))
-        return busy;
-    r->owner = pid;
-    r->has_owner = true;
-    r->flush_pending = false;
-    maybe_notify(env, r);
-    enif_mutex_unlock(r->lock);
-    return A_OK;
 }
 
 /* ------------------------------------------------------------------ owners (registry) */
@@ -1268,12 +921,6 @@ static int emit_to_list(void *ud, const uint8_t *p, size_t n) {
     return DV_OK;
 }
 
-static ERL_NIF_TERM reverse(ErlNifEnv *env, ERL_NIF_TERM list) {
-    ERL_NIF_TERM out;
-    enif_make_reverse_list(env, list, &out);
-    return out;
-}
-
 /* The read value now of each locally changed key: [{:add, k, v} | {:remove, k}] */
 static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *changed) {
     ERL_NIF_TERM list = enif_make_list(env, 0);
@@ -1289,7 +936,7 @@ static ERL_NIF_TERM local_diffs(ErlNifEnv *env, replica *r, const dv_buf *change
         else
             list = enif_make_list_cell(env, enif_make_tuple2(env, A_REMOVE, kt), list);
     }
-    return reverse(env, list);
+    return reverse_list(env, list);
 }
 
 /* take_outbox(replica, max_bytes, ship) -> {[delta_bin], local_diffs} (both may be empty)
@@ -1304,10 +951,10 @@ static ERL_NIF_TERM take_outbox_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     nif_call call = call_of(env, "take_outbox", take_outbox_nif, 3, argc, argv);
     replica *r;
     ErlNifUInt64 max;
+    bool ship;
     if (!get_replica(env, argv[0], &r) || !enif_get_uint64(env, argv[1], &max) || max == 0 ||
-        (enif_compare(argv[2], A_TRUE) != 0 && enif_compare(argv[2], A_FALSE) != 0))
+        !get_bool(env, argv[2], &ship))
         return enif_make_badarg(env);
-    bool ship = enif_compare(argv[2], A_TRUE) == 0;
     ERL_NIF_TERM busy;
     if (!lock_call(&call, r, &busy))
         return busy;
@@ -1355,7 +1002,7 @@ static ERL_NIF_TERM take_outbox_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     enif_mutex_unlock(r->lock);
     if (rc != DV_OK)
         return error_tuple(env, rc);
-    return enif_make_tuple2(env, reverse(env, c.list), diffs);
+    return enif_make_tuple2(env, reverse_list(env, c.list), diffs);
 }
 
 /* ------------------------------------------------------------------ join */
@@ -1459,7 +1106,7 @@ static ERL_NIF_TERM join_small(const nif_call *call, replica *r, dv_delta *d, bo
         return error_tuple(env, DV_EBADTERM);
     if (rc != DV_OK)
         return error_tuple(env, rc);
-    return enif_make_tuple3(env, A_OK, reverse(env, c.list), enif_make_uint64(env, n));
+    return enif_make_tuple3(env, A_OK, reverse_list(env, c.list), enif_make_uint64(env, n));
 }
 
 /* join(replica, delta_bin, want_diffs) -> {:ok, diffs, n_elements} | {:error, reason}.
@@ -1469,12 +1116,12 @@ static ERL_NIF_TERM join_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     nif_call call = call_of(env, "join", join_nif, 3, argc, argv);
     replica *r;
     ErlNifBinary b;
+    bool want;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &b) ||
-        (enif_compare(argv[2], A_TRUE) != 0 && enif_compare(argv[2], A_FALSE) != 0))
+        !get_bool(env, argv[2], &want))
         return enif_make_badarg(env);
     if (!call.dirty && b.size >= DIRTY_JOIN_BYTES)
         return run_dirty(&call);
-    bool want = enif_compare(argv[2], A_TRUE) == 0;
     dv_delta d;
     int rc = dv_decode_delta(b.data, b.size, &d); /* outside the lock: pure */
     if (rc != DV_OK)
@@ -1503,7 +1150,7 @@ static ERL_NIF_TERM join_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     dv_delta_free(&d);
     if (rc != DV_OK)
         return error_tuple(env, rc);
-    return enif_make_tuple3(env, A_OK, reverse(env, c.list), enif_make_uint64(env, n));
+    return enif_make_tuple3(env, A_OK, reverse_list(env, c.list), enif_make_uint64(env, n));
 }
 
 /* ------------------------------------------------------------------ anti-entropy */
@@ -1634,7 +1281,7 @@ static ERL_NIF_TERM sync_reply_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     enif_mutex_unlock(r->lock);
     ERL_NIF_TERM res =
         rc != DV_OK ? error_tuple(env, rc)
-                    : enif_make_tuple4(env, A_OK, reverse(env, c.list),
+                    : enif_make_tuple4(env, A_OK, reverse_list(env, c.list),
                                        bin_term(env, ctxb.p, ctxb.n), bin_term(env, man.p, man.n));
     dv_buf_free(&ctxb);
     dv_buf_free(&man);
@@ -1652,12 +1299,11 @@ static ERL_NIF_TERM sync_finish_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     replica *r;
     ErlNifBinary cb, mb;
     ErlNifUInt64 max_bytes;
+    bool want;
     if (!get_replica(env, argv[0], &r) || !get_bin(env, argv[1], &cb) ||
         !get_bin(env, argv[2], &mb) || !enif_get_uint64(env, argv[3], &max_bytes) ||
-        max_bytes == 0 ||
-        (enif_compare(argv[4], A_TRUE) != 0 && enif_compare(argv[4], A_FALSE) != 0))
+        max_bytes == 0 || !get_bool(env, argv[4], &want))
         return enif_make_badarg(env);
-    bool want = enif_compare(argv[4], A_TRUE) == 0;
     dv_ctx peer;
     dv_ctx_init(&peer);
     dv_manifest pm;
@@ -1684,73 +1330,12 @@ static ERL_NIF_TERM sync_finish_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
         emit_to_list(&c, rem.p, rem.n);
     ERL_NIF_TERM res =
         rc != DV_OK ? error_tuple(env, rc)
-                    : enif_make_tuple4(env, A_OK, reverse(env, c.list), reverse(env, dc.list),
-                                       enif_make_uint64(env, removed));
+                    : enif_make_tuple4(env, A_OK, reverse_list(env, c.list),
+                                       reverse_list(env, dc.list), enif_make_uint64(env, removed));
     dv_buf_free(&rem);
     dv_manifest_free(&pm);
     dv_ctx_free(&peer);
     return res;
-}
-
-/* ------------------------------------------------------------------ whole-map reads */
-
-typedef struct {
-    ErlNifEnv *env;
-    tf_atom_cache *atoms;
-    ERL_NIF_TERM list;
-} list_ctx;
-
-static int pair_to_list(void *ud, const uint8_t *k, uint32_t klen, const dv_read *rd) {
-    list_ctx *c = ud;
-    ERL_NIF_TERM kv = enif_make_tuple2(c->env, decode_term(c->env, c->atoms, k, klen),
-                                       decode_term(c->env, c->atoms, rd->val, rd->vlen));
-    c->list = enif_make_list_cell(c->env, kv, c->list);
-    return DV_OK;
-}
-
-/* to_list(replica) -> [{key, value}]. Dirty: O(map). */
-static ERL_NIF_TERM to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
-    replica *r;
-    if (!get_replica(env, argv[0], &r))
-        return enif_make_badarg(env);
-    list_ctx c = {env, &r->atoms, enif_make_list(env, 0)};
-    enif_mutex_lock(r->lock);
-    dv_map_foreach(r->map, pair_to_list, &c);
-    enif_mutex_unlock(r->lock);
-    return c.list;
-}
-
-/* info(replica) -> map of counters. Normal: O(replica ids). */
-static ERL_NIF_TERM info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    nif_call call = call_of(env, "info", info_nif, 1, argc, argv);
-    ERL_NIF_TERM busy;
-    replica *r;
-    if (!get_replica(env, argv[0], &r))
-        return enif_make_badarg(env);
-    if (!lock_call(&call, r, &busy))
-        return busy;
-    enif_mutex_lock(r->pend_lock);
-    uint64_t deferred = r->deferred;
-    enif_mutex_unlock(r->pend_lock);
-    ERL_NIF_TERM keys[10] = {A_SIZE,     A_ELEMENTS, A_MEMORY, A_PAYLOAD,  A_RID,
-                             A_REPLICAS, A_CLOUD,    A_OUTBOX, A_DEFERRED, A_BUSY};
-    ERL_NIF_TERM vals[10] = {
-        enif_make_uint64(env, dv_map_size(r->map)),
-        enif_make_uint64(env, dv_map_elements(r->map)),
-        enif_make_uint64(env, dv_map_memory(r->map) + dv_owners_memory(&r->owners)),
-        enif_make_uint64(env, dv_map_payload(r->map)),
-        enif_make_uint64(env, dv_map_rid(r->map)),
-        enif_make_uint64(env, dv_map_ctx(r->map)->n),
-        enif_make_uint64(env, dv_ctx_cloud_dots(dv_map_ctx(r->map))),
-        enif_make_uint64(env, dv_outbox_ops(&r->log[r->cur])),
-        enif_make_uint64(env, deferred),
-        enif_make_uint64(env, __atomic_load_n(&r->busy, __ATOMIC_RELAXED)),
-    };
-    enif_mutex_unlock(r->lock);
-    ERL_NIF_TERM m;
-    enif_make_map_from_arrays(env, keys, vals, 10, &m);
-    return m;
 }
 
 /* ------------------------------------------------------------------ load, upgrade, unload
@@ -1779,33 +1364,6 @@ typedef struct {
 
 static bool image_ready;
 
-static void init_atoms(ErlNifEnv *env) {
-    A_OK = mk_atom(env, "ok");
-    A_ERROR = mk_atom(env, "error");
-    A_TRUE = mk_atom(env, "true");
-    A_FALSE = mk_atom(env, "false");
-    A_ADD = mk_atom(env, "add");
-    A_REMOVE = mk_atom(env, "remove");
-    A_FLUSH = mk_atom(env, "drove_flush");
-    A_GONE = mk_atom(env, "drove_gone");
-    A_NOPROC = mk_atom(env, "noproc");
-    A_NOT_LOCAL = mk_atom(env, "not_local");
-    A_SIZE = mk_atom(env, "size");
-    A_ELEMENTS = mk_atom(env, "elements");
-    A_MEMORY = mk_atom(env, "memory");
-    A_PAYLOAD = mk_atom(env, "payload");
-    A_RID = mk_atom(env, "replica_id");
-    A_REPLICAS = mk_atom(env, "replicas_seen");
-    A_CLOUD = mk_atom(env, "cloud_dots");
-    A_OUTBOX = mk_atom(env, "outbox");
-    A_BAD_TERM = mk_atom(env, dv_strerror(DV_EBADTERM));
-    A_EXISTS = mk_atom(env, "exists");
-    A_DROPPED = mk_atom(env, "dropped");
-    A_FALLBACK = mk_atom(env, "fallback");
-    A_DEFERRED = mk_atom(env, "exits_deferred");
-    A_BUSY = mk_atom(env, "lock_busy");
-}
-
 /* Opens (or takes over) the resource types and fills *priv. CREATE | TAKEOVER in load as well:
  * after the module was deleted and purged, replicas still held by processes keep their type
  * alive, and a later load takes it over like an upgrade does. */
@@ -1823,61 +1381,13 @@ static int open_library(ErlNifEnv *env, void **priv) {
     p->replica_size = (uint32_t)sizeof(replica);
     if (!image_ready) {
         dv_set_allocator(&a);
-        init_atoms(env);
+        replica_init_atoms(env);
         image_ready = true;
     }
     if (REPLICA != rt) /* the same type object when the image is shared */
         REPLICA = rt;
     *priv = p;
     return 0;
-}
-
-/* ------------------------------------------------------------------ test hooks */
-
-/* For tests that need a call to find the replica lock busy: they force the race instead of
- * hoping for it. One hold at a time in the whole VM; nothing outside the tests calls them. */
-static int test_release_flag;
-
-/* test_hold(replica, notify_pid) -> :ok
- * Takes the replica lock, sends notify_pid :drove_test_held, and keeps the lock until
- * test_release/0. Dirty I/O: it waits (sleeping a millisecond at a time), not computes. */
-static ERL_NIF_TERM test_hold_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
-    replica *r;
-    ErlNifPid to;
-    if (!get_replica(env, argv[0], &r) || !enif_get_local_pid(env, argv[1], &to))
-        return enif_make_badarg(env);
-    __atomic_store_n(&test_release_flag, 0, __ATOMIC_SEQ_CST);
-    enif_mutex_lock(r->lock);
-    enif_send(env, &to, NULL, mk_atom(env, "drove_test_held"));
-    struct timespec ms = {0, 1000000};
-    while (!__atomic_load_n(&test_release_flag, __ATOMIC_SEQ_CST))
-        nanosleep(&ms, NULL);
-    enif_mutex_unlock(r->lock);
-    return A_OK;
-}
-
-/* test_release() -> :ok: ends the hold of test_hold/2. */
-static ERL_NIF_TERM test_release_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)env;
-    (void)argc;
-    (void)argv;
-    __atomic_store_n(&test_release_flag, 1, __ATOMIC_SEQ_CST);
-    return A_OK;
-}
-
-/* test_counters(replica) -> {exits_deferred, lock_busy}, read without the replica lock (so
- * while test_hold/2 holds it). */
-static ERL_NIF_TERM test_counters_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
-    replica *r;
-    if (!get_replica(env, argv[0], &r))
-        return enif_make_badarg(env);
-    enif_mutex_lock(r->pend_lock);
-    uint64_t deferred = r->deferred;
-    enif_mutex_unlock(r->pend_lock);
-    uint64_t busy = __atomic_load_n(&r->busy, __ATOMIC_RELAXED);
-    return enif_make_tuple2(env, enif_make_uint64(env, deferred), enif_make_uint64(env, busy));
 }
 
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
@@ -1901,11 +1411,11 @@ static void unload(ErlNifEnv *env, void *priv) {
 /* Scheduling choice beside each entry (see docs/architecture.md, "NIF scheduling rule"). */
 static ErlNifFunc funcs[] = {
     /* test hooks: dirty I/O (waits until released); normal, O(1) */
-    {"test_hold", 2, test_hold_nif, ERL_NIF_DIRTY_JOB_IO_BOUND},
-    {"test_release", 0, test_release_nif, 0},
-    {"test_counters", 1, test_counters_nif, 0},
+    {"test_hold", 2, dv_test_hold_nif, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"test_release", 0, dv_test_release_nif, 0},
+    {"test_counters", 1, dv_test_counters_nif, 0},
     /* normal: O(1) */
-    {"replica_new", 3, replica_new, 0},
+    {"replica_new", 3, dv_replica_new_nif, 0},
     /* normal, trylock else rescheduled dirty: O(1); rescheduled dirty when the value written
      * or read back exceeds 64 KiB */
     {"put", 3, put_nif, 0},
@@ -1932,9 +1442,9 @@ static ErlNifFunc funcs[] = {
     /* normal, trylock else rescheduled dirty: O(1) */
     {"watch", 2, watch_nif, 0},
     {"unwatch", 1, unwatch_nif, 0},
-    {"set_owner", 2, set_owner_nif, 0},
-    {"set_logging", 2, set_logging_nif, 0},
-    {"info", 1, info_nif, 0},
+    {"set_owner", 2, dv_set_owner_nif, 0},
+    {"set_logging", 2, dv_set_logging_nif, 0},
+    {"info", 1, dv_info_nif, 0},
     /* normal, trylock else rescheduled dirty: O(replica ids) and an 8 KiB copy */
     {"ctx", 1, ctx_nif, 0},
     {"digest", 1, digest_nif, 0},
@@ -1950,7 +1460,7 @@ static ErlNifFunc funcs[] = {
     {"drop_owned", 2, drop_owned_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"sync_reply", 5, sync_reply_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"sync_finish", 5, sync_finish_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
-    {"to_list", 1, to_list_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"to_list", 1, dv_to_list_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     /* membership (members_nif.c): normal, O(n log n) in members; rescheduled dirty above
      * DV_MEMBERS_NIF_DIRTY_LEN members */
     {"members_set", 2, dv_members_set_nif, 0},
