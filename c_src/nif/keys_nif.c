@@ -77,7 +77,6 @@ ERL_NIF_TERM dv_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
  * which term_to_binary encodes with reduction counting) gives :fallback, and the caller
  * encodes with term_to_binary and calls put/get/delete. */
 #define TERM_STACK 256
-#define TERM_MAX   (64 * 1024)
 
 enum term_op { OP_PUT, OP_GET, OP_DELETE };
 

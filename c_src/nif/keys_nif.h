@@ -23,6 +23,10 @@
 
 #include <erl_nif.h>
 
+/* Largest encoding the fast encoder makes for put_t/get_t/delete_t (and encode/decode take):
+ * bigger terms are :fallback, and term_to_binary encodes them with reduction counting. */
+#define TERM_MAX (64 * 1024)
+
 ERL_NIF_TERM dv_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM dv_delete_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM dv_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
