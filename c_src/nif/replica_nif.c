@@ -74,10 +74,11 @@ ERL_NIF_TERM error_tuple(ErlNifEnv *env, int rc) {
     return enif_make_tuple2(env, A_ERROR, mk_atom(env, dv_strerror(rc)));
 }
 
-/* The physical part of the hybrid logical clock. The coarse clock (the kernel's last tick,
- * 1-4 ms old) costs a tenth of a precise read, and the HLC only keeps milliseconds: two
- * writes on two nodes within a tick of each other are ordered like writes within a
- * millisecond (by counter, then replica id), as they would be under that much clock skew. */
+/* The physical part of the hybrid logical clock. The coarse clock (the kernel's last tick, a
+ * few ms old) is read without the hardware clock, far cheaper than a precise read, and the
+ * HLC only keeps milliseconds: two writes on two nodes within a tick of each other are
+ * ordered like writes within a millisecond (by counter, then replica id), as they would be
+ * under that much clock skew. */
 uint64_t wall_ms(void) {
     struct timespec ts;
 #ifdef CLOCK_REALTIME_COARSE
