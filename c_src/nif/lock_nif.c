@@ -30,7 +30,7 @@ bool spin_trylock(ErlNifMutex *m) {
     return false;
 }
 
-/* The retry carries one argument more than the call. */
+/* Arity limit of a call that may yield: the retry carries one argument more. */
 #define MAX_NIF_ARGS 8
 
 nif_call call_of(ErlNifEnv *env, const char *name, nif_fn self, int arity, int argc,

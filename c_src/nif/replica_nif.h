@@ -14,7 +14,8 @@
  *   registry_nif.c     the registry's owners index and the exits of registrants
  *   replication_nif.c  the outbox, join, and anti-entropy (ctx, digest, summary, sync)
  *
- * Everything here is written while the library loads (drove_nif.c) and only read after.
+ * The globals below (REPLICA and the atoms) are written while the library loads (drove_nif.c)
+ * and only read after.
  */
 #ifndef DROVE_REPLICA_NIF_H
 #define DROVE_REPLICA_NIF_H
