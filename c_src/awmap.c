@@ -1,246 +1,23 @@
-/* awmap.c - add-wins map with LWW read. See awmap.h for semantics.
+/* awmap.c - add-wins map with LWW read. See awmap.h for semantics, awmap_impl.h for the
+ * memory layout; what anti-entropy reads from a map is in awmap_sync.c.
  *
- * Memory layout. A key is an entry: one block holding the entry header, an inline element slot
- * (an element header and room for `cap` value bytes) and the key bytes, so that a key with
- * one element - nearly every key - costs one allocation. Further (concurrent) elements, and
- * an element whose value does not fit the slot, are separate blocks. The slot is reused by
- * later writes of a value that fits; a lone separate element beside a free slot is moved into
- * it (or the entry into a block of the right size) when a join or a remove leaves it so.
- *
- * Memory follows the contents (see "giving memory back" below): a table that falls below an
- * eighth full is rebuilt at about three eighths (it grows again above three quarters, so a
- * map hovering around a size does not resize back and forth), and a slab that holds more
- * than twice what is live (plus EVAC_SLACK) has its live blocks moved to fresh chunks and
- * its old chunks freed. Both happen in bounded steps, a few at the end of each mutation, so
- * no single call pays for a whole table or slab. */
+ * This file: the key and dot tables, entries and elements, giving memory back, join and local
+ * writes. Memory follows the contents (see "giving memory back" below): a table that falls
+ * below an eighth full is rebuilt at about three eighths (it grows again above three
+ * quarters, so a map hovering around a size does not resize back and forth), and a slab that
+ * holds more than twice what is live (plus EVAC_SLACK) has its live blocks moved to fresh
+ * chunks and its old chunks freed. Both happen in bounded steps, a few at the end of each
+ * mutation, so no single call pays for a whole table or slab. */
 #include "awmap.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
+#include "awmap_impl.h"
 #include "hash.h"
 #include "outbox.h"
 #include "slab.h"
-
-#define KEY_SEED     0x44726f7665ULL /* "Drove" */
-#define BUCKET_SHIFT 54              /* top 10 bits of the key hash select the digest bucket */
-
-#if defined(__GNUC__) || defined(__clang__)
-#define PREFETCH(p) __builtin_prefetch(p)
-#else
-#define PREFETCH(p) ((void)(p))
-#endif
-#define PF_DIST 8 /* elements ahead that table probes are prefetched */
-
-typedef struct dv_entry dv_entry;
-
-/* An element: this header, then vlen value bytes (elem_val). */
-typedef struct dv_elem {
-    struct dv_elem *next;
-    dv_entry *entry;
-    dv_dot dot;
-    uint64_t ts;
-    uint32_t vlen;
-    uint32_t cap; /* value bytes the block has room for (an inline slot may hold fewer) */
-} dv_elem;
-
-/* State of an entry's inline element slot. */
-enum { SLOT_FREE = 0, SLOT_LIVE = 1, SLOT_DEAD = 2 /* detached, on a join's graveyard */ };
-
-/* An entry: this header, the inline element (entry_inl: header and cap value bytes), then the
- * key bytes (entry_key). */
-struct dv_entry {
-    dv_elem *elems; /* (the key's hash is in its keys-table slot; entry_hash recomputes it) */
-    uint32_t klen;
-    uint8_t touched; /* on the touched list of the join in progress */
-    uint8_t slot;    /* SLOT_* */
-};
-
-_Static_assert(sizeof(dv_elem) % 8 == 0, "element header keeps 8-byte alignment");
-_Static_assert(sizeof(dv_entry) % 8 == 0, "entry header keeps 8-byte alignment");
-
-typedef struct {
-    uint64_t hash;
-    dv_entry *e;
-} kslot;
-
-/* A dot-table slot (8 bytes): the element's address (8-byte aligned, below 2^48) with the
- * low DSLOT_HBITS bits of its dot hash in the spare bits: 3 below the address, 16 above it.
- * Those bits are the home slot of tables up to 2^DSLOT_HBITS slots (so moving slots on a
- * delete or a resize reads no element) and a fingerprint (a probe reads an element only when
- * they match). 0 is an empty slot. User-space addresses stay below 2^48 on x86-64 and AArch64
- * unless a process asks the kernel for more; entry_new and elem_new treat one that does not
- * fit as a failed allocation. */
-typedef uint64_t dslot;
-
-#define DSLOT_HBITS 19
-#define DSLOT_HMASK ((((uint64_t)1) << DSLOT_HBITS) - 1)
-#define DSLOT_ADDR  (((((uint64_t)1) << 48) - 1) & ~(uint64_t)7)
-
-static inline dv_elem *dslot_x(dslot s) {
-    return (dv_elem *)(uintptr_t)(s & DSLOT_ADDR);
-}
-
-static inline dslot dslot_of(const dv_elem *x, uint64_t h) {
-    return (uint64_t)(uintptr_t)x | (h & 7) | ((h & DSLOT_HMASK) >> 3) << 48;
-}
-
-/* The low DSLOT_HBITS bits of the slot's dot hash. */
-static inline uint64_t dslot_h(dslot s) {
-    return (s & 7) | (s >> 48) << 3;
-}
-
-static inline bool dslot_fp_matches(dslot s, uint64_t h) {
-    return dslot_h(s) == (h & DSLOT_HMASK);
-}
-
-static inline bool addr_fits(const void *p) {
-    return ((uint64_t)(uintptr_t)p & ~DSLOT_ADDR) == 0;
-}
-
-/* What a join remembers of a key before changing it, to report read changes. */
-typedef struct {
-    dv_entry *e;
-    dv_elem *old; /* winner before the change (kept alive on the graveyard), or NULL */
-} touched_t;
-
-struct dv_map {
-    uint64_t rid;
-    uint64_t hlc;
-    dv_ctx ctx;
-    kslot *keys; /* open addressing, linear probing; home slot: the top bits of the key hash */
-    size_t kcap, kcount;
-    unsigned kshift; /* 64 - log2(kcap) */
-    dslot *dots;     /* open addressing, linear probing, by dot hash */
-    size_t dcap, dcount;
-    size_t payload; /* key + value bytes */
-    size_t heap;    /* bytes in entries and elements */
-    dv_slab slab;   /* where entries and elements live */
-    size_t blocks;  /* live blocks in the slabs: entries and separate elements */
-    /* a shrink in progress: the smaller table being filled, holding exactly the entries of
-     * the old table's slots below the cursor (so lookups and scans use the old one alone) */
-    kslot *knew;
-    size_t kncap, kcur;
-    unsigned knshift;
-    dslot *dnew;
-    size_t dncap, dcur;
-    /* an evacuation in progress: the retired slab, its blocks still in use, the keys cursor */
-    dv_slab old;
-    size_t old_live, ecur;
-    bool evacuating;
-    bool removed; /* something was removed since the last maintain() */
-    uint64_t digest[DV_BUCKETS];
-    /* join scratch */
-    touched_t *touched;
-    size_t ntouched, captouched;
-    dv_elem *graveyard;
-};
-
-/* ---------------------------------------------------------------- helpers */
-
-static inline uint64_t key_hash(const uint8_t *k, uint32_t klen) {
-    return dv_hash64_seed(k, klen, KEY_SEED);
-}
-
-/* Dots of one replica are issued, shipped and joined in counter order, so the dot index keeps
- * runs of DOT_RUN consecutive counters in adjacent slots (one cache line) and places
- * the runs at random: sequential writes and joins touch a new line every few dots instead of
- * one per dot, while runs of different replicas still spread over the whole table. */
-#define DOT_RUN_BITS 2
-#define DOT_RUN_MASK ((1u << DOT_RUN_BITS) - 1)
-
-static inline uint64_t dot_hash(dv_dot d) {
-    uint64_t run = dv_mix64(d.rid ^ dv_mix64(d.ctr >> DOT_RUN_BITS));
-    return (run & ~(uint64_t)DOT_RUN_MASK) | (d.ctr & DOT_RUN_MASK);
-}
-
-/* The home of a dot-table slot in a table of mask + 1 slots: from the bits the slot keeps,
- * or, for tables larger than they cover, from its element's dot. */
-static inline size_t dslot_home(dslot s, size_t mask) {
-    if (mask <= DSLOT_HMASK)
-        return (size_t)dslot_h(s) & mask;
-    return (size_t)dot_hash(dslot_x(s)->dot) & mask;
-}
-
-static inline bool dot_eq(dv_dot a, dv_dot b) {
-    return a.rid == b.rid && a.ctr == b.ctr;
-}
-
-static inline uint32_t bucket_of(uint64_t hash) {
-    return (uint32_t)(hash >> BUCKET_SHIFT);
-}
-
-static inline uint64_t fingerprint(uint64_t khash, dv_dot d) {
-    return dv_mix64(khash ^ dv_mix64(d.rid + dv_mix64(d.ctr)));
-}
-
-static inline uint8_t *elem_val(dv_elem *x) {
-    return (uint8_t *)(x + 1);
-}
-
-static inline const uint8_t *elem_cval(const dv_elem *x) {
-    return (const uint8_t *)(x + 1);
-}
-
-static inline dv_elem *entry_inl(dv_entry *e) {
-    return (dv_elem *)(e + 1);
-}
-
-static inline const uint8_t *entry_key(const dv_entry *e) {
-    const dv_elem *x = (const dv_elem *)(e + 1);
-    return (const uint8_t *)(x + 1) + x->cap;
-}
-
-static inline uint64_t entry_hash(const dv_entry *e) {
-    return key_hash(entry_key(e), e->klen);
-}
-
-static inline size_t entry_size(uint32_t klen, uint32_t icap) {
-    return sizeof(dv_entry) + sizeof(dv_elem) + (size_t)icap + klen;
-}
-
-static inline bool elem_is_inline(dv_elem *x) {
-    return x == entry_inl(x->entry);
-}
-
-/* Does a value of vlen bytes go into a slot of cap bytes (wasting at most 16 bytes + 1/4)? */
-static inline bool slot_fits(uint32_t cap, uint32_t vlen) {
-    return vlen <= cap && cap <= (uint64_t)vlen + vlen / 4 + 16;
-}
-
-/* a > b in LWW order: (ts, rid, ctr) */
-static inline bool newer(const dv_elem *a, const dv_elem *b) {
-    if (a->ts != b->ts)
-        return a->ts > b->ts;
-    if (a->dot.rid != b->dot.rid)
-        return a->dot.rid > b->dot.rid;
-    return a->dot.ctr > b->dot.ctr;
-}
-
-static const dv_elem *winner(const dv_entry *e) {
-    const dv_elem *w = e->elems;
-    for (const dv_elem *x = w ? w->next : NULL; x; x = x->next)
-        if (newer(x, w))
-            w = x;
-    return w;
-}
-
-static void to_read(const dv_elem *w, dv_read *r) {
-    r->val = elem_cval(w);
-    r->vlen = w->vlen;
-    r->ts = w->ts;
-    r->dot = w->dot;
-}
-
-/* Calls fn with e's key and read value (nothing for an entry without elements). */
-static int visit(const dv_entry *e, dv_iter_fn fn, void *ud) {
-    if (!e->elems)
-        return 0;
-    dv_read r;
-    to_read(winner(e), &r);
-    return fn(ud, entry_key(e), e->klen, &r);
-}
 
 uint64_t dv_hlc_next(uint64_t last, uint64_t now_ms) {
     uint64_t phys = now_ms > (DV_MAX_TS >> 16) ? DV_MAX_TS : now_ms << 16;
@@ -259,13 +36,6 @@ static size_t table_cap_for(size_t cur, size_t n) {
 }
 
 /* ---------------------------------------------------------------- tables */
-
-/* The keys table is ordered by hash: a key's home slot is the top bits of its hash, so the
- * keys of one digest bucket (the top 10 bits) sit together (bucket_span), and a resize
- * writes the new table front to back. */
-static inline size_t khome(const dv_map *m, uint64_t h) {
-    return (size_t)(h >> m->kshift);
-}
 
 /* Rehash into a table of ncap slots, reading the old one in order (its order is the new
  * one's, so the writes move forward too). */
@@ -499,21 +269,6 @@ static int dots_reserve(dv_map *m, size_t extra) {
         dots_shrink_abort(m);
     size_t ncap = table_cap_for(m->dcap, m->dcount + extra);
     return ncap == m->dcap ? DV_OK : dots_resize(m, ncap);
-}
-
-static dv_elem *dots_get(const dv_map *m, dv_dot d) {
-    if (!m->dcount)
-        return NULL;
-    uint64_t h = dot_hash(d);
-    size_t mask = m->dcap - 1, i = h & mask;
-    for (;;) {
-        dslot s = m->dots[i];
-        if (!s)
-            return NULL;
-        if (dslot_fp_matches(s, h) && dot_eq(dslot_x(s)->dot, d))
-            return dslot_x(s);
-        i = (i + 1) & mask;
-    }
 }
 
 /* The table of a dot-index shrink in progress (struct dv_map): insert, find, delete. */
@@ -1088,30 +843,6 @@ static void join_finish(dv_map *m, dv_diff_fn fn, void *ud) {
     }
 }
 
-static int cmp_dot(const void *a, const void *b) {
-    const dv_dot *x = a, *y = b;
-    if (x->rid != y->rid)
-        return x->rid < y->rid ? -1 : 1;
-    if (x->ctr != y->ctr)
-        return x->ctr < y->ctr ? -1 : 1;
-    return 0;
-}
-
-static bool dots_sorted_has(const dv_dot *v, size_t n, dv_dot d) {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = cmp_dot(&v[mid], &d);
-        if (c == 0)
-            return true;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return false;
-}
-
 /* The dots of a delta's elements, sorted on first use. */
 typedef struct {
     const dv_delta *d;
@@ -1182,7 +913,7 @@ static int join_add(dv_map *m, const dv_elem_view *v, uint64_t h, bool report) {
     return DV_OK;
 }
 
-static int join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
+int awmap_join_core(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
     int rc = DV_OK;
     bool report = fn != NULL;
     carried_t carried = {.d = d};
@@ -1297,7 +1028,7 @@ int dv_map_reserve(dv_map *m, size_t n) {
 }
 
 int dv_map_join(dv_map *m, const dv_delta *d, dv_diff_fn fn, void *ud) {
-    return join_core(m, d, fn, ud);
+    return awmap_join_core(m, d, fn, ud);
 }
 
 /* A view of a whole map as a delta (pointers into the map). */
@@ -1342,7 +1073,7 @@ int dv_map_join_map(dv_map *m, const dv_map *other, dv_diff_fn fn, void *ud) {
     int rc = map_as_delta(other, &d, &rs);
     if (rc)
         return rc;
-    rc = join_core(m, &d, fn, ud);
+    rc = awmap_join_core(m, &d, fn, ud);
     dv_free(d.elems);
     dv_ranges_free(&rs);
     return rc;
@@ -1473,7 +1204,7 @@ static int local_op(dv_map *m, const uint8_t *k, uint32_t klen, const uint8_t *v
                 d.elems = &ev;
                 d.nelems = 1;
             }
-            rc = join_core(outbox, &d, NULL, NULL);
+            rc = awmap_join_core(outbox, &d, NULL, NULL);
             if (r != stack_r)
                 dv_free(r);
         }
@@ -1534,429 +1265,6 @@ int dv_map_keys_with_hash(const dv_map *m, uint64_t h, dv_iter_fn fn, void *ud) 
 
 int dv_map_remove(dv_map *m, const uint8_t *k, uint32_t klen, dv_map *outbox, bool *changed) {
     return local_op(m, k, klen, NULL, 0, false, OBSERVE_ALL, 0, outbox, NULL, changed);
-}
-
-/* ---------------------------------------------------------------- delta since */
-
-/* An element to send and its sort key: (index of its replica id in the context, counter),
- * packed so that integer order is dot order. */
-typedef struct {
-    uint64_t key;
-    const dv_elem *x;
-} sitem;
-
-static int cmp_sitem_key(const void *a, const void *b) {
-    uint64_t x = ((const sitem *)a)->key, y = ((const sitem *)b)->key;
-    return x < y ? -1 : x > y;
-}
-
-static int cmp_sitem_dot(const void *a, const void *b) {
-    return cmp_dot(&((const sitem *)a)->x->dot, &((const sitem *)b)->x->dot);
-}
-
-#define RADIX_BITS 11
-#define RADIX      (1u << RADIX_BITS)
-#define RADIX_PASS ((64 + RADIX_BITS - 1) / RADIX_BITS)
-
-/* Sort by key: LSD radix sort, skipping the digits all keys share. */
-static int sort_items(sitem *a, size_t n) {
-    if (n < 256) {
-        qsort(a, n, sizeof(sitem), cmp_sitem_key);
-        return DV_OK;
-    }
-    sitem *tmp = dv_alloc(sizeof(sitem) * n);
-    size_t *cnt = dv_calloc((size_t)RADIX_PASS * RADIX, sizeof(size_t));
-    if (!tmp || !cnt) {
-        dv_free(tmp);
-        dv_free(cnt);
-        return DV_ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t k = a[i].key;
-        for (unsigned p = 0; p < RADIX_PASS; p++)
-            cnt[p * RADIX + ((k >> (p * RADIX_BITS)) & (RADIX - 1))]++;
-    }
-    sitem *src = a, *dst = tmp;
-    for (unsigned p = 0; p < RADIX_PASS; p++) {
-        size_t *c = cnt + (size_t)p * RADIX;
-        unsigned shift = p * RADIX_BITS;
-        if (c[(src[0].key >> shift) & (RADIX - 1)] == n)
-            continue; /* every key has this digit */
-        size_t sum = 0;
-        for (unsigned b = 0; b < RADIX; b++) {
-            size_t t = c[b];
-            c[b] = sum;
-            sum += t;
-        }
-        for (size_t i = 0; i < n; i++) {
-            sitem it = src[i];
-            dst[c[(it.key >> shift) & (RADIX - 1)]++] = it;
-        }
-        sitem *t = src;
-        src = dst;
-        dst = t;
-    }
-    if (src != a)
-        memcpy(a, src, sizeof(sitem) * n);
-    dv_free(tmp);
-    dv_free(cnt);
-    return DV_OK;
-}
-
-static unsigned bit_len(uint64_t v) {
-    unsigned n = 0;
-    while (v) {
-        n++;
-        v >>= 1;
-    }
-    return n;
-}
-
-/* Index of rid in c (c->n if absent: such an element breaks the invariant, sorts last). */
-static uint32_t rid_index(const dv_ctx *c, uint64_t rid) {
-    return dv_ctx_index(c, rid);
-}
-
-/* The live elements of m that `seen` has not seen, sorted by dot, into *out (*nout). */
-static int unseen_sorted(const dv_map *m, const dv_ctx *seen, sitem **out, size_t *nout) {
-    *out = NULL;
-    *nout = 0;
-    if (!m->dcount)
-        return DV_OK;
-    sitem *un = dv_alloc(sizeof(sitem) * m->dcount);
-    if (!un)
-        return DV_ENOMEM;
-    const dv_ctx *c = &m->ctx;
-    unsigned rbits = c->n ? bit_len(c->n) : 1;
-    unsigned cbits = 64 - rbits; /* rid index (0..c->n) above, counter below */
-    bool packed = true;
-    uint64_t last_rid = 0;
-    uint32_t last_ix = UINT32_MAX;
-    size_t n = 0;
-    for (size_t i = 0; i < m->kcap; i++) {
-        if (i + PF_DIST < m->kcap && m->keys[i + PF_DIST].e)
-            PREFETCH(m->keys[i + PF_DIST].e);
-        const dv_entry *e = m->keys[i].e;
-        if (!e)
-            continue;
-        for (const dv_elem *x = e->elems; x; x = x->next) {
-            if (seen && dv_ctx_contains(seen, x->dot))
-                continue;
-            if (last_ix == UINT32_MAX || x->dot.rid != last_rid) {
-                last_rid = x->dot.rid;
-                last_ix = rid_index(c, last_rid);
-            }
-            if (x->dot.ctr >> cbits)
-                packed = false;
-            un[n].key = ((uint64_t)last_ix << cbits) | x->dot.ctr;
-            un[n].x = x;
-            n++;
-        }
-    }
-    int rc = DV_OK;
-    if (packed)
-        rc = sort_items(un, n);
-    else /* counters too large to pack beside the rid index: compare the dots */
-        qsort(un, n, sizeof(sitem), cmp_sitem_dot);
-    if (rc) {
-        dv_free(un);
-        return rc;
-    }
-    *out = un;
-    *nout = n;
-    return DV_OK;
-}
-
-typedef struct {
-    const dv_map *m;
-    dv_emit_fn emit;
-    void *ud;
-    dv_ranges ranges;
-    dv_buf elems;
-    dv_buf out;
-    size_t nelems;
-} chunker;
-
-static size_t chunk_size(const chunker *c) {
-    return c->elems.n + c->ranges.n * 20 + 32;
-}
-
-static int chunk_emit(chunker *c) {
-    if (!c->nelems && !c->ranges.n)
-        return DV_OK;
-    dv_buf_reset(&c->out);
-    dv_encode_delta(&c->out, c->m->rid, c->ranges.r, c->ranges.n, c->elems.p, c->elems.n,
-                    c->nelems);
-    if (c->out.oom || c->elems.oom)
-        return DV_ENOMEM;
-    int rc = c->emit(c->ud, c->out.p, c->out.n);
-    c->ranges.n = 0;
-    dv_buf_reset(&c->elems);
-    c->nelems = 0;
-    return rc;
-}
-
-/* Encode element x (its dot in R) into the chunk; emit the chunk, cut after x, when full. */
-static int chunk_elem(chunker *c, const dv_range *R, uint64_t *lo, const dv_elem *x,
-                      size_t max_bytes) {
-    const dv_entry *e = x->entry;
-    dv_encode_elem(&c->elems, entry_key(e), e->klen, x->dot, x->ts, elem_cval(x), x->vlen);
-    c->nelems++;
-    if (chunk_size(c) < max_bytes)
-        return DV_OK;
-    int rc = dv_ranges_push(&c->ranges, R->rid, *lo, x->dot.ctr);
-    if (rc == DV_OK)
-        rc = chunk_emit(c);
-    *lo = x->dot.ctr + 1;
-    return rc;
-}
-
-/* The part lo..hi of range R after its last element. */
-static int chunk_range_end(chunker *c, const dv_range *R, uint64_t lo, size_t max_bytes) {
-    if (lo > R->hi)
-        return DV_OK;
-    int rc = dv_ranges_push(&c->ranges, R->rid, lo, R->hi);
-    if (rc == DV_OK && chunk_size(c) >= max_bytes)
-        rc = chunk_emit(c);
-    return rc;
-}
-
-/* Prefetch the element of dot d (its slot must be cached or on its way): the first slot on
- * d's probe chain whose hash matches. */
-static void dots_prefetch_elem(const dv_map *m, dv_dot d) {
-    uint64_t h = dot_hash(d);
-    size_t mask = m->dcap - 1, i = h & mask;
-    for (dslot s = m->dots[i]; s; s = m->dots[i = (i + 1) & mask]) {
-        if (dslot_fp_matches(s, h)) {
-            PREFETCH(dslot_x(s));
-            PREFETCH((const uint8_t *)dslot_x(s) + sizeof(dv_elem));
-            return;
-        }
-    }
-}
-
-/* Dense diff: walk the counters of every range in order and look each one up in the dot
- * index (slots prefetched 2 * PF_DIST counters ahead, elements PF_DIST ahead). */
-static int delta_by_probing(chunker *c, const dv_ranges *diff, size_t max_bytes, size_t *found) {
-    const dv_map *m = c->m;
-    size_t mask = m->dcap - 1;
-    for (size_t i = 0; i < diff->n; i++) {
-        const dv_range *R = &diff->r[i];
-        uint64_t lo = R->lo;
-        for (uint64_t ctr = R->lo; ctr <= R->hi; ctr++) {
-            if (ctr + 2 * PF_DIST <= R->hi)
-                PREFETCH(&m->dots[dot_hash((dv_dot){R->rid, ctr + 2 * PF_DIST}) & mask]);
-            if (ctr + PF_DIST <= R->hi)
-                dots_prefetch_elem(m, (dv_dot){R->rid, ctr + PF_DIST});
-            const dv_elem *x = dots_get(m, (dv_dot){R->rid, ctr});
-            if (!x)
-                continue;
-            ++*found;
-            int rc = chunk_elem(c, R, &lo, x, max_bytes);
-            if (rc)
-                return rc;
-        }
-        int rc = chunk_range_end(c, R, lo, max_bytes);
-        if (rc)
-            return rc;
-    }
-    return DV_OK;
-}
-
-/* Sparse diff: collect the unseen live elements, sort them by dot, merge with the ranges. */
-static int delta_by_sorting(chunker *c, const dv_ctx *seen, const dv_ranges *diff,
-                            size_t max_bytes) {
-    sitem *un;
-    size_t nun, j = 0;
-    int rc = unseen_sorted(c->m, seen, &un, &nun);
-    if (rc)
-        return rc;
-    for (size_t i = 0; i < diff->n && rc == DV_OK; i++) {
-        const dv_range *R = &diff->r[i];
-        uint64_t lo = R->lo;
-        while (rc == DV_OK && j < nun && un[j].x->dot.rid == R->rid && un[j].x->dot.ctr <= R->hi) {
-            if (j + PF_DIST < nun) { /* the entry block around an inline element */
-                PREFETCH((const void *)((uintptr_t)un[j + PF_DIST].x - sizeof(dv_entry)));
-                PREFETCH((const uint8_t *)un[j + PF_DIST].x + sizeof(dv_elem));
-            }
-            rc = chunk_elem(c, R, &lo, un[j++].x, max_bytes);
-        }
-        if (rc == DV_OK)
-            rc = chunk_range_end(c, R, lo, max_bytes);
-    }
-    if (rc == DV_OK && j != nun) /* an unseen live element outside m's own context */
-        rc = DV_EINVAL;
-    dv_free(un);
-    return rc;
-}
-
-int dv_map_delta_since(const dv_map *m, const dv_ctx *seen, size_t max_bytes, dv_emit_fn emit,
-                       void *ud) {
-    int rc;
-    dv_ranges diff;
-    dv_ranges_init(&diff);
-    chunker c = {.m = m, .emit = emit, .ud = ud};
-    dv_ranges_init(&c.ranges);
-    dv_buf_init(&c.elems);
-    dv_buf_init(&c.out);
-
-    if ((rc = dv_ctx_diff(&m->ctx, seen, &diff)) != DV_OK)
-        goto out;
-    if (!diff.n)
-        goto out;
-    /* Probing costs one lookup per counter of the diff, sorting a pass over every element:
-     * probe when the diff has at most about two counters per live element. */
-    uint64_t span = 0, limit = 2 * (uint64_t)m->dcount + 64;
-    for (size_t i = 0; i < diff.n && span <= limit; i++)
-        span += diff.r[i].hi - diff.r[i].lo + 1;
-    if (m->dcount && span <= limit) {
-        size_t found = 0;
-        rc = delta_by_probing(&c, &diff, max_bytes, &found);
-        if (rc == DV_OK && !seen && found != m->dcount) /* a live element outside the context */
-            rc = DV_EINVAL;
-    } else {
-        rc = delta_by_sorting(&c, seen, &diff, max_bytes);
-    }
-    if (rc == DV_OK)
-        rc = chunk_emit(&c);
-out:
-    dv_ranges_free(&diff);
-    dv_ranges_free(&c.ranges);
-    dv_buf_free(&c.elems);
-    dv_buf_free(&c.out);
-    return rc;
-}
-
-/* ---------------------------------------------------------------- digests, manifests */
-
-void dv_map_digest(const dv_map *m, uint64_t out[DV_BUCKETS]) {
-    memcpy(out, m->digest, sizeof(m->digest));
-}
-
-/* The slots that can hold keys of digest bucket b: from the home of its smallest hash to the
- * home of its largest, then on to the end of that cluster. Sets *first, returns the count. */
-static size_t bucket_span(const dv_map *m, uint32_t b, size_t *first) {
-    uint64_t lo = (uint64_t)b << BUCKET_SHIFT, hi = lo | (((uint64_t)1 << BUCKET_SHIFT) - 1);
-    size_t mask = m->kcap - 1, f = khome(m, lo), l = khome(m, hi), n = l - f + 1;
-    for (size_t j = (l + 1) & mask; m->keys[j].e && n < m->kcap; j = (j + 1) & mask)
-        n++;
-    *first = f;
-    return n;
-}
-
-/* Next entry of bucket b at or after slot *i of a span of *left slots (NULL at the end). */
-static dv_entry *bucket_next(const dv_map *m, uint32_t b, size_t *i, size_t *left) {
-    while (*left) {
-        const kslot *s = &m->keys[*i];
-        *i = (*i + 1) & (m->kcap - 1);
-        --*left;
-        if (s->e && bucket_of(s->hash) == b)
-            return s->e;
-    }
-    return NULL;
-}
-
-int dv_map_manifest(const dv_map *m, const uint64_t *peer, size_t max_dots, dv_buf *out,
-                    size_t *nbuckets) {
-    uint32_t *sel = dv_alloc(sizeof(uint32_t) * DV_BUCKETS);
-    dv_dot *dots = NULL;
-    int rc = DV_OK;
-    if (!sel)
-        return DV_ENOMEM;
-    /* the differing buckets, whole, while their live dots fit in max_dots (at least one) */
-    size_t nsel = 0, ndiff = 0, total = 0;
-    for (uint32_t b = 0; b < DV_BUCKETS; b++) {
-        if (peer && peer[b] == m->digest[b])
-            continue;
-        ndiff++;
-        size_t count = 0, i, left = bucket_span(m, b, &i);
-        for (const dv_entry *e; (e = bucket_next(m, b, &i, &left));)
-            for (const dv_elem *x = e->elems; x; x = x->next)
-                count++;
-        if (nsel && total + count > max_dots)
-            continue;
-        sel[nsel++] = b;
-        total += count;
-    }
-    if (nbuckets)
-        *nbuckets = ndiff;
-    if (total && !(dots = dv_alloc(sizeof(dv_dot) * total))) {
-        rc = DV_ENOMEM;
-        goto out;
-    }
-    size_t k = 0;
-    for (size_t s = 0; s < nsel && total; s++) {
-        size_t i, left = bucket_span(m, sel[s], &i);
-        for (const dv_entry *e; (e = bucket_next(m, sel[s], &i, &left));)
-            for (const dv_elem *x = e->elems; x; x = x->next)
-                dots[k++] = x->dot;
-    }
-    dv_encode_manifest(out, sel, nsel, dots, k);
-    if (out->oom)
-        rc = DV_ENOMEM;
-out:
-    dv_free(sel);
-    dv_free(dots);
-    return rc;
-}
-
-int dv_map_removals_for(const dv_map *m, const dv_manifest *pm, dv_buf *out, size_t *count) {
-    dv_ranges rs;
-    dv_ranges_init(&rs);
-    int rc = DV_OK;
-    for (size_t i = 0; i < pm->ndots; i++) {
-        dv_dot d = pm->dots[i];
-        if (dv_ctx_contains(&m->ctx, d) && !dots_get(m, d) &&
-            (rc = dv_ranges_push(&rs, d.rid, d.ctr, d.ctr)) != DV_OK)
-            break;
-    }
-    if (rc == DV_OK && rs.n) {
-        dv_encode_delta(out, m->rid, rs.r, rs.n, NULL, 0, 0);
-        if (out->oom)
-            rc = DV_ENOMEM;
-    }
-    if (count)
-        *count = rc == DV_OK ? rs.n : 0;
-    dv_ranges_free(&rs);
-    return rc;
-}
-
-int dv_map_apply_peer_removals(dv_map *m, const dv_ctx *peer_ctx, const dv_manifest *pm,
-                               dv_diff_fn fn, void *ud, size_t *count) {
-    uint8_t take[DV_BUCKETS] = {0};
-    for (size_t i = 0; i < pm->nbuckets; i++)
-        if (pm->buckets[i] < DV_BUCKETS)
-            take[pm->buckets[i]] = 1;
-    dv_dot *sorted = NULL;
-    if (pm->ndots) {
-        sorted = dv_alloc(sizeof(dv_dot) * pm->ndots);
-        if (!sorted)
-            return DV_ENOMEM;
-        memcpy(sorted, pm->dots, sizeof(dv_dot) * pm->ndots);
-        qsort(sorted, pm->ndots, sizeof(dv_dot), cmp_dot);
-    }
-    dv_ranges rs;
-    dv_ranges_init(&rs);
-    int rc = DV_OK;
-    for (uint32_t b = 0; b < DV_BUCKETS && rc == DV_OK; b++) {
-        if (!take[b])
-            continue;
-        size_t i, left = bucket_span(m, b, &i);
-        for (const dv_entry *e; rc == DV_OK && (e = bucket_next(m, b, &i, &left));)
-            for (const dv_elem *x = e->elems; x && rc == DV_OK; x = x->next)
-                if (dv_ctx_contains(peer_ctx, x->dot) &&
-                    !dots_sorted_has(sorted, pm->ndots, x->dot))
-                    rc = dv_ranges_push(&rs, x->dot.rid, x->dot.ctr, x->dot.ctr);
-    }
-    if (rc == DV_OK && rs.n) {
-        dv_delta d = {.sender = 0, .ranges = rs.r, .nranges = rs.n};
-        rc = join_core(m, &d, fn, ud);
-    }
-    if (count)
-        *count = rc == DV_OK ? rs.n : 0;
-    dv_ranges_free(&rs);
-    dv_free(sorted);
-    return rc;
 }
 
 /* ---------------------------------------------------------------- iteration, equality */

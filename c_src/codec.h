@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "dots.h"
+#include "errors.h"
 
 #define DV_WIRE_VERSION 1
 #define DV_BUCKETS      1024
@@ -41,18 +42,6 @@ enum {
     DV_MSG_MANIFEST = 4,
     DV_MSG_SUMMARY = 5,
 };
-
-enum {
-    DV_ETRUNC = -10,   /* ends in the middle of a field */
-    DV_EMAGIC = -11,   /* not a Drove message */
-    DV_EVERSION = -12, /* unknown wire version */
-    DV_ETYPE = -13,    /* a different message type than expected */
-    DV_ETOOBIG = -14,  /* longer than DV_MAX_MESSAGE, or a count that cannot fit */
-    DV_ECORRUPT = -15, /* a field breaks a rule (bad range, bad dot, trailing bytes...) */
-};
-
-/* Short, stable name of an error code ("truncated", "bad_magic", ...). */
-const char *dv_strerror(int rc);
 
 /* ---- growable output buffer ---- */
 typedef struct {

@@ -17,10 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "errors.h"
+
 /* Counters are bounded so that hi + 1 never overflows; decoders reject larger values. */
 #define DV_MAX_CTR ((uint64_t)1 << 62)
-
-enum { DV_OK = 0, DV_ENOMEM = -1, DV_EINVAL = -2 };
 
 typedef struct {
     uint64_t rid;

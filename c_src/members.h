@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dots.h" /* DV_OK, DV_ENOMEM, DV_EINVAL */
+#include "errors.h"
 
 typedef enum {
     DV_MEMBER_ALIVE = 0,

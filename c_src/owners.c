@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "dots.h" /* DV_OK, DV_ENOMEM */
+#include "errors.h"
 #include "hash.h"
 
 #define MIN_CAP   16

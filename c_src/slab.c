@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "dots.h" /* DV_OK, DV_ENOMEM */
+#include "errors.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SLAB_PASSTHROUGH 1
@@ -32,9 +32,9 @@ struct dv_slab_big {
 #define CHUNK_HDR ((sizeof(dv_slab_chunk) + ALIGN - 1) & ~(size_t)(ALIGN - 1))
 #define BIG_HDR   ((sizeof(dv_slab_big) + ALIGN - 1) & ~(size_t)(ALIGN - 1))
 
-/* Size classes: every 16 bytes up to 256 (a registry entry with its key and value is
- * typically 130-250 bytes), then four per doubling up to 1024 (a block wastes at most a
- * fifth of itself). Blocks of nearby sizes share a class, so a key shape that goes away
+/* Size classes: every 16 bytes up to 256 (where a registry entry with its key and value
+ * usually falls), then four per doubling up to 1024 (a block wastes at most a fifth of
+ * itself). Blocks of nearby sizes share a class, so a key shape that goes away
  * leaves free blocks the next shape can use. */
 static const uint16_t class_size[DV_SLAB_CLASSES] = {16,  32,  48,  64,  80,  96,  112, 128,
                                                      144, 160, 176, 192, 208, 224, 240, 256,

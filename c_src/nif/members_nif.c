@@ -11,6 +11,7 @@
 #include <erl_nif.h>
 
 #include "alloc.h"
+#include "errors.h"
 #include "members.h"
 #include "members_nif.h"
 
@@ -19,7 +20,7 @@ static bool on_normal_scheduler(void) {
 }
 
 static ERL_NIF_TERM raise_enomem(ErlNifEnv *env) {
-    return enif_raise_exception(env, enif_make_atom(env, "out_of_memory"));
+    return enif_raise_exception(env, enif_make_atom(env, dv_strerror(DV_ENOMEM)));
 }
 
 /* A proper list of at most DV_MEMBERS_NIF_MAX_LEN elements; its length in *len. */

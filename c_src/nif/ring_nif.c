@@ -7,6 +7,7 @@
 #include <erl_nif.h>
 
 #include "alloc.h"
+#include "errors.h"
 #include "ring.h"
 #include "ring_nif.h"
 
@@ -36,7 +37,7 @@ static bool on_normal_scheduler(void) {
 }
 
 static ERL_NIF_TERM raise_enomem(ErlNifEnv *env) {
-    return enif_raise_exception(env, enif_make_atom(env, "out_of_memory"));
+    return enif_raise_exception(env, enif_make_atom(env, dv_strerror(DV_ENOMEM)));
 }
 
 /* A proper list of at most max elements, walking at most max + 1 cells. */

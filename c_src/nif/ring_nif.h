@@ -15,13 +15,11 @@
  * Anything else (wrong types, integers out of range, improper lists, bounds exceeded) is
  * badarg (ArgumentError); running out of memory raises :out_of_memory.
  *
- * Scheduling: all are registered with flags 0 (normal scheduler). ring_owner is O(log V)
- * (about 0.06 us of C). The others dispatch by size with enif_schedule_nif so that a normal
- * scheduler is held well under 1 ms. Measured on the 2-core reference machine while loaded
- * (load average 5-6): ring.c builds 50 x 128 points in about 40 us, the whole ring_new call
- * (two list walks, the build) in 150-350 us; a ring lookup about 60 ns, a rendezvous score
- * about 2.5 ns. Ring builds happen once per membership change, so the dirty hop (about 3 us)
- * costs nothing that matters and the thresholds are low:
+ * Scheduling: all are registered with flags 0 (normal scheduler). ring_owner is O(log V), a
+ * binary search. The others dispatch by size with enif_schedule_nif so that a normal
+ * scheduler is held well under 1 ms; ring builds happen once per membership change, so the
+ * dirty hop costs nothing that matters and the thresholds are low (what ring_new and
+ * ring_owner take: bench/RESULTS.md, bench/placement.exs):
  *   ring_new          dirty above DV_RING_NIF_DIRTY_POINTS points in all;
  *   ring_owners       dirty above DV_RING_NIF_DIRTY_BATCH hashes;
  *   rendezvous_owner  dirty above DV_RING_NIF_DIRTY_WORK members, or DV_RING_NIF_DIRTY_BYTES

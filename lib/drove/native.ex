@@ -1,6 +1,6 @@
 defmodule Drove.Native do
   @moduledoc false
-  # The one module of NIF stubs: the only place that calls into C (c_src/nif/drove_nif.c).
+  # The one module of NIF stubs: the only place that calls into C (c_src/nif/*.c).
   # Keys and values cross as external term format binaries; see Drove.Native.key/1.
   # Wrong argument types raise ArgumentError; a bad peer message returns {:error, reason}.
 
@@ -163,7 +163,7 @@ defmodule Drove.Native do
   @spec tcp_peer_closed(non_neg_integer()) :: boolean()
   def tcp_peer_closed(_fd), do: nif()
 
-  # Test hooks (c_src/nif/drove_nif.c): hold a replica's lock until released, and read its
+  # Test hooks (c_src/nif/lock_nif.c): hold a replica's lock until released, and read its
   # lock counters without it, so that tests force the races they need.
   @doc false
   @spec test_hold(replica(), pid()) :: :ok

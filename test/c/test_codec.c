@@ -1094,22 +1094,6 @@ Test(codec, null_empty_input) {
     cr_assert_eq(live_blocks, 0);
 }
 
-Test(codec, strerror_names) {
-    static const int codes[] = {DV_OK,       DV_ENOMEM, DV_EINVAL,  DV_ETRUNC,  DV_EMAGIC,
-                                DV_EVERSION, DV_ETYPE,  DV_ETOOBIG, DV_ECORRUPT};
-    size_t n = sizeof(codes) / sizeof(codes[0]);
-    for (size_t i = 0; i < n; i++) {
-        const char *a = dv_strerror(codes[i]);
-        cr_assert(a && *a);
-        for (size_t j = 0; j < i; j++)
-            cr_assert_str_neq(a, dv_strerror(codes[j]));
-    }
-    cr_assert_str_eq(dv_strerror(DV_ETRUNC), "truncated");
-    cr_assert_str_eq(dv_strerror(DV_EMAGIC), "bad_magic");
-    cr_assert(dv_strerror(-12345) != NULL);
-    cr_assert(dv_strerror(12345) != NULL);
-}
-
 /* ---- rule violations inside messages ---- */
 
 static int ctx_with_range(uint64_t lo, uint64_t span, bool as_delta) {

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "dots.h"
+#include "errors.h"
 #include "owners.h"
 #include "test_support.h"
 
