@@ -13,7 +13,7 @@ defmodule Drove.Registry.Entry do
   # table shows it as the row's member, `{owner, node(pid)}`, as Horde's does.
   #
   # The C side reads one thing of a registration's value: that it is a 2-tuple whose first
-  # element is the pid (c_src/nif/drove_nif.c, is_pid_pair), to index and drop the keys of a
+  # element is the pid (c_src/nif/registry_nif.c, is_pid_pair), to index and drop the keys of a
   # process.
 
   alias Drove.Native
