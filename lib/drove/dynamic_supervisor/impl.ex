@@ -340,12 +340,26 @@ defmodule Drove.DynamicSupervisor.Impl do
   defp durable(other, _sup, _member, _id), do: other
 
   defp await_durable(ok, sup, {name, node}, id) do
-    request = if node == node(), do: {:confirm, id}, else: {:await_entry, id, node}
-    instance = if node == node(), do: name, else: sup
+    cond do
+      node == node() -> await_instance(ok, name, {:confirm, id}, node)
+      # most often the push of the entry came in before the answer (same connection,
+      # sent first): read this node's replica, without a hop through its instance
+      has_entry?(sup, id) -> ok
+      true -> await_instance(ok, sup, {:await_entry, id, node}, node)
+    end
+  end
 
+  defp await_instance(ok, instance, request, node) do
     case GenServer.call(instance, request, :infinity) do
       :ok -> ok
       {:error, :nodedown} -> exit({:nodedown, node})
+    end
+  end
+
+  defp has_entry?(sup, id) do
+    case Drove.Handles.lookup(sup) do
+      {_pid, handle} -> match?({:ok, _}, Native.get(handle, Native.key({:child, id})))
+      nil -> false
     end
   end
 
@@ -567,7 +581,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   # (Starter's call wrote it before the node's DynamicSupervisor answered the caller)
   def handle_call({:confirm, id}, from, s) do
     case :ets.lookup(s.children, id) do
-      [{_, owner, _, _}] when owner == s.me -> {:noreply, confirm_later(s, from)}
+      [{_, owner, _, _}] when owner == s.me -> {:noreply, confirm_later(s, [from])}
       # taken by another member, or gone: nothing of ours to confirm
       _ -> {:reply, :ok, s}
     end
@@ -618,7 +632,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   def handle_info({:drove_pong, ref, _from}, %{confirm: %{ref: ref} = c} = s) do
     Enum.each(c.waiting, &GenServer.reply(&1, :ok))
     s = %{s | confirm: %{ref: nil, waiting: [], next: []}}
-    {:noreply, Enum.reduce(Enum.reverse(c.next), s, &confirm_later(&2, &1))}
+    {:noreply, confirm_later(s, c.next)}
   end
 
   def handle_info({:drove_pong, _ref, _from}, s), do: {:noreply, s}
@@ -820,23 +834,26 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
-  # Replies to `from` once a peer has joined the writes made so far (or after a second, or
-  # at once without peers): the entry of a started child then outlives this node.
-  defp confirm_later(%{confirm: %{ref: nil}} = s, from) do
+  # Replies to the callers `froms` once a peer has joined the writes made so far (or after a
+  # second, or at once without peers): the entries of their started children then outlive
+  # this node. One ping in flight at a time: callers that come meanwhile all share the next.
+  defp confirm_later(s, []), do: s
+
+  defp confirm_later(%{confirm: %{ref: nil}} = s, froms) do
     {repl, _} = Replicator.flush(s.repl)
 
     case Replicator.ping(repl) do
       {_ref, 0} ->
-        GenServer.reply(from, :ok)
+        Enum.each(froms, &GenServer.reply(&1, :ok))
         %{s | repl: repl}
 
       {ref, _n} ->
         Process.send_after(self(), {:drove_confirm_timeout, ref}, @start_confirm_timeout)
-        %{s | repl: repl, confirm: %{ref: ref, waiting: [from], next: []}}
+        %{s | repl: repl, confirm: %{ref: ref, waiting: froms, next: []}}
     end
   end
 
-  defp confirm_later(%{confirm: c} = s, from), do: %{s | confirm: %{c | next: [from | c.next]}}
+  defp confirm_later(%{confirm: c} = s, froms), do: %{s | confirm: %{c | next: froms ++ c.next}}
 
   # Callers waiting for the entry of child `id` from its node: it has arrived.
   defp entry_arrived(s, id) do
