@@ -65,8 +65,10 @@ defmodule Drove.DynamicSupervisor.Impl do
             layout: list() | nil,
             confirm: %{
               ref: reference() | nil,
-              waiting: [GenServer.from()],
-              next: [GenServer.from()]
+              covers: non_neg_integer(),
+              written: non_neg_integer(),
+              acked: :atomics.atomics_ref(),
+              waiting: [{non_neg_integer(), GenServer.from()}]
             },
             awaiting: %{id() => [{GenServer.from(), node()}]},
             retries: %{id() => non_neg_integer()}
@@ -108,10 +110,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       quorum_waiters: [],
       # the member view :active redistribution last acted on
       layout: nil,
-      # starts placed here waiting until a peer has their entry: one ping in flight at a time
-      # (ref, the callers it answers, the callers for the next one); callers waiting for a
-      # child's entry from its node: id => [{from, node}]
-      confirm: %{ref: nil, waiting: [], next: []},
+      # starts placed here by a caller on this node, waiting until a peer has their entry
+      # (see confirm/1); callers waiting for a child's entry from its node: id => [{from, node}]
+      confirm: nil,
       awaiting: %{},
       # failed takeovers: id => attempts so far
       retries: %{}
@@ -292,9 +293,13 @@ defmodule Drove.DynamicSupervisor.Impl do
     case config.strategy.choose_node(spec, members) do
       {:ok, %{name: {member, node} = chosen}} ->
         # the chosen member may be another instance than `sup` (several members on a node)
+        # a child started on this node is confirmed by a peer's acknowledgement, one shared
+        # by the starts made meanwhile (see confirm/1); one started elsewhere by its push
+        mode = if node == node(), do: :confirm, else: :new
+
         ds_spec = %{
           id: id,
-          start: {Starter, :start, [member, id, spec, config.extra_arguments]},
+          start: {Starter, :start, [member, id, spec, config.extra_arguments, mode]},
           restart: Map.get(spec, :restart, :permanent),
           shutdown: Map.get(spec, :shutdown, default_shutdown(spec)),
           type: Map.get(spec, :type, :worker),
@@ -335,13 +340,30 @@ defmodule Drove.DynamicSupervisor.Impl do
   # the entry to arrive by the eager push, in parallel with the answer, or, for a child placed
   # here, for a peer to acknowledge it. A node that goes down before its entry arrived lost
   # the child: placed again (the caller's catch), under the same id.
+  defp durable({:ok, pid, {:drove_seq, seq, info}}, _sup, {name, _node}, _id) do
+    if acked(name) < seq, do: :ok = GenServer.call(name, {:confirm, seq}, :infinity)
+    if info == :none, do: {:ok, pid}, else: {:ok, pid, elem(info, 1)}
+  end
+
   defp durable({:ok, _pid} = ok, sup, member, id), do: await_durable(ok, sup, member, id)
   defp durable({:ok, _pid, _info} = ok, sup, member, id), do: await_durable(ok, sup, member, id)
   defp durable(other, _sup, _member, _id), do: other
 
+  # what a peer has acknowledged of the starts made on this node, without a hop through the
+  # instance; 0 (ask it) when it is gone
+  defp acked(name) do
+    case :ets.lookup(table(name), :config) do
+      [{_, %{acked: acked}}] -> :atomics.get(acked, 1)
+      _ -> 0
+    end
+  rescue
+    ArgumentError -> 0
+  end
+
   defp await_durable(ok, sup, {name, node}, id) do
     cond do
-      node == node() -> await_instance(ok, name, {:confirm, id}, node)
+      # the instance could not tell the child's start apart (it was going down)
+      node == node() -> await_instance(ok, name, {:confirm_entry, id}, node)
       # most often the push of the entry came in before the answer (same connection,
       # sent first): read this node's replica, without a hop through its instance
       has_entry?(sup, id) -> ok
@@ -463,6 +485,8 @@ defmodule Drove.DynamicSupervisor.Impl do
         want_diffs: true
       )
 
+    acked = :atomics.new(1, signed: false)
+
     s = %State{
       name: name,
       me: me,
@@ -477,7 +501,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       children: children,
       owners: owners,
       auto: flags.members == :auto,
-      parent: Drove.Replicator.parent()
+      parent: Drove.Replicator.parent(),
+      confirm: %{ref: nil, covers: 0, written: 0, acked: acked, waiting: []}
     }
 
     :ets.insert(table, [
@@ -485,7 +510,8 @@ defmodule Drove.DynamicSupervisor.Impl do
        %{
          strategy: s.strategy,
          extra_arguments: flags.extra_arguments,
-         member_struct: s.member_struct
+         member_struct: s.member_struct,
+         acked: acked
        }},
       {:status, :uninitialized}
     ])
@@ -577,22 +603,45 @@ defmodule Drove.DynamicSupervisor.Impl do
     {:reply, info, s}
   end
 
-  # a caller whose child was started here: answered once a peer has the child's entry
-  # (Starter's call wrote it before the node's DynamicSupervisor answered the caller)
-  def handle_call({:confirm, id}, from, s) do
+  # a caller whose child was started here, as the `seq`th start of a caller on this node:
+  # answered once a peer has acknowledged the writes up to it
+  def handle_call({:confirm, seq}, from, %{confirm: c} = s) when is_integer(seq) do
+    cond do
+      :atomics.get(c.acked, 1) >= seq -> {:reply, :ok, s}
+      # from an earlier life of this instance: that child went down with it
+      seq > c.written -> {:reply, :ok, s}
+      true -> {:noreply, %{s | confirm: %{c | waiting: [{seq, from} | c.waiting]}}}
+    end
+  end
+
+  # the same, for a start the instance could not number: once a peer has the child's entry
+  def handle_call({:confirm_entry, id}, from, s) do
     case :ets.lookup(s.children, id) do
-      [{_, owner, _, _}] when owner == s.me -> {:noreply, confirm_later(s, [from])}
+      [{_, owner, _, _}] when owner == s.me ->
+        %{confirm: c} = s = note_written(s)
+        s = %{s | confirm: %{c | waiting: [{c.written, from} | c.waiting]}}
+        {:noreply, confirm(s)}
+
       # taken by another member, or gone: nothing of ours to confirm
-      _ -> {:reply, :ok, s}
+      _ ->
+        {:reply, :ok, s}
     end
   end
 
   # Starter, in the node's DynamicSupervisor, on every start of a child: its entry is
-  # written and the child monitored before the DynamicSupervisor goes on
-  def handle_call({:drove_child_started, id, pid, spec}, _from, s) do
+  # written and the child monitored before the DynamicSupervisor goes on. A start for a
+  # caller on this node is numbered, and pushed and pinged at once unless a ping is in
+  # flight (then the next ping takes it): the caller waits for that number's acknowledgement.
+  def handle_call({:drove_child_started, id, pid, spec, mode}, _from, s) do
     s = %{s | retries: Map.delete(s.retries, id)}
     {_, s} = child_started(s, id, pid, spec)
-    {:reply, :ok, s}
+
+    if mode == :confirm do
+      s = s |> note_written() |> confirm()
+      {:reply, {:seq, s.confirm.written}, s}
+    else
+      {:reply, :ok, s}
+    end
   end
 
   # a caller whose child was started on `node`: answered once this replica has its entry
@@ -626,13 +675,11 @@ defmodule Drove.DynamicSupervisor.Impl do
   # ------------------------------------------------------------------ info
 
   @impl true
-  # the first pong of a ping answers every caller that joined it; the callers that came
-  # meanwhile share the next ping (one in flight at a time: a burst of starts costs a ping
-  # per round trip, not per child)
+  # the first pong of a ping acknowledges the starts it covers; the starts made meanwhile
+  # share the next ping (one in flight at a time: a burst of starts costs a ping per round
+  # trip, not per child)
   def handle_info({:drove_pong, ref, _from}, %{confirm: %{ref: ref} = c} = s) do
-    Enum.each(c.waiting, &GenServer.reply(&1, :ok))
-    s = %{s | confirm: %{ref: nil, waiting: [], next: []}}
-    {:noreply, confirm_later(s, c.next)}
+    {:noreply, confirm(acknowledged(s, c.covers))}
   end
 
   def handle_info({:drove_pong, _ref, _from}, s), do: {:noreply, s}
@@ -834,26 +881,40 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
-  # Replies to the callers `froms` once a peer has joined the writes made so far (or after a
-  # second, or at once without peers): the entries of their started children then outlive
-  # this node. One ping in flight at a time: callers that come meanwhile all share the next.
-  defp confirm_later(s, []), do: s
+  # Starts for callers on this node are numbered as their entries are written (`written`);
+  # `acked` (an atomic the callers read) is the highest number a peer has joined, or that
+  # waited a second for it, or any number while there is no peer: the entries up to it
+  # outlive this node. At most one ping is in flight, sent after a push of everything
+  # written so far and covering `written` then; when it is answered, the next one covers
+  # what was written meanwhile.
+  defp note_written(%{confirm: c} = s), do: %{s | confirm: %{c | written: c.written + 1}}
 
-  defp confirm_later(%{confirm: %{ref: nil}} = s, froms) do
-    {repl, _} = Replicator.flush(s.repl)
+  defp confirm(%{confirm: %{ref: nil} = c} = s) do
+    if :atomics.get(c.acked, 1) < c.written do
+      {repl, _} = Replicator.flush(s.repl)
+      s = %{s | repl: repl}
 
-    case Replicator.ping(repl) do
-      {_ref, 0} ->
-        Enum.each(froms, &GenServer.reply(&1, :ok))
-        %{s | repl: repl}
+      case Replicator.ping(repl) do
+        {_ref, 0} ->
+          acknowledged(s, c.written)
 
-      {ref, _n} ->
-        Process.send_after(self(), {:drove_confirm_timeout, ref}, @start_confirm_timeout)
-        %{s | repl: repl, confirm: %{ref: ref, waiting: froms, next: []}}
+        {ref, _n} ->
+          Process.send_after(self(), {:drove_confirm_timeout, ref}, @start_confirm_timeout)
+          %{s | confirm: %{c | ref: ref, covers: c.written}}
+      end
+    else
+      s
     end
   end
 
-  defp confirm_later(%{confirm: c} = s, froms), do: %{s | confirm: %{c | next: froms ++ c.next}}
+  defp confirm(s), do: s
+
+  defp acknowledged(%{confirm: c} = s, upto) do
+    :atomics.put(c.acked, 1, max(upto, :atomics.get(c.acked, 1)))
+    {done, waiting} = Enum.split_with(c.waiting, fn {seq, _} -> seq <= upto end)
+    Enum.each(done, fn {_, from} -> GenServer.reply(from, :ok) end)
+    %{s | confirm: %{c | ref: nil, waiting: waiting}}
+  end
 
   # Callers waiting for the entry of child `id` from its node: it has arrived.
   defp entry_arrived(s, id) do

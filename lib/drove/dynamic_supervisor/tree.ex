@@ -94,29 +94,33 @@ defmodule Drove.DynamicSupervisor.Starter do
   # child waits for its entry to be durable on another member (Impl.start_child), outside
   # the node's DynamicSupervisor, which goes on with the next start.
 
-  @spec start(atom(), term(), map(), list(), :new | :takeover) ::
+  # `mode`: :new, :confirm (a new child whose caller runs on this node: the instance numbers
+  # its start, and the answer carries the number the caller waits for as
+  # `{:ok, pid, {:drove_seq, seq, :none | {:info, info}}}`), or :takeover.
+  @spec start(atom(), term(), map(), list(), :new | :confirm | :takeover) ::
           DynamicSupervisor.on_start_child()
   def start(sup, id, spec, extra, mode \\ :new) do
     {m, f, a} = spec.start
 
     case apply(m, f, extra ++ a) do
       {:ok, pid} = ok when is_pid(pid) ->
-        started(sup, id, pid, spec, mode)
-        ok
+        started(sup, id, pid, spec, mode, ok, :none)
 
-      {:ok, pid, _info} = ok when is_pid(pid) ->
-        started(sup, id, pid, spec, mode)
-        ok
+      {:ok, pid, info} = ok when is_pid(pid) ->
+        started(sup, id, pid, spec, mode, ok, {:info, info})
 
       other ->
         other
     end
   end
 
-  defp started(sup, id, pid, spec, _mode) do
-    GenServer.call(sup, {:drove_child_started, id, pid, spec}, :infinity)
+  defp started(sup, id, pid, spec, mode, ok, info) do
+    case GenServer.call(sup, {:drove_child_started, id, pid, spec, mode}, :infinity) do
+      {:seq, seq} -> {:ok, pid, {:drove_seq, seq, info}}
+      :ok -> ok
+    end
   catch
     # the instance is gone: this whole local tree is going down with it
-    :exit, _ -> :ok
+    :exit, _ -> ok
   end
 end
