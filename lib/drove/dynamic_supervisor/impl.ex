@@ -15,7 +15,8 @@ defmodule Drove.DynamicSupervisor.Impl do
   # members.
   #
   # Children: this node's DynamicSupervisor runs them through Drove.DynamicSupervisor.Starter,
-  # which reports every (re)start here; this process monitors each child and, when one goes
+  # which reports every (re)start here (after writing a new child's entry itself, or asking
+  # this process to write it); this process monitors each child and, when one goes
   # down, decides from its restart type and exit reason whether the DynamicSupervisor restarts
   # it (nothing to do), it is gone for good (entry deleted), or it is being handed over
   # (entry relinquished). A child is taken over by the node the strategy picks among the
@@ -66,8 +67,7 @@ defmodule Drove.DynamicSupervisor.Impl do
             confirm: %{
               ref: reference() | nil,
               covers: non_neg_integer(),
-              written: non_neg_integer(),
-              acked: :atomics.atomics_ref(),
+              seqs: :atomics.atomics_ref(),
               waiting: [{non_neg_integer(), GenServer.from()}]
             },
             awaiting: %{id() => [{GenServer.from(), node()}]},
@@ -353,7 +353,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   # instance; 0 (ask it) when it is gone
   defp acked(name) do
     case :ets.lookup(table(name), :config) do
-      [{_, %{acked: acked}}] -> :atomics.get(acked, 1)
+      [{_, %{seqs: seqs}}] -> :atomics.get(seqs, 1)
       _ -> 0
     end
   rescue
@@ -485,7 +485,8 @@ defmodule Drove.DynamicSupervisor.Impl do
         want_diffs: true
       )
 
-    acked = :atomics.new(1, signed: false)
+    # starts for callers on this node: [acknowledged, written] (see confirm/1)
+    seqs = :atomics.new(2, signed: false)
 
     s = %State{
       name: name,
@@ -502,7 +503,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       owners: owners,
       auto: flags.members == :auto,
       parent: Drove.Replicator.parent(),
-      confirm: %{ref: nil, covers: 0, written: 0, acked: acked, waiting: []}
+      confirm: %{ref: nil, covers: 0, seqs: seqs, waiting: []}
     }
 
     :ets.insert(table, [
@@ -511,7 +512,7 @@ defmodule Drove.DynamicSupervisor.Impl do
          strategy: s.strategy,
          extra_arguments: flags.extra_arguments,
          member_struct: s.member_struct,
-         acked: acked
+         seqs: seqs
        }},
       {:status, :uninitialized}
     ])
@@ -607,9 +608,9 @@ defmodule Drove.DynamicSupervisor.Impl do
   # answered once a peer has acknowledged the writes up to it
   def handle_call({:confirm, seq}, from, %{confirm: c} = s) when is_integer(seq) do
     cond do
-      :atomics.get(c.acked, 1) >= seq -> {:reply, :ok, s}
+      :atomics.get(c.seqs, 1) >= seq -> {:reply, :ok, s}
       # from an earlier life of this instance: that child went down with it
-      seq > c.written -> {:reply, :ok, s}
+      seq > :atomics.get(c.seqs, 2) -> {:reply, :ok, s}
       true -> {:noreply, %{s | confirm: %{c | waiting: [{seq, from} | c.waiting]}}}
     end
   end
@@ -618,8 +619,9 @@ defmodule Drove.DynamicSupervisor.Impl do
   def handle_call({:confirm_entry, id}, from, s) do
     case :ets.lookup(s.children, id) do
       [{_, owner, _, _}] when owner == s.me ->
-        %{confirm: c} = s = note_written(s)
-        s = %{s | confirm: %{c | waiting: [{c.written, from} | c.waiting]}}
+        %{confirm: c} = s
+        seq = :atomics.add_get(c.seqs, 2, 1)
+        s = %{s | confirm: %{c | waiting: [{seq, from} | c.waiting]}}
         {:noreply, confirm(s)}
 
       # taken by another member, or gone: nothing of ours to confirm
@@ -628,17 +630,18 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
-  # Starter, in the node's DynamicSupervisor, on every start of a child: its entry is
-  # written and the child monitored before the DynamicSupervisor goes on. A start for a
-  # caller on this node is numbered, and pushed and pinged at once unless a ping is in
-  # flight (then the next ping takes it): the caller waits for that number's acknowledgement.
+  # Starter, in the node's DynamicSupervisor, on a start of a child it does not write itself
+  # (see Starter): its entry is written and the child monitored before the
+  # DynamicSupervisor goes on. A start for a caller on this node is numbered, and pushed and
+  # pinged at once unless a ping is in flight (then the next ping takes it): the caller
+  # waits for that number's acknowledgement.
   def handle_call({:drove_child_started, id, pid, spec, mode}, _from, s) do
     s = %{s | retries: Map.delete(s.retries, id)}
     {_, s} = child_started(s, id, pid, spec)
 
     if mode == :confirm do
-      s = s |> note_written() |> confirm()
-      {:reply, {:seq, s.confirm.written}, s}
+      seq = :atomics.add_get(s.confirm.seqs, 2, 1)
+      {:reply, {:seq, seq}, confirm(s)}
     else
       {:reply, :ok, s}
     end
@@ -703,6 +706,15 @@ defmodule Drove.DynamicSupervisor.Impl do
 
         {:noreply, %{s | awaiting: awaiting}}
     end
+  end
+
+  # Starter wrote the entry of a new child itself (see Starter): monitor it, and push and
+  # ping its entry at once when its caller runs here and waits for `seq`
+  def handle_info({:drove_child_new, id, pid, spec, seq}, s) do
+    Process.monitor(pid)
+    s = %{s | local: Map.put(s.local, id, {pid, spec}), by_pid: Map.put(s.by_pid, pid, id)}
+    mirror(s, id, s.me, spec, pid)
+    {:noreply, if(seq, do: confirm(s), else: s)}
   end
 
   def handle_info({:drove_start_failed, id, result}, s) do
@@ -825,6 +837,10 @@ defmodule Drove.DynamicSupervisor.Impl do
         # message would cost O(orphans) for each of the other survivors' claims).
         if s.members_info != view, do: {:noreply, rebalance(s)}, else: {:noreply, place(s, diffs)}
 
+      # a child restarted before its first pid was monitored: that pid's :noproc
+      :unknown when elem(msg, 0) == :DOWN ->
+        {:noreply, s}
+
       :unknown ->
         {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
     end
@@ -881,26 +897,28 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
-  # Starts for callers on this node are numbered as their entries are written (`written`);
-  # `acked` (an atomic the callers read) is the highest number a peer has joined, or that
-  # waited a second for it, or any number while there is no peer: the entries up to it
+  # Starts for callers on this node are numbered after their entries are written (the
+  # second atomic of `seqs`, "written"; Starter numbers those it writes itself). The first,
+  # "acknowledged", which the callers read, is the highest number a peer has joined, or
+  # that waited a second for it, or any number while there is no peer: the entries up to it
   # outlive this node. At most one ping is in flight, sent after a push of everything
-  # written so far and covering `written` then; when it is answered, the next one covers
-  # what was written meanwhile.
-  defp note_written(%{confirm: c} = s), do: %{s | confirm: %{c | written: c.written + 1}}
-
+  # written so far and covering what was numbered before that push (read first: an entry
+  # is written before it is numbered); when it is answered, the next one covers what was
+  # numbered meanwhile.
   defp confirm(%{confirm: %{ref: nil} = c} = s) do
-    if :atomics.get(c.acked, 1) < c.written do
+    written = :atomics.get(c.seqs, 2)
+
+    if :atomics.get(c.seqs, 1) < written do
       {repl, _} = Replicator.flush(s.repl)
       s = %{s | repl: repl}
 
       case Replicator.ping(repl) do
         {_ref, 0} ->
-          acknowledged(s, c.written)
+          acknowledged(s, written)
 
         {ref, _n} ->
           Process.send_after(self(), {:drove_confirm_timeout, ref}, @start_confirm_timeout)
-          %{s | confirm: %{c | ref: ref, covers: c.written}}
+          %{s | confirm: %{c | ref: ref, covers: written}}
       end
     else
       s
@@ -910,7 +928,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   defp confirm(s), do: s
 
   defp acknowledged(%{confirm: c} = s, upto) do
-    :atomics.put(c.acked, 1, max(upto, :atomics.get(c.acked, 1)))
+    :atomics.put(c.seqs, 1, max(upto, :atomics.get(c.seqs, 1)))
     {done, waiting} = Enum.split_with(c.waiting, fn {seq, _} -> seq <= upto end)
     Enum.each(done, fn {_, from} -> GenServer.reply(from, :ok) end)
     %{s | confirm: %{c | ref: nil, waiting: waiting}}
