@@ -1303,19 +1303,35 @@ defmodule Drove.DynamicSupervisor.Impl do
   defp place(s, diffs) do
     members = s.members_info |> Map.values() |> Enum.sort_by(& &1.name)
 
-    Enum.reduce(diffs, s, fn
-      {:add, {:child, id}, {owner, spec, _}}, s ->
-        with false <- Map.has_key?(s.local, id),
-             true <- gone?(s, owner),
-             {:ok, %{name: chosen}} when chosen == s.me <- choose(s, id, spec, members) do
-          start_takeover(s, id, spec)
-        else
-          _ -> s
-        end
+    # whether an owner is gone is asked once per message (it looks at the node's socket),
+    # not once per child: a push carries many children of one owner
+    {s, _} =
+      Enum.reduce(diffs, {s, %{}}, fn
+        {:add, {:child, id}, {owner, spec, _}}, {s, seen} ->
+          {gone, seen} =
+            case seen do
+              %{^owner => gone} -> {gone, seen}
+              _ -> gone_once(s, owner, seen)
+            end
 
-      _, s ->
-        s
-    end)
+          with false <- Map.has_key?(s.local, id),
+               true <- gone,
+               {:ok, %{name: chosen}} when chosen == s.me <- choose(s, id, spec, members) do
+            {start_takeover(s, id, spec), seen}
+          else
+            _ -> {s, seen}
+          end
+
+        _, acc ->
+          acc
+      end)
+
+    s
+  end
+
+  defp gone_once(s, owner, seen) do
+    gone = gone?(s, owner)
+    {gone, Map.put(seen, owner, gone)}
   end
 
   defp owners_gone(s), do: owners_gone(s, :ets.first(s.owners), [])
