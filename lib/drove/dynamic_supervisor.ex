@@ -60,9 +60,10 @@ defmodule Drove.DynamicSupervisor do
       node that dies returns or re-places instead of hanging (horde#233). It returns
       `{:ok, pid}` only once another member than the child's node holds the child's entry
       (the caller's own node when the child runs elsewhere, as the entry's push arrives;
-      a peer's acknowledgement, shared by the starts that come meanwhile, when it runs on
-      the caller's node), so the child survives the loss of its node right after. The
-      node's `DynamicSupervisor` does not wait for that: it goes on with the next start.
+      a peer's acknowledgement, pinged as the entry is pushed and shared by the starts
+      that come meanwhile, when it runs on the caller's node), so the child survives the
+      loss of its node right after. The node's `DynamicSupervisor` does not wait for that:
+      it goes on with the next start.
     * `terminate_child/2` returns only `:ok` or `{:error, :not_found}`; a child on a node
       that went away is `{:error, :not_found}`.
     * `which_children/1` and `count_children/1` ask all members at once with a 5 s bound;

@@ -100,6 +100,9 @@ defmodule Drove.Owner do
     case Replicator.handle_info(msg, s.repl) do
       {:ok, repl, []} -> {:noreply, %{s | repl: repl}}
       {:ok, repl, diffs} -> {:noreply, owner.handle_diffs(diffs, %{s | repl: repl})}
+      # a monitor of the owner's that it has stopped tracking (the supervisor's child that
+      # was restarted before its first pid was monitored: that pid's :noproc)
+      :unknown when tuple_size(msg) == 5 and elem(msg, 0) == :DOWN -> {:noreply, s}
       :unknown -> {:noreply, %{s | repl: Replicator.bad_message(s.repl, msg)}}
     end
   end

@@ -454,6 +454,12 @@ defmodule Drove.Replicator do
   # After every change of the neighbours: local writes are logged for the eager push only
   # while there is someone to push to (a neighbour that comes later gets everything by the
   # anti-entropy round its arrival starts), and the flusher, if any, learns the targets.
+  defp sync_targets(%{flusher: nil} = r) do
+    # called after every message: without a flusher only whether there is a target counts
+    up? = Enum.any?(r.neighbours, fn {_, n} -> n.up end)
+    set_logging(r, up? or (map_size(r.passive) > 0 and push_targets(r) != []))
+  end
+
   defp sync_targets(r) do
     targets = push_targets(r)
     r = set_logging(r, targets != [])

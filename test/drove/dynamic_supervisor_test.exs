@@ -122,6 +122,43 @@ defmodule Drove.DynamicSupervisorTest do
     C.consistently(fn -> Process.whereis(t) == nil end)
   end
 
+  # A new child's entry is written by the start itself and the instance monitors the child
+  # after (see Drove.DynamicSupervisor.Starter): a child that ends before that is seen as
+  # :noproc. Forced here by holding the instance while the child starts and ends.
+  test "a child that ends before the instance monitors it: temporary gone, permanent back",
+       ctx do
+    start_sup(ctx.name)
+
+    # temporary: its entry goes, and it does not come back
+    t = tag(ctx, 1)
+    :ok = :sys.suspend(ctx.name)
+    task = Task.async(fn -> DS.start_child(ctx.name, {Worker, {t, :temporary}}) end)
+    C.wait_until(fn -> Process.whereis(t) != nil end)
+    pid = Process.whereis(t)
+    ref = Process.monitor(pid)
+    GenServer.cast(pid, :crash)
+    assert_receive {:DOWN, ^ref, :process, ^pid, :crashed}
+    :ok = :sys.resume(ctx.name)
+    assert {:ok, ^pid} = Task.await(task)
+    C.wait_until(fn -> entries(ctx.name) == [] end)
+    C.consistently(fn -> Process.whereis(t) == nil end)
+
+    # permanent: restarted by the node's DynamicSupervisor, its entry names the new pid, and
+    # the first pid's :noproc is not taken for a bad message
+    t = tag(ctx, 2)
+    :ok = :sys.suspend(ctx.name)
+    task = Task.async(fn -> DS.start_child(ctx.name, {Worker, {t, :permanent}}) end)
+    C.wait_until(fn -> Process.whereis(t) != nil end)
+    pid = Process.whereis(t)
+    GenServer.cast(pid, :crash)
+    C.wait_until(fn -> Process.whereis(t) not in [nil, pid] end)
+    new = Process.whereis(t)
+    :ok = :sys.resume(ctx.name)
+    assert {:ok, ^pid} = Task.await(task)
+    C.wait_until(fn -> match?([{_, _, _, ^new}], entries(ctx.name)) end)
+    assert GenServer.call(ctx.name, :info).bad_messages == 0
+  end
+
   test "restart intensity exceeded takes the local instance down", ctx do
     Process.flag(:trap_exit, true)
 

@@ -15,7 +15,8 @@ defmodule Drove.DynamicSupervisor.Impl do
   # members.
   #
   # Children: this node's DynamicSupervisor runs them through Drove.DynamicSupervisor.Starter,
-  # which reports every (re)start here; this process monitors each child and, when one goes
+  # which reports every (re)start here (after writing a new child's entry itself, or asking
+  # this process to write it); this process monitors each child and, when one goes
   # down, decides from its restart type and exit reason whether the DynamicSupervisor restarts
   # it (nothing to do), it is gone for good (entry deleted), or it is being handed over
   # (entry relinquished). A child is taken over by the node the strategy picks among the
@@ -66,8 +67,9 @@ defmodule Drove.DynamicSupervisor.Impl do
             layout: list() | nil,
             confirm: %{
               ref: reference() | nil,
-              waiting: [GenServer.from()],
-              next: [GenServer.from()]
+              covers: non_neg_integer(),
+              seqs: :atomics.atomics_ref(),
+              waiting: [{non_neg_integer(), GenServer.from()}]
             },
             awaiting: %{id() => [{GenServer.from(), node()}]},
             retries: %{id() => non_neg_integer()}
@@ -109,10 +111,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       quorum_waiters: [],
       # the member view :active redistribution last acted on
       layout: nil,
-      # starts placed here waiting until a peer has their entry: one ping in flight at a time
-      # (ref, the callers it answers, the callers for the next one); callers waiting for a
-      # child's entry from its node: id => [{from, node}]
-      confirm: %{ref: nil, waiting: [], next: []},
+      # starts placed here by a caller on this node, waiting until a peer has their entry
+      # (see confirm/1); callers waiting for a child's entry from its node: id => [{from, node}]
+      confirm: nil,
       awaiting: %{},
       # failed takeovers: id => attempts so far
       retries: %{}
@@ -293,9 +294,13 @@ defmodule Drove.DynamicSupervisor.Impl do
     case config.strategy.choose_node(spec, members) do
       {:ok, %{name: {member, node} = chosen}} ->
         # the chosen member may be another instance than `sup` (several members on a node)
+        # a child started on this node is confirmed by a peer's acknowledgement, one shared
+        # by the starts made meanwhile (see confirm/1); one started elsewhere by its push
+        mode = if node == node(), do: :confirm, else: :new
+
         ds_spec = %{
           id: id,
-          start: {Starter, :start, [member, id, spec, config.extra_arguments]},
+          start: {Starter, :start, [member, id, spec, config.extra_arguments, mode]},
           restart: Map.get(spec, :restart, :permanent),
           shutdown: Map.get(spec, :shutdown, default_shutdown(spec)),
           type: Map.get(spec, :type, :worker),
@@ -336,17 +341,48 @@ defmodule Drove.DynamicSupervisor.Impl do
   # the entry to arrive by the eager push, in parallel with the answer, or, for a child placed
   # here, for a peer to acknowledge it. A node that goes down before its entry arrived lost
   # the child: placed again (the caller's catch), under the same id.
+  defp durable({:ok, pid, {:drove_seq, seq, info}}, _sup, {name, _node}, _id) do
+    if acked(name) < seq, do: :ok = GenServer.call(name, {:confirm, seq}, :infinity)
+    if info == :none, do: {:ok, pid}, else: {:ok, pid, elem(info, 1)}
+  end
+
   defp durable({:ok, _pid} = ok, sup, member, id), do: await_durable(ok, sup, member, id)
   defp durable({:ok, _pid, _info} = ok, sup, member, id), do: await_durable(ok, sup, member, id)
   defp durable(other, _sup, _member, _id), do: other
 
-  defp await_durable(ok, sup, {name, node}, id) do
-    request = if node == node(), do: {:confirm, id}, else: {:await_entry, id, node}
-    instance = if node == node(), do: name, else: sup
+  # what a peer has acknowledged of the starts made on this node, without a hop through the
+  # instance; 0 (ask it) when it is gone
+  defp acked(name) do
+    case :ets.lookup(table(name), :config) do
+      [{_, %{seqs: seqs}}] -> :atomics.get(seqs, 1)
+      _ -> 0
+    end
+  rescue
+    ArgumentError -> 0
+  end
 
+  defp await_durable(ok, sup, {name, node}, id) do
+    cond do
+      # the instance could not tell the child's start apart (it was going down)
+      node == node() -> await_instance(ok, name, {:confirm_entry, id}, node)
+      # most often the push of the entry came in before the answer (same connection,
+      # sent first): read this node's replica, without a hop through its instance
+      has_entry?(sup, id) -> ok
+      true -> await_instance(ok, sup, {:await_entry, id, node}, node)
+    end
+  end
+
+  defp await_instance(ok, instance, request, node) do
     case GenServer.call(instance, request, :infinity) do
       :ok -> ok
       {:error, :nodedown} -> exit({:nodedown, node})
+    end
+  end
+
+  defp has_entry?(sup, id) do
+    case Drove.Handles.lookup(sup) do
+      {_pid, handle} -> match?({:ok, _}, Native.get(handle, Native.key({:child, id})))
+      nil -> false
     end
   end
 
@@ -446,6 +482,8 @@ defmodule Drove.DynamicSupervisor.Impl do
 
     Drove.Handles.register(name, self(), handle)
     :ok = :net_kernel.monitor_nodes(true, node_type: :visible)
+    # starts for callers on this node: [acknowledged, written] (see confirm/1)
+    seqs = :atomics.new(2, signed: false)
 
     s = %State{
       name: name,
@@ -461,7 +499,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       children: children,
       owners: owners,
       auto: flags.members == :auto,
-      parent: Drove.Replicator.parent()
+      parent: Drove.Replicator.parent(),
+      confirm: %{ref: nil, covers: 0, seqs: seqs, waiting: []}
     }
 
     :ets.insert(table, [
@@ -469,7 +508,8 @@ defmodule Drove.DynamicSupervisor.Impl do
        %{
          strategy: s.strategy,
          extra_arguments: flags.extra_arguments,
-         member_struct: s.member_struct
+         member_struct: s.member_struct,
+         seqs: seqs
        }},
       {:status, :uninitialized}
     ])
@@ -560,22 +600,47 @@ defmodule Drove.DynamicSupervisor.Impl do
     {:reply, info, s}
   end
 
-  # a caller whose child was started here: answered once a peer has the child's entry
-  # (Starter's call wrote it before the node's DynamicSupervisor answered the caller)
-  def handle_call({:confirm, id}, from, s) do
-    case :ets.lookup(s.children, id) do
-      [{_, owner, _, _}] when owner == s.me -> {:noreply, confirm_later(s, from)}
-      # taken by another member, or gone: nothing of ours to confirm
-      _ -> {:reply, :ok, s}
+  # a caller whose child was started here, as the `seq`th start of a caller on this node:
+  # answered once a peer has acknowledged the writes up to it
+  def handle_call({:confirm, seq}, from, %{confirm: c} = s) when is_integer(seq) do
+    cond do
+      :atomics.get(c.seqs, 1) >= seq -> {:reply, :ok, s}
+      # from an earlier life of this instance: that child went down with it
+      seq > :atomics.get(c.seqs, 2) -> {:reply, :ok, s}
+      true -> {:noreply, %{s | confirm: %{c | waiting: [{seq, from} | c.waiting]}}}
     end
   end
 
-  # Starter, in the node's DynamicSupervisor, on every start of a child: its entry is
-  # written and the child monitored before the DynamicSupervisor goes on
-  def handle_call({:drove_child_started, id, pid, spec}, _from, s) do
+  # the same, for a start the instance could not number: once a peer has the child's entry
+  def handle_call({:confirm_entry, id}, from, s) do
+    case :ets.lookup(s.children, id) do
+      [{_, owner, _, _}] when owner == s.me ->
+        %{confirm: c} = s
+        seq = :atomics.add_get(c.seqs, 2, 1)
+        s = %{s | confirm: %{c | waiting: [{seq, from} | c.waiting]}}
+        {:noreply, confirm(s)}
+
+      # taken by another member, or gone: nothing of ours to confirm
+      _ ->
+        {:reply, :ok, s}
+    end
+  end
+
+  # Starter, in the node's DynamicSupervisor, on a start of a child it does not write itself
+  # (see Starter): its entry is written and the child monitored before the
+  # DynamicSupervisor goes on. A start for a caller on this node is numbered, and pushed and
+  # pinged at once unless a ping is in flight (then the next ping takes it): the caller
+  # waits for that number's acknowledgement.
+  def handle_call({:drove_child_started, id, pid, spec, mode}, _from, s) do
     s = %{s | retries: Map.delete(s.retries, id)}
     {_, s} = child_started(s, id, pid, spec)
-    {:reply, :ok, s}
+
+    if mode == :confirm do
+      seq = :atomics.add_get(s.confirm.seqs, 2, 1)
+      {:reply, {:seq, seq}, confirm(s)}
+    else
+      {:reply, :ok, s}
+    end
   end
 
   # a caller whose child was started on `node`: answered once this replica has its entry
@@ -605,13 +670,11 @@ defmodule Drove.DynamicSupervisor.Impl do
   # ------------------------------------------------------------------ info
 
   @impl true
-  # the first pong of a ping answers every caller that joined it; the callers that came
-  # meanwhile share the next ping (one in flight at a time: a burst of starts costs a ping
-  # per round trip, not per child)
+  # the first pong of a ping acknowledges the starts it covers; the starts made meanwhile
+  # share the next ping (one in flight at a time: a burst of starts costs a ping per round
+  # trip, not per child)
   def handle_info({:drove_pong, ref, _from}, %{confirm: %{ref: ref} = c} = s) do
-    Enum.each(c.waiting, &GenServer.reply(&1, :ok))
-    s = %{s | confirm: %{ref: nil, waiting: [], next: []}}
-    {:noreply, Enum.reduce(Enum.reverse(c.next), s, &confirm_later(&2, &1))}
+    {:noreply, confirm(acknowledged(s, c.covers))}
   end
 
   def handle_info({:drove_pong, _ref, _from}, s), do: {:noreply, s}
@@ -635,6 +698,15 @@ defmodule Drove.DynamicSupervisor.Impl do
 
         {:noreply, %{s | awaiting: awaiting}}
     end
+  end
+
+  # Starter wrote the entry of a new child itself (see Starter): monitor it, and push and
+  # ping its entry at once when its caller runs here and waits for `seq`
+  def handle_info({:drove_child_new, id, pid, spec, seq}, s) do
+    Process.monitor(pid)
+    s = %{s | local: Map.put(s.local, id, {pid, spec}), by_pid: Map.put(s.by_pid, pid, id)}
+    mirror(s, id, s.me, spec, pid)
+    {:noreply, if(seq, do: confirm(s), else: s)}
   end
 
   def handle_info({:drove_start_failed, id, result}, s) do
@@ -803,23 +875,42 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
-  # Replies to `from` once a peer has joined the writes made so far (or after a second, or
-  # at once without peers): the entry of a started child then outlives this node.
-  defp confirm_later(%{confirm: %{ref: nil}} = s, from) do
-    {repl, _} = Replicator.flush(s.repl)
+  # Starts for callers on this node are numbered after their entries are written (the
+  # second atomic of `seqs`, "written"; Starter numbers those it writes itself). The first,
+  # "acknowledged", which the callers read, is the highest number a peer has joined, or
+  # that waited a second for it, or any number while there is no peer: the entries up to it
+  # outlive this node. At most one ping is in flight, sent after a push of everything
+  # written so far and covering what was numbered before that push (read first: an entry
+  # is written before it is numbered); when it is answered, the next one covers what was
+  # numbered meanwhile.
+  defp confirm(%{confirm: %{ref: nil} = c} = s) do
+    written = :atomics.get(c.seqs, 2)
 
-    case Replicator.ping(repl) do
-      {_ref, 0} ->
-        GenServer.reply(from, :ok)
-        %{s | repl: repl}
+    if :atomics.get(c.seqs, 1) < written do
+      {repl, _} = Replicator.flush(s.repl)
+      s = %{s | repl: repl}
 
-      {ref, _n} ->
-        Process.send_after(self(), {:drove_confirm_timeout, ref}, @start_confirm_timeout)
-        %{s | repl: repl, confirm: %{ref: ref, waiting: [from], next: []}}
+      case Replicator.ping(repl) do
+        {_ref, 0} ->
+          acknowledged(s, written)
+
+        {ref, _n} ->
+          Process.send_after(self(), {:drove_confirm_timeout, ref}, @start_confirm_timeout)
+          %{s | confirm: %{c | ref: ref, covers: written}}
+      end
+    else
+      s
     end
   end
 
-  defp confirm_later(%{confirm: c} = s, from), do: %{s | confirm: %{c | next: [from | c.next]}}
+  defp confirm(s), do: s
+
+  defp acknowledged(%{confirm: c} = s, upto) do
+    :atomics.put(c.seqs, 1, max(upto, :atomics.get(c.seqs, 1)))
+    {done, waiting} = Enum.split_with(c.waiting, fn {seq, _} -> seq <= upto end)
+    Enum.each(done, fn {_, from} -> GenServer.reply(from, :ok) end)
+    %{s | confirm: %{c | ref: nil, waiting: waiting}}
+  end
 
   # Callers waiting for the entry of child `id` from its node: it has arrived.
   defp entry_arrived(s, id) do
@@ -1190,19 +1281,35 @@ defmodule Drove.DynamicSupervisor.Impl do
   defp place(s, diffs) do
     members = s.members_info |> Map.values() |> Enum.sort_by(& &1.name)
 
-    Enum.reduce(diffs, s, fn
-      {:add, {:child, id}, {owner, spec, _}}, s ->
-        with false <- Map.has_key?(s.local, id),
-             true <- gone?(s, owner),
-             {:ok, %{name: chosen}} when chosen == s.me <- choose(s, id, spec, members) do
-          start_takeover(s, id, spec)
-        else
-          _ -> s
-        end
+    # whether an owner is gone is asked once per message (it looks at the node's socket),
+    # not once per child: a push carries many children of one owner
+    {s, _} =
+      Enum.reduce(diffs, {s, %{}}, fn
+        {:add, {:child, id}, {owner, spec, _}}, {s, seen} ->
+          {gone, seen} =
+            case seen do
+              %{^owner => gone} -> {gone, seen}
+              _ -> gone_once(s, owner, seen)
+            end
 
-      _, s ->
-        s
-    end)
+          with false <- Map.has_key?(s.local, id),
+               true <- gone,
+               {:ok, %{name: chosen}} when chosen == s.me <- choose(s, id, spec, members) do
+            {start_takeover(s, id, spec), seen}
+          else
+            _ -> {s, seen}
+          end
+
+        _, acc ->
+          acc
+      end)
+
+    s
+  end
+
+  defp gone_once(s, owner, seen) do
+    gone = gone?(s, owner)
+    {gone, Map.put(seen, owner, gone)}
   end
 
   defp owners_gone(s), do: owners_gone(s, :ets.first(s.owners), [])

@@ -87,36 +87,79 @@ end
 
 defmodule Drove.DynamicSupervisor.Starter do
   @moduledoc false
-  # The start function of every child, run by the node's DynamicSupervisor on each start and
-  # restart: starts the user's child, then tells the instance its pid and waits until the
-  # instance has written its entry and monitors it (a local hop, no round trip): a child that
-  # exits at once is then seen with its real exit reason, not as :noproc. The caller of a new
-  # child waits for its entry to be durable on another member (Impl.start_child), outside
-  # the node's DynamicSupervisor, which goes on with the next start.
+  alias Drove.DynamicSupervisor.Impl
+  alias Drove.Native
 
-  @spec start(atom(), term(), map(), list(), :new | :takeover) ::
+  # The start function of every child, run by the node's DynamicSupervisor on each start and
+  # restart: starts the user's child, then gets its entry written. A new child's entry
+  # (permanent or temporary) is written here, through the replica's handle, and the instance
+  # is told with a message; otherwise (a restart, a takeover, a transient child) the
+  # instance writes it and monitors the child before the DynamicSupervisor goes on (a local
+  # call), so that it sees a transient child's real exit reason rather than :noproc. The
+  # caller of a new child waits for its entry to be durable on another member
+  # (Impl.start_child), outside the node's DynamicSupervisor, which goes on with the next
+  # start.
+
+  # `mode`: :new, :confirm (a new child whose caller runs on this node: the instance numbers
+  # its start, and the answer carries the number the caller waits for as
+  # `{:ok, pid, {:drove_seq, seq, :none | {:info, info}}}`), or :takeover.
+  @spec start(atom(), term(), map(), list(), :new | :confirm | :takeover) ::
           DynamicSupervisor.on_start_child()
   def start(sup, id, spec, extra, mode \\ :new) do
     {m, f, a} = spec.start
 
     case apply(m, f, extra ++ a) do
       {:ok, pid} = ok when is_pid(pid) ->
-        started(sup, id, pid, spec, mode)
-        ok
+        started(sup, id, pid, spec, mode, ok, :none)
 
-      {:ok, pid, _info} = ok when is_pid(pid) ->
-        started(sup, id, pid, spec, mode)
-        ok
+      {:ok, pid, info} = ok when is_pid(pid) ->
+        started(sup, id, pid, spec, mode, ok, {:info, info})
 
       other ->
         other
     end
   end
 
-  defp started(sup, id, pid, spec, _mode) do
-    GenServer.call(sup, {:drove_child_started, id, pid, spec}, :infinity)
+  defp started(sup, id, pid, spec, mode, ok, info) do
+    case write(sup, id, pid, spec, mode) do
+      {:written, nil} -> ok
+      {:written, seq} -> {:ok, pid, {:drove_seq, seq, info}}
+      :call -> call(sup, id, pid, spec, mode, ok, info)
+    end
+  end
+
+  defp call(sup, id, pid, spec, mode, ok, info) do
+    case GenServer.call(sup, {:drove_child_started, id, pid, spec, mode}, :infinity) do
+      {:seq, seq} -> {:ok, pid, {:drove_seq, seq, info}}
+      :ok -> ok
+    end
   catch
     # the instance is gone: this whole local tree is going down with it
-    :exit, _ -> :ok
+    :exit, _ -> ok
   end
+
+  # A new child (its id is not in the replica: not a restart) is written here, without a
+  # hop through the instance, which is told after (it monitors the child then). Not a
+  # transient child: one that ends before it is monitored is seen with reason :noproc, and
+  # the instance must know whether a transient child's exit was normal. A start for a
+  # caller on this node is numbered after its entry is written (see Impl.confirm/1).
+  defp write(sup, id, pid, spec, mode) when mode in [:new, :confirm] do
+    with false <- Map.get(spec, :restart, :permanent) == :transient,
+         {instance, handle} <- Drove.Handles.lookup(sup),
+         [{_, %{seqs: seqs}}] <- :ets.lookup(Impl.table(sup), :config),
+         key = Native.key({:child, id}),
+         :error <- Native.get(handle, key),
+         :ok <- Native.put(handle, key, Native.value({{sup, node()}, spec, pid})) do
+      seq = if mode == :confirm, do: :atomics.add_get(seqs, 2, 1)
+      send(instance, {:drove_child_new, id, pid, spec, seq})
+      {:written, seq}
+    else
+      _ -> :call
+    end
+  rescue
+    # the instance's table is gone: it is going down
+    ArgumentError -> :call
+  end
+
+  defp write(_sup, _id, _pid, _spec, _mode), do: :call
 end
