@@ -63,6 +63,18 @@ defmodule Drove.HandoffTest do
 
   defp await_settled(nodes, tags), do: C.wait_until(fn -> settled?(nodes, tags) end, @deadline)
 
+  # the node the uniform strategy places a Keeper child `tag` on, among `nodes`
+  defp home(nodes, tag) do
+    members =
+      for n <- Enum.sort(nodes),
+          do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
+
+    {:ok, %{name: {_, node}}} =
+      Drove.Distribution.Uniform.choose_node(Drove.Test.Keeper.spec(tag), members)
+
+    node
+  end
+
   # a child's view, called through the pid its entry names on `node`
   defp get(node, tag), do: GenServer.call(C.rpc(node, H, :pids, [@sup])[tag], :get)
 
@@ -115,10 +127,17 @@ defmodule Drove.HandoffTest do
     start_sup(b, nodes, process_redistribution: :active)
     await_alive(nodes)
 
-    C.wait_until(fn -> Enum.any?(placement(nodes, tags), &match?({_, [^b]}, &1)) end, @deadline)
-    await_settled(nodes, tags)
-    on_b = for {t, [^b]} <- placement(nodes, tags), do: t
+    # every child the strategy now places on b has moved there
+    on_b = for t <- tags, home(nodes, t) == b, do: t
     assert on_b != []
+
+    C.wait_until(
+      fn ->
+        settled?(nodes, tags) and
+          Enum.all?(placement(nodes, tags), fn {t, [n]} -> n == home(nodes, t) end)
+      end,
+      @deadline
+    )
 
     for t <- tags do
       view = get(a, t)
@@ -144,6 +163,8 @@ defmodule Drove.HandoffTest do
       C.restart(victim)
       start_sup(victim, nodes, [])
       await_alive(nodes)
+      # the restarted node has every entry again
+      await_settled(nodes, tags)
     end
 
     await_settled(nodes, tags)

@@ -75,7 +75,8 @@ defmodule Drove.DynamicSupervisor.Impl do
             asking: %{id() => pid()},
             handoff_out: %{id() => term()},
             handoff_in: %{id() => term()},
-            handoff_wait: GenServer.from() | nil
+            handoff_wait: GenServer.from() | nil,
+            answered: [{id(), pid(), map()}]
           }
 
     @enforce_keys [:name, :me, :flags, :procsup, :strategy, :handle, :repl, :table]
@@ -125,11 +126,13 @@ defmodule Drove.DynamicSupervisor.Impl do
       # id => the child's pid; handoff_out: states children here answered, carried by their
       # entry until it is handed over; handoff_in: states carried by entries as this member
       # last saw them, delivered to the instance that takes the child over here;
-      # handoff_wait: the graceful stop waiting until every child asked has answered
+      # handoff_wait: the graceful stop waiting until every child asked has answered;
+      # answered: children that answered since the last push, to stop once it has left
       asking: %{},
       handoff_out: %{},
       handoff_in: %{},
-      handoff_wait: nil
+      handoff_wait: nil,
+      answered: []
     ]
   end
 
@@ -723,24 +726,32 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   # a child asked for its state answered (or did not, in time): the state goes in its entry,
-  # pushed to the peers before the child is stopped; then it is stopped and handed over
+  # pushed to the peers before the child is stopped (:drove_handoff_push, after the answers
+  # already queued: one push for a burst of them); then it is stopped and handed over
   def handle_info({:drove_handoff_answer, id, pid, decision, state}, s) do
     s = %{s | asking: Map.delete(s.asking, id)}
 
-    s =
-      case Map.get(s.local, id) do
-        {^pid, spec} ->
-          s = carry(s, id, pid, spec, decision, state)
-          hook(:written, %{supervisor: s.name, id: id, spec: spec})
-          stop_local(s.procsup, pid, nil)
-          s
+    case Map.get(s.local, id) do
+      {^pid, spec} ->
+        s = carry(s, id, pid, spec, decision, state)
+        if s.answered == [], do: send(self(), :drove_handoff_push)
+        {:noreply, %{s | answered: [{id, pid, spec} | s.answered]}}
 
-        _ ->
-          # it went down (and was handed over without state) or restarted meanwhile
-          s
-      end
+      _ ->
+        # it went down (and was handed over without state) or restarted meanwhile
+        {:noreply, handoff_done(s)}
+    end
+  end
 
-    {:noreply, handoff_done(s)}
+  def handle_info(:drove_handoff_push, s) do
+    {repl, _} = Replicator.flush(s.repl)
+
+    for {id, pid, spec} <- Enum.reverse(s.answered) do
+      hook(:written, %{supervisor: s.name, id: id, spec: spec})
+      stop_local(s.procsup, pid, nil)
+    end
+
+    {:noreply, handoff_done(%{s | repl: repl, answered: []})}
   end
 
   def handle_info({:drove_retry_takeover, id}, s) do
@@ -1083,12 +1094,12 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   # The answer of child `id`: a state to carry goes in its entry (as this member's, running),
-  # pushed to the peers at once, so that it survives the loss of this node from now on.
+  # pushed to the peers before the child is stopped, so that it survives the loss of this
+  # node from then on.
   defp carry(s, id, pid, spec, :carry, state) do
     s = %{s | handoff_out: Map.put(s.handoff_out, id, state)}
     put_child(s, id, s.me, spec, pid)
-    {repl, _} = Replicator.flush(s.repl)
-    %{s | repl: repl}
+    s
   end
 
   defp carry(s, _id, _pid, _spec, {:fresh, :restart}, _state), do: s
@@ -1116,9 +1127,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       "it answered {:drove, :begin_handoff} with #{inspect(answer, limit: 8)}, " <>
         "not {:resume, state} or :restart"
 
-  # The graceful stop goes on once every child asked has answered.
+  # The graceful stop goes on once every child asked has answered and the answers left.
   defp handoff_done(%{handoff_wait: nil} = s), do: s
-  defp handoff_done(s) when map_size(s.asking) > 0, do: s
+  defp handoff_done(s) when map_size(s.asking) > 0 or s.answered != [], do: s
 
   defp handoff_done(s) do
     {repl, _} = Replicator.flush(s.repl)
