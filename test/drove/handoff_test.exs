@@ -260,6 +260,40 @@ defmodule Drove.HandoffTest do
     assert %{value: :kept, delivered: 1} = get(last, tag)
   end
 
+  test "a child terminated while it hands over is not brought back by its answer" do
+    [a, b] = nodes = start_cluster(2, "htc")
+    tag = Enum.find(tags("htc", 1..100), &(home(nodes, &1) == b))
+    test = self()
+    :ok = C.rpc(a, H, :start_keepers, [@sup, [tag], {:hold_stop, test}, 60_000])
+    await_settled(nodes, [tag])
+    pid = C.rpc(a, H, :pids, [@sup])[tag]
+    C.rpc(b, H, :install_hook, [test, [:answered], [tag]])
+
+    # b stops; the child has answered, the answer is held before it reaches b's instance
+    stopper = Task.async(fn -> C.stop(b, 60_000) end)
+    assert_receive {:handoff_hook, :answered, ^b, ^tag, asker, _} = paused, @deadline
+
+    # terminate_child from a: the child is stopping (held in its terminate) when its answer
+    # reaches b's instance, which must not write the entry again
+    terminator =
+      Task.async(fn -> C.rpc(a, Drove.DynamicSupervisor, :terminate_child, [@sup, pid]) end)
+
+    assert_receive {:terminating, ^tag, ^pid}, @deadline
+    ref = Process.monitor(asker)
+    continue(paused)
+    assert_receive {:DOWN, ^ref, :process, ^asker, _}, @deadline
+    # b's instance has handled the answer (sent before the asker ended) before this call
+    _ = C.rpc(b, :sys, :get_state, [@sup])
+    send(pid, :go)
+
+    assert Task.await(terminator, @deadline) == :ok
+    Task.await(stopper, 70_000)
+
+    # b pushed its last writes before it stopped: the child has no entry, and runs nowhere
+    refute Map.has_key?(C.rpc(a, H, :pids, [@sup]), tag)
+    assert C.rpc(a, P, :running, [[tag]]) == []
+  end
+
   test "a child that does not answer within its shutdown time, or asks to restart, moves without state" do
     [a, b] = nodes = start_cluster(2, "hto")
     silent = tags("hs", 1..6)

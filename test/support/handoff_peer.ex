@@ -12,6 +12,8 @@ defmodule Drove.Test.Keeper do
   #                    first element)
   #   {:block, pid}    tells `pid` {:asked, tag, node()} and answers {:resume, value} once it
   #                    receives :answer
+  #   {:hold_stop, pid} {:resume, value}; it traps exits, and when stopped tells `pid`
+  #                    {:terminating, tag, self()} and exits once it receives :go
   use GenServer
 
   @doc "A child spec: `handoff: true`, shutdown `shutdown` ms."
@@ -30,6 +32,7 @@ defmodule Drove.Test.Keeper do
 
   @impl true
   def init({tag, mode}) do
+    if match?({:hold_stop, _}, mode), do: Process.flag(:trap_exit, true)
     {:ok, %{tag: tag, mode: mode, value: :fresh, delivered: 0, late: false, requests: 0}}
   end
 
@@ -42,7 +45,7 @@ defmodule Drove.Test.Keeper do
 
   def handle_call({:drove, :begin_handoff}, from, s) do
     case s.mode do
-      :resume ->
+      m when m == :resume or elem(m, 0) == :hold_stop ->
         {:reply, {:resume, s.value}, s}
 
       :restart ->
@@ -73,6 +76,17 @@ defmodule Drove.Test.Keeper do
   end
 
   def handle_cast(:crash, s), do: {:stop, :crashed, s}
+
+  @impl true
+  def terminate(_reason, %{mode: {:hold_stop, pid}} = s) do
+    send(pid, {:terminating, s.tag, self()})
+
+    receive do
+      :go -> :ok
+    end
+  end
+
+  def terminate(_reason, _s), do: :ok
 end
 
 defmodule Drove.Test.HandoffPeer do
@@ -142,6 +156,7 @@ defmodule Drove.Test.HandoffPeer do
     if step in steps and tag in tags do
       ref = make_ref()
       send(test, {:handoff_hook, step, node(), tag, self(), ref})
+      # (self() is the process at that step: a test may wait for it to end)
 
       receive do
         {:continue, ^ref} -> :ok

@@ -731,14 +731,15 @@ defmodule Drove.DynamicSupervisor.Impl do
   def handle_info({:drove_handoff_answer, id, pid, decision, state}, s) do
     s = %{s | asking: Map.delete(s.asking, id)}
 
-    case Map.get(s.local, id) do
-      {^pid, spec} ->
+    case {Map.get(s.local, id), Map.get(s.stopping, id)} do
+      {{^pid, spec}, :redistribute} ->
         s = carry(s, id, pid, spec, decision, state)
         if s.answered == [], do: send(self(), :drove_handoff_push)
         {:noreply, %{s | answered: [{id, pid, spec} | s.answered]}}
 
       _ ->
-        # it went down (and was handed over without state) or restarted meanwhile
+        # it went down (and was handed over without state) or restarted meanwhile, or it is
+        # being stopped for another reason (terminate_child, evicted as a duplicate)
         {:noreply, handoff_done(s)}
     end
   end
