@@ -883,10 +883,17 @@ defmodule Drove.DynamicSupervisor.Impl do
 
     takeover? = match?({:starting, _}, previous)
 
+    start =
+      case previous do
+        {:starting, _} -> :takeover
+        {:restarting, _} -> :restart
+        _ -> :new
+      end
+
     case :ets.lookup(s.children, id) do
       [{_, owner, _, _}] when owner != nil and owner != s.me ->
         if gone?(s, owner) do
-          {:claimed, claim(s, id, spec, pid, takeover?)}
+          {:claimed, claim(s, id, spec, pid, start)}
         else
           # another live member owns this id (it took the child over first, or its owner
           # came back while this node started it): stop ours
@@ -899,7 +906,7 @@ defmodule Drove.DynamicSupervisor.Impl do
         {:evicted, evict(s, id, pid)}
 
       _ ->
-        {:claimed, claim(s, id, spec, pid, takeover?)}
+        {:claimed, claim(s, id, spec, pid, start)}
     end
   end
 
@@ -908,14 +915,9 @@ defmodule Drove.DynamicSupervisor.Impl do
   # can know where the child runs before the entry says so (nor the node's DynamicSupervisor,
   # whose start is waiting on Starter's call). The claim writes the entry without the state,
   # so a later restart, here or anywhere, starts without it.
-  defp claim(s, id, spec, pid, takeover?) do
+  defp claim(s, id, spec, pid, start) do
     {state, handoff_in} = Map.pop(s.handoff_in, id)
-
-    facts = %{
-      start: if(takeover?, do: :takeover, else: :new),
-      carried: Map.has_key?(s.handoff_in, id),
-      claimed: true
-    }
+    facts = %{start: start, carried: Map.has_key?(s.handoff_in, id), claimed: true}
 
     if Lifecycle.end_handoff(facts) == :deliver do
       hook(:delivering, %{supervisor: s.name, id: id, spec: spec})
