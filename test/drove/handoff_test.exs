@@ -260,6 +260,27 @@ defmodule Drove.HandoffTest do
     assert %{value: :kept, delivered: 1} = get(last, tag)
   end
 
+  test "the new node dies after the state was delivered: the next instance starts fresh" do
+    [a, b, c] = nodes = start_cluster(3, "hk5")
+    [tag] = tags = [:hk5_child]
+    C.rpc(a, H, :start_keepers, [@sup, tags])
+    await_settled(nodes, tags)
+    put(a, tag, :kept)
+    [old] = placement(nodes, tags)[tag]
+    survivors = [a, b, c] -- [old]
+
+    C.stop(old)
+    # both survivors' entries name the new instance: its claim dropped the state everywhere
+    await_settled(survivors, tags)
+    [first] = placement(survivors, tags)[tag]
+    assert %{value: :kept, delivered: 1} = get(first, tag)
+
+    C.kill(first)
+    [last] = survivors -- [first]
+    await_settled([last], tags)
+    assert %{value: :fresh, delivered: 0} = get(last, tag)
+  end
+
   test "a child terminated while it hands over is not brought back by its answer" do
     [a, b] = nodes = start_cluster(2, "htc")
     tag = Enum.find(tags("htc", 1..100), &(home(nodes, &1) == b))
