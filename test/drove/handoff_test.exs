@@ -2,7 +2,8 @@ defmodule Drove.HandoffTest do
   # State handoff on real peers: a handoff: true child moved by a graceful stop, by :active
   # redistribution, through a rolling deploy; the loss of either end at each step of a
   # handoff (stopped there by a test hook, see Drove.Test.HandoffPeer.install_hook/3); a
-  # child that does not answer, one that asks to restart, and a state over the size limit.
+  # child terminated while it answers; a child that does not answer, one that asks to
+  # restart, and a state over the size limit.
   use ExUnit.Case, async: false
 
   alias Drove.TestCluster, as: C
