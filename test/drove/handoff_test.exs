@@ -8,6 +8,7 @@ defmodule Drove.HandoffTest do
 
   alias Drove.TestCluster, as: C
   alias Drove.Test.HandoffPeer, as: H
+  alias Drove.Test.Keeper
   alias Drove.Test.SupPeer, as: P
 
   @moduletag :cluster
@@ -64,16 +65,13 @@ defmodule Drove.HandoffTest do
 
   defp await_settled(nodes, tags), do: C.wait_until(fn -> settled?(nodes, tags) end, @deadline)
 
-  # the node the uniform strategy places a Keeper child `tag` on, among `nodes`
-  defp home(nodes, tag) do
-    members =
-      for n <- Enum.sort(nodes),
-          do: %Drove.DynamicSupervisor.Member{name: {@sup, n}, status: :alive}
+  # the node the uniform strategy places a Keeper child `tag` (default spec) on, among `nodes`
+  defp home(nodes, tag), do: H.home(@sup, nodes, Keeper.spec(tag))
 
-    {:ok, %{name: {_, node}}} =
-      Drove.Distribution.Uniform.choose_node(Drove.Test.Keeper.spec(tag), members)
-
-    node
+  # `n` tags placed on `node` and `n` on `other`, whose spec is make.(tag)
+  defp on_each(nodes, node, other, prefix, n, make) do
+    H.placed(@sup, nodes, node, prefix, n, make) ++
+      H.placed(@sup, nodes, other, prefix, n, make)
   end
 
   # a child's view, called through the pid its entry names on `node`
@@ -284,8 +282,8 @@ defmodule Drove.HandoffTest do
 
   test "a child terminated while it hands over is not brought back by its answer" do
     [a, b] = nodes = start_cluster(2, "htc")
-    tag = Enum.find(tags("htc", 1..100), &(home(nodes, &1) == b))
     test = self()
+    [tag] = H.placed(@sup, nodes, b, "htc", 1, &Keeper.spec(&1, {:hold_stop, test}, 60_000))
     :ok = C.rpc(a, H, :start_keepers, [@sup, [tag], {:hold_stop, test}, 60_000])
     await_settled(nodes, [tag])
     pid = C.rpc(a, H, :pids, [@sup])[tag]
@@ -318,8 +316,8 @@ defmodule Drove.HandoffTest do
 
   test "a child that does not answer within its shutdown time, or asks to restart, moves without state" do
     [a, b] = nodes = start_cluster(2, "hto")
-    silent = tags("hs", 1..6)
-    restart = tags("hx", 1..6)
+    silent = on_each(nodes, b, a, "hs", 3, &Keeper.spec(&1, :silent, 300))
+    restart = on_each(nodes, b, a, "hx", 3, &Keeper.spec(&1, :restart))
     C.rpc(a, H, :start_keepers, [@sup, silent, :silent, 300])
     C.rpc(a, H, :start_keepers, [@sup, restart, :restart])
     tags = silent ++ restart
@@ -339,8 +337,8 @@ defmodule Drove.HandoffTest do
 
   test "a state over handoff_max_bytes is refused: the child moves without it" do
     [a, b] = nodes = start_cluster(2, "hbg", handoff_max_bytes: 10_000)
-    big = tags("hb", 1..8)
-    small = tags("hm", 1..8)
+    big = on_each(nodes, b, a, "hb", 4, &Keeper.spec(&1, :big))
+    small = on_each(nodes, b, a, "hm", 4, &Keeper.spec(&1))
     C.rpc(a, H, :start_keepers, [@sup, big, :big])
     C.rpc(a, H, :start_keepers, [@sup, small])
     tags = big ++ small

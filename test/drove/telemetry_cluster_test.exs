@@ -90,12 +90,15 @@ defmodule Drove.TelemetryClusterTest do
     for n <- nodes, do: C.rpc(n, SupPeer, :start, [@sup, opts])
     C.wait_until(fn -> Enum.all?(nodes, &C.rpc(&1, SupPeer, :all_alive?, [@sup, 2])) end)
 
-    modes = %{resume: :resume, restart: :restart, big: :big}
-
+    # two children of each kind on each node
     tags =
-      for {kind, mode} <- modes, i <- 1..6 do
-        tag = :"tel_#{kind}_#{i}"
-        :ok = C.rpc(a, Drove.Test.HandoffPeer, :start_keepers, [@sup, [tag], mode])
+      for kind <- [:resume, :restart, :big],
+          node <- nodes,
+          tag <-
+            Drove.Test.HandoffPeer.placed(@sup, nodes, node, "tel_#{kind}", 2, fn t ->
+              Drove.Test.Keeper.spec(t, kind)
+            end) do
+        :ok = C.rpc(a, Drove.Test.HandoffPeer, :start_keepers, [@sup, [tag], kind])
         {tag, kind}
       end
 

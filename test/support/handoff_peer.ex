@@ -104,6 +104,33 @@ defmodule Drove.Test.HandoffPeer do
     :ok
   end
 
+  @doc """
+  The node the uniform strategy places `spec` on when the members of `sup` on `nodes` are all
+  alive (where a child of that spec starts, and where it moves to).
+  """
+  @spec home(atom(), [node()], map()) :: node()
+  def home(sup, nodes, spec) do
+    members =
+      for n <- Enum.sort(nodes),
+          do: %Drove.DynamicSupervisor.Member{name: {sup, n}, status: :alive}
+
+    {:ok, %{name: {_, node}}} = Drove.Distribution.Uniform.choose_node(spec, members)
+    node
+  end
+
+  @doc """
+  The first `n` tags `prefix_i` (i = 1, 2, ...) whose spec `make.(tag)` is placed on `node`
+  (see `home/3`).
+  """
+  @spec placed(atom(), [node()], node(), String.t(), non_neg_integer(), (atom() -> map())) ::
+          [atom()]
+  def placed(sup, nodes, node, prefix, n, make) do
+    Stream.iterate(1, &(&1 + 1))
+    |> Stream.map(&:"#{prefix}_#{&1}")
+    |> Stream.filter(&(home(sup, nodes, make.(&1)) == node))
+    |> Enum.take(n)
+  end
+
   @doc "The child pids the replicated entries name, as seen here: `%{tag => pid | nil}`."
   @spec pids(atom()) :: %{atom() => pid() | nil}
   def pids(sup) do

@@ -26,17 +26,23 @@ defmodule Horde.HandoffTest do
     # children opted in, and children with Horde's specs (which would tell this process if
     # they were asked for their state)
     test = self()
-    opted = for i <- 1..8, do: :"hh_in_#{i}"
-    horde = for i <- 1..8, do: :"hh_out_#{i}"
+    opted_spec = &Keeper.spec/1
+    horde_spec = &(&1 |> Keeper.spec({:block, test}) |> Map.delete(:handoff))
+    # (Horde.UniformDistribution places as Drove.Distribution.Uniform does)
+    placed = fn prefix, make ->
+      for n <- nodes, t <- HandoffPeer.placed(@sup, nodes, n, prefix, 3, make), do: t
+    end
+
+    opted = placed.("hh_in", opted_spec)
+    horde = placed.("hh_out", horde_spec)
     tags = opted ++ horde
 
     for t <- opted do
-      {:ok, _} = C.rpc(a, Horde.DynamicSupervisor, :start_child, [@sup, Keeper.spec(t)])
+      {:ok, _} = C.rpc(a, Horde.DynamicSupervisor, :start_child, [@sup, opted_spec.(t)])
     end
 
     for t <- horde do
-      spec = t |> Keeper.spec({:block, test}) |> Map.delete(:handoff)
-      {:ok, _} = C.rpc(a, Horde.DynamicSupervisor, :start_child, [@sup, spec])
+      {:ok, _} = C.rpc(a, Horde.DynamicSupervisor, :start_child, [@sup, horde_spec.(t)])
     end
 
     pids = C.rpc(a, HandoffPeer, :pids, [@sup])
