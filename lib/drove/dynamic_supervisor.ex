@@ -44,6 +44,39 @@ defmodule Drove.DynamicSupervisor do
   (up to 5 s) until each peer has them before it exits. If that push is lost anyway, the
   children are taken over as a dead member's would be.
 
+  ## State handoff
+
+  A child whose spec has `handoff: true` keeps its state when it moves on a graceful stop
+  or under `process_redistribution: :active` (Horde moves processes, never their state):
+
+    1. just before the move, the instance calls the child `GenServer.call(pid, {:drove,
+       :begin_handoff}, shutdown)`: it answers `{:resume, state}` to hand its state over,
+       or `:restart` to start fresh;
+    2. the state is written into the child's replicated entry and pushed to the other
+       members; then the child is stopped and its entry handed over;
+    3. the member that takes it over starts it from its spec as usual and casts it
+       `{:drove, :end_handoff, state}` before it writes the entry that names the new pid:
+       nothing the supervisor shows (the entry on any node, `which_children/1`) names the
+       new instance before the cast is sent. That write drops the state from the entry.
+       A child that registers a name in its own `init` (a `:via` name) can be found by it
+       from then on: a message sent through that name in the short window before the
+       cast arrives before the state.
+
+  The state is delivered once: a restart of the new instance starts from its spec. If the
+  stopping node dies after the state was pushed, the member that takes the child over
+  still delivers it; if it dies before (while the child answers, or before the push
+  left), the child restarts fresh, as a child of a dead node does. If the new node dies
+  before it delivered the state, the next one delivers it. Only if two members disagree
+  on the member list for a moment (a netsplit) can each take the same entry over and
+  cast the state to its copy; one copy is then stopped, as any duplicate is.
+
+  A child that does not answer within its `shutdown` time (`:brutal_kill`: it is not
+  asked; `:infinity`: no bound) moves without state, and so does a state larger than
+  `handoff_max_bytes` (`:erlang.external_size/1`; default 4 MiB); both are logged. After
+  its answer the child is stopped at once: requests it handles in between are not in the
+  state it handed over. `use GenServer`'s `child_spec/1` does not accept `handoff:`;
+  write the spec as a map or `Map.put(Mod.child_spec(arg), :handoff, true)`.
+
   ## Where Drove deliberately differs from Horde
 
     * Child ids survive failover and handoff (Horde gives a taken-over child a new random
@@ -100,6 +133,7 @@ defmodule Drove.DynamicSupervisor do
           | {:process_redistribution, :passive | :active}
           | {:sync_interval, pos_integer()}
           | {:member_struct, module()}
+          | {:handoff_max_bytes, pos_integer()}
 
   @callback init(init_arg :: term()) :: {:ok, map() | keyword()} | :ignore
 
@@ -166,7 +200,8 @@ defmodule Drove.DynamicSupervisor do
   `members: []` (plus itself) or `:auto`, `distribution_strategy:
   Drove.Distribution.Uniform`, `max_restarts: 3`, `max_seconds: 5`, `max_children:
   :infinity`, `extra_arguments: []`, `process_redistribution: :passive`, `sync_interval:
-  500`. Horde's `delta_crdt_options` (its `sync_interval` is used), `proxy_message_ttl` and
+  500`, `handoff_max_bytes: 4_194_304` (the largest state a `handoff: true` child may hand
+  over, see "State handoff"). Horde's `delta_crdt_options` (its `sync_interval` is used), `proxy_message_ttl` and
   `shutdown` are accepted.
   """
   @spec init([option()]) :: {:ok, map()}

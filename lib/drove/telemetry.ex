@@ -208,6 +208,31 @@ defmodule Drove.Telemetry do
   end
 
   @doc false
+  # A handoff: true child about to move answered {:drove, :begin_handoff} (or did not), on
+  # its old node, in the process that asked it. `t0` is System.monotonic_time() before the
+  # call.
+  @spec begin_handoff(atom(), term(), term(), non_neg_integer() | nil, integer()) :: :ok
+  def begin_handoff(supervisor, id, decision, size, t0) do
+    with_handler(fn module ->
+      result = if decision == :carry, do: :resume, else: elem(decision, 1)
+
+      send_event(
+        module,
+        [:drove, :supervisor, :begin_handoff],
+        %{duration: since(t0), bytes: size || 0},
+        %{supervisor: supervisor, id: id, result: result}
+      )
+    end)
+  end
+
+  @doc false
+  # A handed-over state was cast to the new instance of child `id`, on its new node.
+  @spec end_handoff(atom(), term()) :: :ok
+  def end_handoff(supervisor, id) do
+    execute([:drove, :supervisor, :end_handoff], %{count: 1}, %{supervisor: supervisor, id: id})
+  end
+
+  @doc false
   # An instance's member list changed (Drove.Cluster.write_members/3's answer).
   @spec members(atom(), list(), {list(), list()}) :: :ok
   def members(_instance, _wanted, {[], []}), do: :ok

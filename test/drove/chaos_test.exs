@@ -7,7 +7,7 @@ defmodule Drove.ChaosTest do
   #   * every live registered process is found by its name on every node;
   #   * no name has two owners (at most one live holder, the one every node finds);
   #   * every permanent child whose start_child answered {:ok, _} runs exactly once, and no
-  #     child runs twice;
+  #     child runs twice (about half have handoff: true; none was delivered a state twice);
   #   * no transient child that exited normally runs again;
   #   * the replicas of both instances have equal digests on every node.
   # The seed is printed; DROVE_CHAOS_SEED=<seed> replays the same fault schedule.
@@ -391,7 +391,14 @@ defmodule Drove.ChaosTest do
     twice = for {t, ns} <- running, length(ns) > 1, do: {:runs_twice, t, ns}
     lost = for t <- state.perm, not Map.has_key?(running, t), do: {:permanent_lost, t}
     back = for t <- ended, Map.has_key?(running, t), do: {:ended_came_back, t, running[t]}
-    twice ++ lost ++ back
+
+    # about half of them have handoff: true: none was delivered a handed-over state twice
+    delivered_twice =
+      for n <- nodes,
+          t <- C.rpc(n, Drove.Test.SupPeer, :delivered_twice, [all]),
+          do: {:delivered_twice, t, n}
+
+    twice ++ lost ++ back ++ delivered_twice
   end
 
   defp digest_violations(nodes) do

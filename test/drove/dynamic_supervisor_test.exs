@@ -253,7 +253,11 @@ defmodule Drove.DynamicSupervisorTest do
           {[name: :x, strategy: :one_for_one, delta_crdt_options: [sync_interval: 0]],
            ":sync_interval must be an integer in 1..4294967295"},
           {[name: :x, strategy: :one_for_one, max_message_bytes: Bitwise.bsl(1, 40)],
-           ":max_message_bytes must be an integer in 1..268435456"}
+           ":max_message_bytes must be an integer in 1..268435456"},
+          {[name: :x, strategy: :one_for_one, handoff_max_bytes: 0],
+           ":handoff_max_bytes must be an integer in 1..134217728"},
+          {[name: :x, strategy: :one_for_one, handoff_max_bytes: :lots],
+           ":handoff_max_bytes must be an integer in 1..134217728"}
         ] do
       assert_raise ArgumentError, ~r/#{Regex.escape(msg)}/, fn -> DS.start_link(opts) end
     end

@@ -142,4 +142,66 @@ defmodule Drove.LifecycleTest do
       assert Lifecycle.on_entry(facts) == expected, inspect(facts)
     end
   end
+
+  # State handoff. Which children are asked, for how long: one row per handoff flag
+  # (absent, false, true), one column per shutdown (absent, 0, 300, :infinity,
+  # :brutal_kill), for a worker and a supervisor. S skip, a number or I (:infinity): ask.
+  @begin_table %{
+    worker: %{nil => ~w(S S S S S), false => ~w(S S S S S), true => ~w(5000 0 300 I S)},
+    supervisor: %{nil => ~w(S S S S S), false => ~w(S S S S S), true => ~w(I 0 300 I S)}
+  }
+
+  test "begin_handoff: every handoff flag, shutdown and type" do
+    shutdowns = [nil, 0, 300, :infinity, :brutal_kill]
+
+    for type <- [:worker, :supervisor],
+        handoff <- [nil, false, true],
+        {shutdown, col} <- Enum.with_index(shutdowns) do
+      spec = %{id: :x, start: {M, :f, []}, type: type}
+      spec = if handoff == nil, do: spec, else: Map.put(spec, :handoff, handoff)
+      spec = if shutdown == nil, do: spec, else: Map.put(spec, :shutdown, shutdown)
+
+      expected =
+        case @begin_table |> Map.fetch!(type) |> Map.fetch!(handoff) |> Enum.at(col) do
+          "S" -> :skip
+          "I" -> {:ask, :infinity}
+          ms -> {:ask, String.to_integer(ms)}
+        end
+
+      assert Lifecycle.begin_handoff(spec) == expected, inspect(spec)
+    end
+  end
+
+  test "on_answer: every kind of answer, under and over the size limit" do
+    limit = 100
+
+    rows = [
+      {{:resume, :s}, 10, :carry},
+      {{:resume, :s}, 100, :carry},
+      {{:resume, :s}, 101, {:fresh, {:too_big, 101, 100}}},
+      {:restart, nil, {:fresh, :restart}},
+      {{:error, :timeout}, nil, {:fresh, {:no_answer, :timeout}}},
+      {{:error, :noproc}, nil, {:fresh, {:no_answer, :noproc}}},
+      {:ok, nil, {:fresh, {:bad_answer, :ok}}},
+      {{:resume, :a, :b}, nil, {:fresh, {:bad_answer, {:resume, :a, :b}}}}
+    ]
+
+    for {answer, size, expected} <- rows do
+      facts = %{answer: answer, size: size, limit: limit}
+      assert Lifecycle.on_answer(facts) == expected, inspect(facts)
+    end
+  end
+
+  test "end_handoff: only a takeover that claims an entry carrying a state delivers it" do
+    for start <- [:new, :takeover, :restart],
+        carried <- [false, true],
+        claimed <- [false, true] do
+      facts = %{start: start, carried: carried, claimed: claimed}
+
+      expected =
+        if {start, carried, claimed} == {:takeover, true, true}, do: :deliver, else: :none
+
+      assert Lifecycle.end_handoff(facts) == expected, inspect(facts)
+    end
+  end
 end

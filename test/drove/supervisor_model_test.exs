@@ -5,7 +5,8 @@ defmodule Drove.SupervisorModelTest do
   # a model says which children must run after each step (OTP's restart rules; faults and
   # member changes move children but end none). After each step, once the cluster has
   # settled, every child the model holds runs exactly once in the cluster and every child it
-  # dropped runs nowhere. The seed is printed; DROVE_MODEL_SEED=<seed> replays it.
+  # dropped runs nowhere, and no child was delivered a handed-over state twice (every other
+  # child started has handoff: true). The seed is printed; DROVE_MODEL_SEED=<seed> replays it.
   # `make test` runs a short sequence; `make chaos` also runs a long one (tag :chaos_long,
   # DROVE_MODEL_STEPS).
   use ExUnit.Case, async: false
@@ -112,10 +113,9 @@ defmodule Drove.SupervisorModelTest do
     tag = :"model_#{model.next}"
     model = %{model | next: model.next + 1, ever: [tag | model.ever]}
 
-    case C.rpc(Enum.at(nodes, i), Drove.DynamicSupervisor, :start_child, [
-           @sup,
-           {Worker, {tag, restart}}
-         ]) do
+    arg = if rem(model.next, 2) == 0, do: {tag, restart, :handoff}, else: {tag, restart}
+
+    case C.rpc(Enum.at(nodes, i), Drove.DynamicSupervisor, :start_child, [@sup, {Worker, arg}]) do
       {:ok, _} -> %{model | expected: Map.put(model.expected, tag, restart)}
       _error -> model
     end
@@ -210,6 +210,12 @@ defmodule Drove.SupervisorModelTest do
     missing = for {t, _} <- model.expected, not Map.has_key?(running, t), do: {:not_running, t}
     twice = for {t, ns} <- running, length(ns) > 1, do: {:runs_twice, t, ns}
     ended = for {t, ns} <- running, not Map.has_key?(model.expected, t), do: {:ended_runs, t, ns}
-    missing ++ twice ++ ended
+
+    delivered_twice =
+      for n <- nodes,
+          t <- C.rpc(n, SupPeer, :delivered_twice, [model.ever]),
+          do: {:delivered_twice, t, n}
+
+    missing ++ twice ++ ended ++ delivered_twice
   end
 end

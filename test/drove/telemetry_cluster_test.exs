@@ -82,6 +82,61 @@ defmodule Drove.TelemetryClusterTest do
     refute_received {:telemetry, [:drove, :supervisor, :handoff], _, _}
   end
 
+  @tag :capture_log
+  test "state handoff: begin_handoff on the node a child leaves, end_handoff where it arrives" do
+    [a, b] = nodes = C.start_nodes(2)
+    members = for n <- nodes, do: {@sup, n}
+    opts = [members: members, handoff_max_bytes: 10_000]
+    for n <- nodes, do: C.rpc(n, SupPeer, :start, [@sup, opts])
+    C.wait_until(fn -> Enum.all?(nodes, &C.rpc(&1, SupPeer, :all_alive?, [@sup, 2])) end)
+
+    # two children of each kind on each node
+    tags =
+      for kind <- [:resume, :restart, :big],
+          node <- nodes,
+          tag <-
+            Drove.Test.HandoffPeer.placed(@sup, nodes, node, "tel_#{kind}", 2, fn t ->
+              Drove.Test.Keeper.spec(t, kind)
+            end) do
+        :ok = C.rpc(a, Drove.Test.HandoffPeer, :start_keepers, [@sup, [tag], kind])
+        {tag, kind}
+      end
+
+    on_b = for {t, kind} <- tags, t in C.rpc(b, SupPeer, :running, [[t]]), do: {t, kind}
+    assert Enum.sort(Enum.uniq(for {_, k} <- on_b, do: k)) == [:big, :restart, :resume]
+
+    forward([b], [[:drove, :supervisor, :begin_handoff]])
+    forward([a], [[:drove, :supervisor, :end_handoff]])
+    :ok = C.rpc(b, SupPeer, :stop, [@sup])
+
+    begins = receive_events([:drove, :supervisor, :begin_handoff], length(on_b))
+    count = fn kind -> Enum.count(on_b, &match?({_, ^kind}, &1)) end
+
+    kinds =
+      Enum.map(begins, fn {m, meta} ->
+        assert meta.supervisor == @sup and is_integer(m.duration)
+
+        case meta.result do
+          :resume -> assert(m.bytes > 0) && :resume
+          :restart -> assert(m.bytes == 0) && :restart
+          {:too_big, size, 10_000} -> assert(m.bytes == size and size > 100_000) && :big
+        end
+      end)
+
+    assert Enum.frequencies(kinds) == %{
+             resume: count.(:resume),
+             restart: count.(:restart),
+             big: count.(:big)
+           }
+
+    ends = receive_events([:drove, :supervisor, :end_handoff], count.(:resume))
+    assert Enum.all?(ends, &match?({%{count: 1}, %{supervisor: @sup}}, &1))
+
+    C.wait_until(fn -> C.rpc(a, SupPeer, :running, [Keyword.keys(tags)]) == Keyword.keys(tags) end)
+
+    refute_received {:telemetry, [:drove, :supervisor, :end_handoff], _, _}
+  end
+
   test "Drove.Membership reports each new node set" do
     [a, b] = nodes = C.start_nodes(2)
     opts = [name: :telemetry_membership, instances: [:telemetry_instance], mode: :participation]

@@ -72,9 +72,11 @@ defmodule Drove.Test.ChaosPeer do
     end
   end
 
+  # about half the children have handoff: true (chosen by tag, the same on every node)
   @spec start_child(atom(), atom()) :: term()
   def start_child(tag, restart) do
-    Drove.DynamicSupervisor.start_child(any(sups()), {Drove.Test.Worker, {tag, restart}})
+    arg = if :erlang.phash2(tag, 2) == 0, do: {tag, restart, :handoff}, else: {tag, restart}
+    Drove.DynamicSupervisor.start_child(any(sups()), {Drove.Test.Worker, arg})
   end
 
   @doc "Which of `tags` run here."

@@ -2,7 +2,12 @@ defmodule Drove.Test.Worker do
   @moduledoc false
   # A child for supervisor tests. It registers itself locally under its tag (an atom), so a
   # test can see on which nodes a given child runs, and it obeys :crash / :stop_normal.
+  # With {tag, restart, :handoff} its spec has handoff: true: it hands over how many times it
+  # moved with its state, and counts the states delivered to it (never more than one).
   use GenServer
+
+  def child_spec({tag, restart, :handoff}),
+    do: Map.put(child_spec({tag, restart}), :handoff, true)
 
   @spec child_spec({atom(), atom()}) :: Supervisor.child_spec()
   def child_spec({tag, restart}) do
@@ -31,6 +36,10 @@ defmodule Drove.Test.Worker do
 
   @impl true
   def handle_call(:extra, _from, s), do: {:reply, s.extra, s}
+  def handle_call(:delivered, _from, s), do: {:reply, Map.get(s, :delivered, 0), s}
+
+  def handle_call({:drove, :begin_handoff}, _from, s),
+    do: {:reply, {:resume, Map.get(s, :moves, 0) + 1}, s}
 
   @impl true
   def terminate(_reason, %{extra: {:slow_stop, ms}}), do: Process.sleep(ms)
@@ -40,6 +49,9 @@ defmodule Drove.Test.Worker do
   def handle_cast(:crash, s), do: {:stop, :crashed, s}
   def handle_cast(:stop_normal, s), do: {:stop, :normal, s}
   def handle_cast({:stop, reason}, s), do: {:stop, reason, s}
+
+  def handle_cast({:drove, :end_handoff, moves}, s),
+    do: {:noreply, s |> Map.put(:moves, moves) |> Map.update(:delivered, 1, &(&1 + 1))}
 end
 
 defmodule Drove.Test.SupPeer do
@@ -76,6 +88,20 @@ defmodule Drove.Test.SupPeer do
       {:ok, _} = Drove.DynamicSupervisor.start_child(name, {Drove.Test.Worker, {tag, restart}})
       tag
     end
+  end
+
+  @doc "Which of `tags` run on this node and were delivered more than one handed-over state."
+  @spec delivered_twice([atom()]) :: [atom()]
+  def delivered_twice(tags) do
+    Enum.filter(tags, fn tag ->
+      case Process.whereis(tag) do
+        nil -> false
+        pid -> GenServer.call(pid, :delivered) > 1
+      end
+    end)
+  catch
+    # a child that stopped meanwhile
+    :exit, _ -> []
   end
 
   @doc "Which of `tags` run on this node."

@@ -7,6 +7,8 @@ defmodule Drove.DynamicSupervisor.Impl do
   #   {:member_info, m} => {status, pid}      written only by m itself: :alive / :shutting_down
   #                                           and the pid of its instance process
   #   {:child, id}      => {owner, spec, pid} owner is {name, node}, or nil once relinquished
+  #                     or {owner, spec, pid, state} while a handoff: true child's state moves
+  #                        with it (from its answer to the claim of the member that took it)
   #
   # Liveness is observed, never replicated: a member is :dead for this node when its node is
   # not connected or its instance process (the pid in its info) went down. Everything that
@@ -72,7 +74,12 @@ defmodule Drove.DynamicSupervisor.Impl do
               waiting: [{non_neg_integer(), GenServer.from()}]
             },
             awaiting: %{id() => [{GenServer.from(), node()}]},
-            retries: %{id() => non_neg_integer()}
+            retries: %{id() => non_neg_integer()},
+            asking: %{id() => pid()},
+            handoff_out: %{id() => term()},
+            handoff_in: %{id() => term()},
+            handoff_wait: GenServer.from() | nil,
+            answered: [{id(), pid(), map()}]
           }
 
     @enforce_keys [:name, :me, :flags, :procsup, :strategy, :handle, :repl, :table]
@@ -116,7 +123,18 @@ defmodule Drove.DynamicSupervisor.Impl do
       confirm: nil,
       awaiting: %{},
       # failed takeovers: id => attempts so far
-      retries: %{}
+      retries: %{},
+      # state handoff (handoff: true children). asking: children here asked for their state,
+      # id => the child's pid; handoff_out: states children here answered, carried by their
+      # entry until it is handed over; handoff_in: states carried by entries as this member
+      # last saw them, delivered to the instance that takes the child over here;
+      # handoff_wait: the graceful stop waiting until every child asked has answered;
+      # answered: children that answered since the last push, to stop once it has left
+      asking: %{},
+      handoff_out: %{},
+      handoff_in: %{},
+      handoff_wait: nil,
+      answered: []
     ]
   end
 
@@ -147,7 +165,8 @@ defmodule Drove.DynamicSupervisor.Impl do
     :shutdown,
     :name,
     :id,
-    :horde_telemetry
+    :horde_telemetry,
+    :handoff_max_bytes
   ]
 
   # ------------------------------------------------------------------ flags
@@ -221,7 +240,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       extra_arguments: list!(opts, :extra_arguments),
       process_redistribution: redistribution!(Keyword.get(opts, :process_redistribution)),
       sync_interval: sync_interval,
-      max_message_bytes: max_message_bytes
+      max_message_bytes: max_message_bytes,
+      handoff_max_bytes: handoff_max_bytes!(Keyword.get(opts, :handoff_max_bytes))
     }
   end
 
@@ -243,6 +263,21 @@ defmodule Drove.DynamicSupervisor.Impl do
       l when is_list(l) -> l
       o -> raise ArgumentError, "#{inspect(key)} must be a list, got: #{inspect(o)}"
     end
+  end
+
+  # the size of a handed-over state travels in one replication message (at most 256 MiB)
+  @handoff_max_bytes 4_194_304
+  @handoff_max_bytes_limit 134_217_728
+
+  defp handoff_max_bytes!(nil), do: @handoff_max_bytes
+
+  defp handoff_max_bytes!(n) when is_integer(n) and n >= 1 and n <= @handoff_max_bytes_limit,
+    do: n
+
+  defp handoff_max_bytes!(o) do
+    raise ArgumentError,
+          ":handoff_max_bytes must be an integer in 1..#{@handoff_max_bytes_limit}, " <>
+            "got: #{inspect(o)}"
   end
 
   defp redistribution!(nil), do: :passive
@@ -546,11 +581,28 @@ defmodule Drove.DynamicSupervisor.Impl do
     {:reply, :ok, s |> refresh() |> orphans_of_mine() |> rebalance()}
   end
 
-  def handle_call(:shutting_down, _from, s) do
+  # the shutdown signal, before the node's DynamicSupervisor stops the children: handoff
+  # children are asked for their state first (each within its shutdown time), and the stop
+  # goes on once every one has answered or stopped answering
+  def handle_call(:shutting_down, from, s) do
     s = %{s | shutting_down: true}
     put_info(s, :shutting_down)
+
+    s =
+      Enum.reduce(s.local, s, fn
+        {id, {pid, spec}}, s when is_pid(pid) ->
+          if Map.has_key?(s.stopping, id), do: s, else: move(s, id, pid, spec, :ask_only)
+
+        _, s ->
+          s
+      end)
+
     {r, _} = Replicator.flush(s.repl)
-    {:reply, :ok, refresh(%{s | repl: r})}
+    s = refresh(%{s | repl: r})
+
+    if map_size(s.asking) == 0,
+      do: {:reply, :ok, s},
+      else: {:noreply, %{s | handoff_wait: from}}
   end
 
   def handle_call({:set_members, members}, _from, s) do
@@ -585,6 +637,9 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   # for tests and diagnostics: the replicated child entries as this node sees them
   def handle_call(:children, _from, s), do: {:reply, :ets.tab2list(s.children), s}
+
+  # for tests and diagnostics: the state the entry of child `id` carries as this node saw it
+  def handle_call({:carried, id}, _from, s), do: {:reply, Map.fetch(s.handoff_in, id), s}
 
   def handle_call(:info, _from, s) do
     info =
@@ -735,6 +790,36 @@ defmodule Drove.DynamicSupervisor.Impl do
     end
   end
 
+  # a child asked for its state answered (or did not, in time): the state goes in its entry,
+  # pushed to the peers before the child is stopped (:drove_handoff_push, after the answers
+  # already queued: one push for a burst of them); then it is stopped and handed over
+  def handle_info({:drove_handoff_answer, id, pid, decision, state}, s) do
+    s = %{s | asking: Map.delete(s.asking, id)}
+
+    case {Map.get(s.local, id), Map.get(s.stopping, id)} do
+      {{^pid, spec}, :redistribute} ->
+        s = carry(s, id, pid, spec, decision, state)
+        if s.answered == [], do: send(self(), :drove_handoff_push)
+        {:noreply, %{s | answered: [{id, pid, spec} | s.answered]}}
+
+      _ ->
+        # it went down (and was handed over without state) or restarted meanwhile, or it is
+        # being stopped for another reason (terminate_child, evicted as a duplicate)
+        {:noreply, handoff_done(s)}
+    end
+  end
+
+  def handle_info(:drove_handoff_push, s) do
+    {repl, _} = Replicator.flush(s.repl)
+
+    for {id, pid, spec} <- Enum.reverse(s.answered) do
+      hook(:written, %{supervisor: s.name, id: id, spec: spec})
+      stop_local(s.procsup, pid, nil)
+    end
+
+    {:noreply, handoff_done(%{s | repl: repl, answered: []})}
+  end
+
   def handle_info({:drove_retry_takeover, id}, s) do
     with {:starting, spec} <- Map.get(s.local, id),
          [{_, owner, _, _}] <- :ets.lookup(s.children, id),
@@ -853,11 +938,17 @@ defmodule Drove.DynamicSupervisor.Impl do
 
     takeover? = match?({:starting, _}, previous)
 
+    start =
+      case previous do
+        {:starting, _} -> :takeover
+        {:restarting, _} -> :restart
+        _ -> :new
+      end
+
     case :ets.lookup(s.children, id) do
       [{_, owner, _, _}] when owner != nil and owner != s.me ->
         if gone?(s, owner) do
-          put_child(s, id, s.me, spec, pid)
-          {:claimed, s}
+          {:claimed, claim(s, id, spec, pid, start)}
         else
           # another live member owns this id (it took the child over first, or its owner
           # came back while this node started it): stop ours
@@ -870,9 +961,28 @@ defmodule Drove.DynamicSupervisor.Impl do
         {:evicted, evict(s, id, pid)}
 
       _ ->
-        put_child(s, id, s.me, spec, pid)
-        {:claimed, s}
+        {:claimed, claim(s, id, spec, pid, start)}
     end
+  end
+
+  # Writes the entry of child `id` as this member's, running as `pid`. A takeover of an
+  # entry that carries a handed-over state casts it to the new instance first: nothing else
+  # can know where the child runs before the entry says so (nor the node's DynamicSupervisor,
+  # whose start is waiting on Starter's call). The claim writes the entry without the state,
+  # so a later restart, here or anywhere, starts without it.
+  defp claim(s, id, spec, pid, start) do
+    {state, handoff_in} = Map.pop(s.handoff_in, id)
+    facts = %{start: start, carried: Map.has_key?(s.handoff_in, id), claimed: true}
+
+    if Lifecycle.end_handoff(facts) == :deliver do
+      hook(:delivering, %{supervisor: s.name, id: id, spec: spec})
+      GenServer.cast(pid, {:drove, :end_handoff, state})
+      Drove.Telemetry.end_handoff(s.name, id)
+    end
+
+    s = %{s | handoff_in: handoff_in}
+    put_child(s, id, s.me, spec, pid)
+    s
   end
 
   # Starts for callers on this node are numbered after their entries are written (the
@@ -942,6 +1052,12 @@ defmodule Drove.DynamicSupervisor.Impl do
     {id, by_pid} = Map.pop(s.by_pid, pid)
     s = %{s | by_pid: by_pid}
 
+    s
+    |> child_down(id, pid, reason)
+    |> Map.update!(:handoff_out, &Map.delete(&1, id))
+  end
+
+  defp child_down(s, id, pid, reason) do
     case Map.get(s.local, id) do
       {^pid, spec} ->
         {how, stopping} = Map.pop(s.stopping, id)
@@ -996,6 +1112,118 @@ defmodule Drove.DynamicSupervisor.Impl do
     end)
   end
 
+  # ------------------------------------------------------------------ state handoff
+
+  # Child `id` (running as `pid`) leaves this member. A handoff: true child is asked for its
+  # state first, from a process of its own (bounded by the child's shutdown time), and stopped
+  # once it answered (handle_info :drove_handoff_answer); any other is stopped now
+  # (:ask_or_stop, a redistribution) or left to the node's DynamicSupervisor (:ask_only, a
+  # graceful stop).
+  defp move(s, id, pid, spec, how) do
+    case Lifecycle.begin_handoff(spec) do
+      {:ask, timeout} ->
+        ask(s, id, pid, spec, timeout)
+
+        %{
+          s
+          | asking: Map.put(s.asking, id, pid),
+            stopping: Map.put(s.stopping, id, :redistribute)
+        }
+
+      :skip when how == :ask_or_stop ->
+        stop_local(s.procsup, pid, nil)
+        %{s | stopping: Map.put(s.stopping, id, :redistribute)}
+
+      :skip ->
+        s
+    end
+  end
+
+  defp ask(s, id, pid, spec, timeout) do
+    instance = self()
+    name = s.name
+    limit = s.flags.handoff_max_bytes
+
+    spawn(fn ->
+      t0 = System.monotonic_time()
+
+      answer =
+        try do
+          GenServer.call(pid, {:drove, :begin_handoff}, timeout)
+        catch
+          :exit, {reason, {GenServer, :call, _}} -> {:error, reason}
+          :exit, reason -> {:error, reason}
+        end
+
+      {size, state} =
+        case answer do
+          {:resume, state} -> {:erlang.external_size(state), state}
+          _ -> {nil, nil}
+        end
+
+      decision = Lifecycle.on_answer(%{answer: answer, size: size, limit: limit})
+      Drove.Telemetry.begin_handoff(name, id, decision, size, t0)
+      # a refused state does not travel further than this process
+      state = if decision == :carry, do: state
+      hook(:answered, %{supervisor: name, id: id, spec: spec})
+      send(instance, {:drove_handoff_answer, id, pid, decision, state})
+    end)
+  end
+
+  # The answer of child `id`: a state to carry goes in its entry (as this member's, running),
+  # pushed to the peers before the child is stopped, so that it survives the loss of this
+  # node from then on.
+  defp carry(s, id, pid, spec, :carry, state) do
+    s = %{s | handoff_out: Map.put(s.handoff_out, id, state)}
+    put_child(s, id, s.me, spec, pid)
+    s
+  end
+
+  defp carry(s, _id, _pid, _spec, {:fresh, :restart}, _state), do: s
+
+  defp carry(s, _id, _pid, spec, {:fresh, reason}, _state) do
+    Logger.warning(
+      "Drove.DynamicSupervisor #{inspect(s.name)}: the child #{inspect(Map.get(spec, :id))} " <>
+        "moves without its state: " <> handoff_reason(reason)
+    )
+
+    s
+  end
+
+  defp handoff_reason({:too_big, size, limit}),
+    do: "its state is #{size} bytes, over the handoff_max_bytes limit of #{limit}"
+
+  defp handoff_reason({:no_answer, :timeout}),
+    do: "it did not answer {:drove, :begin_handoff} within its shutdown time"
+
+  defp handoff_reason({:no_answer, reason}),
+    do: "{:drove, :begin_handoff} failed: #{inspect(reason, limit: 8)}"
+
+  defp handoff_reason({:bad_answer, answer}),
+    do:
+      "it answered {:drove, :begin_handoff} with #{inspect(answer, limit: 8)}, " <>
+        "not {:resume, state} or :restart"
+
+  # The graceful stop goes on once every child asked has answered and the answers left.
+  defp handoff_done(%{handoff_wait: nil} = s), do: s
+  defp handoff_done(s) when map_size(s.asking) > 0 or s.answered != [], do: s
+
+  defp handoff_done(s) do
+    {repl, _} = Replicator.flush(s.repl)
+    GenServer.reply(s.handoff_wait, :ok)
+    %{s | repl: repl, handoff_wait: nil}
+  end
+
+  # Test-only: {Drove.DynamicSupervisor, :handoff_hook} in :persistent_term holds {m, f, a};
+  # apply(m, f, [step, info | a]) runs at each step of a handoff (:answered in the asking
+  # process, :written and :delivering in the instance), so that a test can stop there.
+  defp hook(step, info) do
+    case :persistent_term.get({Drove.DynamicSupervisor, :handoff_hook}, nil) do
+      nil -> :ok
+      {m, f, a} -> apply(m, f, [step, info | a])
+    end
+  end
+
   defp start_takeover(s, id, spec) do
     Drove.Telemetry.takeover(s.name, s.children, id)
     sup = s.name
@@ -1031,9 +1259,26 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   # ------------------------------------------------------------------ replica
 
+  # An entry keeps the state a child here answered (handoff_out) through every write until
+  # it is handed over; a relinquished entry keeps the state it carried when this member saw
+  # it (an earlier life of this member answered, then died).
   defp put_child(s, id, owner, spec, pid) do
-    :ok = Native.put(s.handle, Native.key({:child, id}), Native.value({owner, spec, pid}))
+    value =
+      case carried(s, id, owner) do
+        {:ok, state} -> {owner, spec, pid, state}
+        :error -> {owner, spec, pid}
+      end
+
+    :ok = Native.put(s.handle, Native.key({:child, id}), Native.value(value))
     mirror(s, id, owner, spec, pid)
+  end
+
+  defp carried(s, id, owner) do
+    case Map.fetch(s.handoff_out, id) do
+      {:ok, _} = found -> found
+      :error when owner == nil -> Map.fetch(s.handoff_in, id)
+      :error -> :error
+    end
   end
 
   defp relinquish(s, id, spec), do: put_child(s, id, nil, spec, nil)
@@ -1068,30 +1313,16 @@ defmodule Drove.DynamicSupervisor.Impl do
     :ok = Native.put(s.handle, Native.key({:member_info, s.me}), Native.value({status, self()}))
   end
 
-  defp apply_diff({:add, {:child, id}, {owner, spec, pid}}, s) do
-    mirror(s, id, owner, spec, pid)
-    s = entry_arrived(s, id)
+  # an entry that carries a handed-over state, and one that does not (any more)
+  defp apply_diff({:add, {:child, id}, {owner, spec, pid, state}}, s),
+    do: apply_entry(%{s | handoff_in: Map.put(s.handoff_in, id, state)}, id, owner, spec, pid)
 
-    case Lifecycle.on_entry(entry_facts(s, id, :add, owner, pid)) do
-      :keep ->
-        s
-
-      :restate ->
-        {running, lspec} = Map.fetch!(s.local, id)
-        put_child(s, id, s.me, lspec, running)
-        s
-
-      :evict ->
-        {running, _} = Map.fetch!(s.local, id)
-        evict(s, id, running)
-
-      :relinquish ->
-        relinquish(s, id, spec)
-        s
-    end
-  end
+  defp apply_diff({:add, {:child, id}, {owner, spec, pid}}, s),
+    do: apply_entry(%{s | handoff_in: Map.delete(s.handoff_in, id)}, id, owner, spec, pid)
 
   defp apply_diff({:remove, {:child, id}}, s) do
+    s = %{s | handoff_in: Map.delete(s.handoff_in, id)}
+
     case Lifecycle.on_entry(entry_facts(s, id, :remove, nil, nil)) do
       :restate ->
         {running, spec} = Map.fetch!(s.local, id)
@@ -1133,6 +1364,29 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp apply_diff(other, s) do
     %{s | repl: Replicator.bad_message(s.repl, {:unexpected_entry, other})}
+  end
+
+  defp apply_entry(s, id, owner, spec, pid) do
+    mirror(s, id, owner, spec, pid)
+    s = entry_arrived(s, id)
+
+    case Lifecycle.on_entry(entry_facts(s, id, :add, owner, pid)) do
+      :keep ->
+        s
+
+      :restate ->
+        {running, lspec} = Map.fetch!(s.local, id)
+        put_child(s, id, s.me, lspec, running)
+        s
+
+      :evict ->
+        {running, _} = Map.fetch!(s.local, id)
+        evict(s, id, running)
+
+      :relinquish ->
+        relinquish(s, id, spec)
+        s
+    end
   end
 
   defp entry_facts(s, id, change, owner, pid) do
@@ -1285,7 +1539,9 @@ defmodule Drove.DynamicSupervisor.Impl do
     # not once per child: a push carries many children of one owner
     {s, _} =
       Enum.reduce(diffs, {s, %{}}, fn
-        {:add, {:child, id}, {owner, spec, _}}, {s, seen} ->
+        {:add, {:child, id}, value}, {s, seen} ->
+          {owner, spec} = {elem(value, 0), elem(value, 1)}
+
           {gone, seen} =
             case seen do
               %{^owner => gone} -> {gone, seen}
@@ -1341,8 +1597,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       {id, {pid, spec}}, s when is_pid(pid) ->
         case {Map.has_key?(s.stopping, id), choose(s, id, spec, members)} do
           {false, {:ok, %{name: chosen}}} when chosen != s.me ->
-            stop_local(s.procsup, pid, nil)
-            %{s | stopping: Map.put(s.stopping, id, :redistribute)}
+            move(s, id, pid, spec, :ask_or_stop)
 
           _ ->
             s

@@ -117,4 +117,79 @@ defmodule Drove.DynamicSupervisor.Lifecycle do
     do: :restate
 
   def on_entry(%{change: :remove}), do: :keep
+
+  # ------------------------------------------------------------------ state handoff
+
+  @typedoc "Whether a child about to move is asked for its state, and for how long."
+  @type begin_handoff :: {:ask, timeout()} | :skip
+
+  @doc """
+  A child running here is about to move (this member stops gracefully, or :active
+  redistribution moves it). `spec` is its child spec. Only a child with `handoff: true` is
+  asked, for at most its `shutdown` time (a worker's default is 5000 ms, a supervisor's
+  `:infinity`); a `:brutal_kill` child is not asked (it is given no time to stop).
+  """
+  @spec begin_handoff(map()) :: begin_handoff()
+  def begin_handoff(%{handoff: true} = spec) do
+    default = if Map.get(spec, :type, :worker) == :supervisor, do: :infinity, else: 5000
+
+    case Map.get(spec, :shutdown, default) do
+      :brutal_kill -> :skip
+      :infinity -> {:ask, :infinity}
+      ms when is_integer(ms) and ms >= 0 -> {:ask, ms}
+      _ -> :skip
+    end
+  end
+
+  def begin_handoff(_spec), do: :skip
+
+  @typedoc "What the answer of a child asked for its state makes of the move."
+  @type on_answer :: :carry | {:fresh, reason :: term()}
+
+  @typedoc """
+  The facts of an answer: `answer` what the child's `{:drove, :begin_handoff}` call gave
+  (`{:error, reason}` when the call exited: a timeout, the child went down), `size` the
+  external size of the state of a `{:resume, state}` answer (nil otherwise), `limit` the
+  supervisor's `handoff_max_bytes`.
+  """
+  @type answer_facts :: %{answer: term(), size: non_neg_integer() | nil, limit: pos_integer()}
+
+  @doc """
+  The child answered (or did not):
+
+    * `:carry` - `{:resume, state}` within the size limit: the state goes with the entry;
+    * `{:fresh, reason}` - the child moves and starts fresh: it asked to (`:restart`), it
+      did not answer in time or went down (`{:no_answer, reason}`), its state is over the
+      limit (`{:too_big, size, limit}`), or its answer is neither (`{:bad_answer, answer}`).
+  """
+  @spec on_answer(answer_facts()) :: on_answer()
+  def on_answer(%{answer: {:resume, _}, size: size, limit: limit}) when size > limit,
+    do: {:fresh, {:too_big, size, limit}}
+
+  def on_answer(%{answer: {:resume, _}}), do: :carry
+  def on_answer(%{answer: :restart}), do: {:fresh, :restart}
+  def on_answer(%{answer: {:error, reason}}), do: {:fresh, {:no_answer, reason}}
+  def on_answer(%{answer: other}), do: {:fresh, {:bad_answer, other}}
+
+  @typedoc """
+  The facts of a start here: `start` is `:new` (start_child), `:takeover` (the entry was
+  relinquished or its owner is gone) or `:restart` (the node's DynamicSupervisor restarted
+  it); `carried` whether the entry this member saw last holds a handed-over state;
+  `claimed` whether this start claims the entry (false: another member's copy won).
+  """
+  @type start_facts :: %{
+          start: :new | :takeover | :restart,
+          carried: boolean(),
+          claimed: boolean()
+        }
+
+  @doc """
+  A child started here: `:deliver` its handed-over state (cast `{:drove, :end_handoff,
+  state}` before the entry names it), or `:none`. Only a takeover that claims an entry
+  carrying a state delivers it; a restart never does (the claim wrote the entry without the
+  state, so the state is delivered once).
+  """
+  @spec end_handoff(start_facts()) :: :deliver | :none
+  def end_handoff(%{start: :takeover, carried: true, claimed: true}), do: :deliver
+  def end_handoff(_facts), do: :none
 end

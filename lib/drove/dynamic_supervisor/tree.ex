@@ -44,7 +44,9 @@ defmodule Drove.DynamicSupervisor.Tree do
             type: :supervisor,
             shutdown: :infinity
           },
-          %{id: Signal, start: {Signal, :start_link, [name]}, shutdown: 30_000},
+          # its stop waits until every handoff: true child has answered, each within its own
+          # shutdown time
+          %{id: Signal, start: {Signal, :start_link, [name]}, shutdown: :infinity},
           %{id: Poller, start: {Poller, :start_link, [name, flags.horde_telemetry]}}
         ]
 

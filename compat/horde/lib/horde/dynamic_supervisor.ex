@@ -98,7 +98,10 @@ defmodule Horde.DynamicSupervisor do
   `max_children` (`:infinity`), `extra_arguments` (`[]`), `process_redistribution`
   (`:passive`), `delta_crdt_options`, `proxy_message_ttl` and `shutdown` are accepted.
   Members are shown to strategies and in `:sys.get_state/1` as
-  `Horde.DynamicSupervisor.Member` structs. Returns `{:ok, flags}`.
+  `Horde.DynamicSupervisor.Member` structs. Drove's `sync_interval`, `max_message_bytes` and
+  `handoff_max_bytes` are kept; other options are ignored, as Horde does. A child moves
+  without its state, as in Horde, unless its child spec has `handoff: true` (see
+  `Drove.DynamicSupervisor`, "State handoff"). Returns `{:ok, flags}`.
   """
   @spec init(options()) :: {:ok, map()}
   def init(options) when is_list(options) do
@@ -109,7 +112,7 @@ defmodule Horde.DynamicSupervisor do
     # as Horde, options it does not know are ignored (a module's init/1 may pass its whole
     # argument); Drove's own tuning options are kept
     options
-    |> Keyword.take(@init_keys ++ [:sync_interval, :max_message_bytes])
+    |> Keyword.take(@init_keys ++ [:sync_interval, :max_message_bytes, :handoff_max_bytes])
     |> Keyword.put_new(:distribution_strategy, Horde.UniformDistribution)
     |> Keyword.put_new(:member_struct, Horde.DynamicSupervisor.Member)
     |> Keyword.put(:horde_telemetry, true)
