@@ -58,6 +58,7 @@ defmodule Drove.DynamicSupervisor.Impl do
             local: %{id() => {pid() | :starting | :restarting, map()}},
             by_pid: %{pid() => id()},
             stopping: %{id() => Drove.DynamicSupervisor.Lifecycle.stop()},
+            superseded: %{id() => pid()},
             ready: boolean(),
             shutting_down: boolean(),
             quorum_waiters: [GenServer.from()],
@@ -103,6 +104,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       local: %{},
       by_pid: %{},
       stopping: %{},
+      # id => pid of the copy this member evicted for another member's claim, while its own
+      # claim with that pid may still be in the replica (see Lifecycle.on_entry/1)
+      superseded: %{},
       ready: false,
       shutting_down: false,
       quorum_waiters: [],
@@ -802,7 +806,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       [{_, owner, _, _}] when owner != nil and owner != s.me ->
         if gone?(s, owner) do
           put_child(s, id, s.me, spec, pid)
-          {:claimed, s}
+          {:claimed, %{s | superseded: Map.delete(s.superseded, id)}}
         else
           # another live member owns this id (it took the child over first, or its owner
           # came back while this node started it): stop ours
@@ -816,7 +820,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
       _ ->
         put_child(s, id, s.me, spec, pid)
-        {:claimed, s}
+        {:claimed, %{s | superseded: Map.delete(s.superseded, id)}}
     end
   end
 
@@ -905,7 +909,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp evict(s, id, pid) do
     stop_local(s.procsup, pid, nil)
-    %{s | stopping: Map.put(s.stopping, id, :evict)}
+    %{s | stopping: Map.put(s.stopping, id, :evict), superseded: Map.put(s.superseded, id, pid)}
   end
 
   # DynamicSupervisor.terminate_child blocks for the child's shutdown time: not here.
@@ -1005,7 +1009,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       :restate ->
         {running, lspec} = Map.fetch!(s.local, id)
         put_child(s, id, s.me, lspec, running)
-        s
+        %{s | superseded: Map.delete(s.superseded, id)}
 
       :evict ->
         {running, _} = Map.fetch!(s.local, id)
@@ -1014,6 +1018,10 @@ defmodule Drove.DynamicSupervisor.Impl do
       :relinquish ->
         relinquish(s, id, spec)
         s
+
+      :delete ->
+        delete_child(s, id)
+        %{s | superseded: Map.delete(s.superseded, id)}
     end
   end
 
@@ -1027,7 +1035,8 @@ defmodule Drove.DynamicSupervisor.Impl do
         unmirror(s, id)
     end
 
-    s
+    # no claim of ours is left behind in the replica: the entry went, or we wrote it anew
+    %{s | superseded: Map.delete(s.superseded, id)}
   end
 
   defp apply_diff({:add, {:member, m}, _}, s),
@@ -1076,7 +1085,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       owner: owner,
       pid: pid,
       mine: owner == s.me,
-      ready: s.ready
+      ready: s.ready,
+      superseded: pid != nil and Map.get(s.superseded, id) == pid
     }
   end
 
