@@ -62,7 +62,36 @@ defmodule Drove.ChaosTest do
     )
   end
 
-  defp start_peer(node, nodes), do: C.rpc(node, P, :start, [nodes, Process.get(:chaos_layout)])
+  defp start_peer(node, nodes) do
+    C.rpc(node, P, :start, [nodes, Process.get(:chaos_layout)])
+
+    # DROVE_CHAOS_TRACE=1: each node records its supervisor's decisions (slower; see
+    # Drove.Test.ChaosTrace), shown for the children a failure names
+    if System.get_env("DROVE_CHAOS_TRACE") in ["1", "true"] do
+      sups =
+        elem(
+          Map.fetch!(
+            %{single: {[], [ChaosSup]}, pair: {[], [ChaosSup, ChaosSup2]}},
+            Process.get(:chaos_layout)
+          ),
+          1
+        )
+
+      C.rpc(node, Drove.Test.ChaosTrace, :start, [sups])
+    end
+  end
+
+  # the traced decisions of every node about child `tag` (DROVE_CHAOS_TRACE=1), to a file
+  defp trace_of(nodes, tag) do
+    ids = for n <- nodes, {id, _, _, _} <- C.rpc(n, P, :entry, [tag]), uniq: true, do: id
+
+    events =
+      for n <- C.nodes(), id <- ids, do: {n, C.rpc(n, Drove.Test.ChaosTrace, :events, [id])}
+
+    path = Path.join(System.tmp_dir!(), "chaos_trace_#{tag}.txt")
+    File.write!(path, inspect({tag, ids, events}, pretty: true, limit: :infinity))
+    "\ntrace: #{path}"
+  end
 
   defp run(seconds, layout, wire \\ false) do
     Process.put(:chaos_layout, layout)
@@ -137,7 +166,12 @@ defmodule Drove.ChaosTest do
       {:timeout, v} ->
         flunk(
           "seed #{seed}: #{length(v)} violations:\n" <>
-            Enum.map_join(Enum.take(v, 20), "\n", &inspect/1) <> diagnose(nodes, v)
+            Enum.map_join(Enum.take(v, 20), "\n", &inspect/1) <>
+            diagnose(nodes, v) <>
+            Enum.map_join(
+              for({:ended_came_back, t, _} <- Enum.take(v, 3), do: t),
+              &trace_of(nodes, &1)
+            )
         )
     end
   end
@@ -327,7 +361,8 @@ defmodule Drove.ChaosTest do
         end
 
       flunk(
-        "transient children ended normally are still listed: #{inspect(details, pretty: true)}"
+        "transient children ended normally are still listed: #{inspect(details, pretty: true)}" <>
+          Enum.map_join(stopped, &trace_of(nodes, &1))
       )
     end
 
@@ -335,7 +370,20 @@ defmodule Drove.ChaosTest do
   end
 
   defp await_settled(nodes, expected) do
-    C.wait_until(fn -> Enum.all?(nodes, &C.rpc(&1, P, :settled?, [expected])) end, 30_000)
+    settled? = fn ->
+      try do
+        Enum.all?(nodes, &C.rpc(&1, P, :settled?, [expected]))
+      rescue
+        _ -> false
+      catch
+        _, _ -> false
+      end
+    end
+
+    unless wait(settled?, 30_000) do
+      views = for n <- nodes, do: {n, C.rpc(n, P, :unsettled, [])}
+      flunk("not every member :alive everywhere after 30 s: #{inspect(views, pretty: true)}")
+    end
   end
 
   # ------------------------------------------------------------------ invariants
