@@ -130,12 +130,12 @@ defmodule Drove.Test.SupPeer do
 
   @doc """
   Whether instance `sup` is at rest here: no child of its being started, restarted or
-  stopped; every entry owned by a member on one of the nodes `alive`; the children it runs
-  exactly those whose entries name it. With equal replicas on every node (`digest/1`) and
+  stopped; every entry owned by one of the members `alive` (or by a member on one of them,
+  for nodes); the children it runs exactly those whose entries name it. With equal replicas on every node (`digest/1`) and
   every member :alive, nothing more happens to any child until something changes: the
   positive form of "no late takeover, eviction or restart".
   """
-  @spec at_rest?(atom(), [node()]) :: boolean()
+  @spec at_rest?(atom(), [node() | {atom(), node()}]) :: boolean()
   def at_rest?(sup, alive) do
     s = :sys.get_state(sup)
     entries = :ets.tab2list(s.children)
@@ -143,7 +143,9 @@ defmodule Drove.Test.SupPeer do
     running = for {id, {p, _}} <- s.local, into: MapSet.new(), do: {id, is_pid(p)}
 
     s.stopping == %{} and MapSet.new(mine, &{&1, true}) == running and
-      Enum.all?(entries, fn {_, owner, _, _} -> owner != nil and elem(owner, 1) in alive end)
+      Enum.all?(entries, fn {_, owner, _, _} ->
+        owner != nil and (owner in alive or elem(owner, 1) in alive)
+      end)
   end
 
   @doc "The digest of `sup`'s replica here."
