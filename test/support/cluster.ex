@@ -465,14 +465,15 @@ defmodule Drove.TestCluster do
   @doc """
   Polls `fun` every `interval_ms` until it returns a truthy value, and
   returns that value. Flunks the test (raises `ExUnit.AssertionError`) when
-  `timeout_ms` passes first, reporting the last value or exception.
+  `timeout_ms` passes first, reporting the last value or exception. The default, 30 s, is
+  a bound for a loaded machine, not a speed asked for: only a failing wait takes it.
 
   Exceptions and exits raised by `fun` (e.g. a failing `assert`, or an
   `rpc/5` to a node that is still booting) count as "not yet" and are
   retried.
   """
   @spec wait_until((() -> term()), non_neg_integer(), pos_integer()) :: term()
-  def wait_until(fun, timeout_ms \\ 5000, interval_ms \\ 10)
+  def wait_until(fun, timeout_ms \\ 30_000, interval_ms \\ 10)
       when is_function(fun, 0) and is_integer(timeout_ms) and timeout_ms >= 0 and
              is_integer(interval_ms) and interval_ms > 0 do
     await(fun, timeout_ms, "condition #{inspect(fun)}", interval_ms)
