@@ -360,8 +360,11 @@ defmodule Drove.ChaosTest do
           {n, t, C.rpc(n, P, :diagnose, [t]), C.rpc(n, P, :running, [[t]])}
         end
 
+      infos = for n <- nodes, do: {n, C.rpc(n, P, :sup_info, [])}
+
       flunk(
         "transient children ended normally are still listed: #{inspect(details, pretty: true)}" <>
+          "\nsupervisor replicas: #{inspect(infos, pretty: true)}" <>
           Enum.map_join(stopped, &trace_of(nodes, &1))
       )
     end

@@ -152,6 +152,21 @@ defmodule Drove.Test.ChaosPeer do
     end
   end
 
+  @doc "Replication figures of this node's supervisor instances (for diagnostics)."
+  @spec sup_info() :: map()
+  def sup_info do
+    keys = [:bad_messages, :deltas_in, :deltas_out, :rounds, :rounds_done, :neighbours_up]
+
+    for sup <- sups(), into: %{} do
+      info = GenServer.call(sup, :info)
+
+      {sup,
+       info
+       |> Map.take(keys)
+       |> Map.put(:digest, Base.encode16(Drove.Native.digest(elem(Drove.Handles.lookup(sup), 1))))}
+    end
+  end
+
   @doc "The distinct digests of the registry's and the supervisor's replicas here."
   @spec digests() :: {[binary()], [binary()]}
   def digests do
