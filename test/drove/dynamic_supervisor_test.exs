@@ -3,6 +3,8 @@ defmodule Drove.DynamicSupervisorTest do
   use ExUnit.Case, async: false
 
   alias Drove.DynamicSupervisor, as: DS
+  alias Drove.DynamicSupervisor.Tree
+  alias Drove.Native
   alias Drove.Test.Worker
   alias Drove.TestCluster, as: C
 
@@ -40,6 +42,28 @@ defmodule Drove.DynamicSupervisorTest do
   defp tag(ctx, i), do: :"w_#{ctx.line}_#{i}"
 
   defp entries(name), do: GenServer.call(name, :children)
+
+  # Child `t` has ended for good here: no entry, nothing of it in the instance (running,
+  # starting or restarting), and no child left in the node's DynamicSupervisor that could
+  # restart it. From there nothing can start it again on a single member; this is the
+  # positive form of "it does not come back".
+  defp assert_ended(name, t) do
+    C.wait_until(fn ->
+      entries(name) == [] and :sys.get_state(name).local == %{} and
+        DynamicSupervisor.which_children(Tree.procsup(name)) == []
+    end)
+
+    assert Process.whereis(t) == nil
+  end
+
+  # Sends `replica`'s pending deltas to instance `name` as a peer would, and returns once the
+  # instance has joined them (its deltas_in counter, read by a call queued behind them).
+  defp deliver(replica, name) do
+    {chunks, _} = Native.take_outbox(replica, 65_536)
+    before = GenServer.call(name, :info).deltas_in
+    Enum.each(chunks, &send(name, {:drove_delta, self(), &1}))
+    C.wait_until(fn -> GenServer.call(name, :info).deltas_in == before + length(chunks) end)
+  end
 
   test "start_child, which_children, count_children and terminate_child", ctx do
     start_sup(ctx.name)
@@ -101,8 +125,7 @@ defmodule Drove.DynamicSupervisorTest do
     C.wait_until(fn -> Process.whereis(t) not in [nil, pid] end)
 
     GenServer.cast(Process.whereis(t), :stop_normal)
-    C.wait_until(fn -> entries(ctx.name) == [] end)
-    C.consistently(fn -> Process.whereis(t) == nil end)
+    assert_ended(ctx.name, t)
     assert DS.count_children(ctx.name).specs == 0
 
     for reason <- [:shutdown, {:shutdown, :done}] do
@@ -118,8 +141,52 @@ defmodule Drove.DynamicSupervisorTest do
     t = tag(ctx, 1)
     {:ok, pid} = DS.start_child(ctx.name, {Worker, {t, :temporary}})
     GenServer.cast(pid, :crash)
-    C.wait_until(fn -> entries(ctx.name) == [] end)
-    C.consistently(fn -> Process.whereis(t) == nil end)
+    assert_ended(ctx.name, t)
+  end
+
+  # The interleaving behind the wire chaos failure of seed 306 (docs/reliability.md): this
+  # member's claim of a child and another member's claim are concurrent; this member evicts
+  # its copy for the other's, which is newer; the child then ends normally on the other
+  # member, which deletes the entry without having seen our claim, so our claim shows again.
+  # The child has ended: our claim is deleted too and nothing starts the child again (it was
+  # handed over, and so started again, before). The other member is a replica of this test
+  # (the NIF used directly) writing as member `other` on this node, which counts as alive.
+  test "a lost claim of ours shown again when the winning claim is deleted: the child ended",
+       ctx do
+    other = {:"#{ctx.name}_other", node()}
+    start_sup(ctx.name, members: [{ctx.name, node()}, other])
+    t = tag(ctx, 1)
+    {:ok, pid} = DS.start_child(ctx.name, {Worker, {t, :transient}})
+    [{id, me, spec, ^pid}] = entries(ctx.name)
+    assert me == {ctx.name, node()}
+
+    # the other member's replica never sees our claim; its claim is written a few ms later,
+    # so that it is the newer of the two (entries read the newest: hlc timestamps)
+    owner = spawn_link(fn -> receive(do: (:never -> :ok)) end)
+    <<rid::64>> = :crypto.strong_rand_bytes(8)
+    x = Native.replica_new(rid, owner, false)
+    t0 = System.os_time(:millisecond)
+    C.wait_until(fn -> System.os_time(:millisecond) > t0 + 20 end)
+    key = Native.key({:child, id})
+    :ok = Native.put(x, key, Native.value({other, spec, owner}))
+    deliver(x, ctx.name)
+
+    # the other claim shows here: our copy is evicted
+    assert [{^id, ^other, _, ^owner}] = entries(ctx.name)
+
+    C.wait_until(fn ->
+      s = :sys.get_state(ctx.name)
+      s.local == %{} and s.stopping == %{}
+    end)
+
+    refute Process.alive?(pid)
+
+    # the child ends normally on the other member: it deletes the entry it knows
+    :ok = Native.delete(x, key)
+    deliver(x, ctx.name)
+
+    assert entries(ctx.name) == []
+    assert_ended(ctx.name, t)
   end
 
   # A new child's entry is written by the start itself and the instance monitors the child

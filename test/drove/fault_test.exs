@@ -191,10 +191,11 @@ defmodule Drove.FaultTest do
     stuck_load = C.rpc(b, CRDTPeer, :load, [@crdt])
     assert stuck_load.queue <= @stuck_queue_max, "stuck mailbox: #{stuck_load.queue} messages"
 
-    C.consistently(
+    # and stays bounded through a's rounds (each of which syncs with the stuck b too)
+    C.consistently_through_rounds(
       fn -> C.rpc(a, CRDTPeer, :load, [@crdt]).queue <= @writer_queue_max end,
-      1_000,
-      100
+      [a],
+      &C.rpc(&1, Drove.CRDT, :info, [@crdt])
     )
 
     :ok = C.rpc(b, :sys, :resume, [stuck])

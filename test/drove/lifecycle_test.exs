@@ -83,7 +83,8 @@ defmodule Drove.LifecycleTest do
   end
 
   # Entry changes. running: a copy runs here (pid) or not; known: the child is known here at
-  # all (starting or restarting counts); mine: the entry names this member.
+  # all (starting or restarting counts); mine: the entry names this member; superseded: the
+  # entry is a claim of ours whose copy we evicted for another member's claim.
   test "on_entry: an entry joined from a peer, every combination" do
     here = self()
     other = spawn(fn -> :ok end)
@@ -94,7 +95,8 @@ defmodule Drove.LifecycleTest do
         stopping <- [nil, :evict, :redistribute, :terminate],
         owner <- [:me, nil, :other],
         pid <- [here, other],
-        ready <- [false, true] do
+        ready <- [false, true],
+        superseded <- [false, true] do
       facts = %{
         change: :add,
         running: running,
@@ -103,11 +105,15 @@ defmodule Drove.LifecycleTest do
         owner: owner,
         pid: pid,
         mine: owner == :me,
-        ready: ready
+        ready: ready,
+        superseded: superseded
       }
 
       expected =
         case {running, owner} do
+          # our claim that lost, shown again: the claims that beat it were deleted (the
+          # child ended for good where it ran), so it has ended
+          {_, :me} when superseded -> :delete
           # ours and it runs here: say which pid if the entry names another
           {^here, :me} -> if pid == here, do: :keep, else: :restate
           # handed over elsewhere while it runs here: this member keeps it
@@ -134,7 +140,8 @@ defmodule Drove.LifecycleTest do
         owner: nil,
         pid: nil,
         mine: false,
-        ready: true
+        ready: true,
+        superseded: false
       }
 
       # it still runs here and is not being stopped: it stays listed

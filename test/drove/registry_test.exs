@@ -4,6 +4,7 @@ defmodule Drove.RegistryTest do
   alias Drove.Native
   alias Drove.Registry, as: R
   alias Drove.Test.Named
+  alias Drove.TestCluster, as: C
 
   setup do
     name = :"reg_#{System.unique_integer([:positive])}"
@@ -227,13 +228,8 @@ defmodule Drove.RegistryTest do
 
   defp wait_stop, do: receive(do: (:stop -> :ok))
 
-  defp wait_until(f, tries \\ 500) do
-    cond do
-      f.() -> :ok
-      tries == 0 -> flunk("condition not met")
-      true -> Process.sleep(10) && wait_until(f, tries - 1)
-    end
-  end
+  # polls f until it holds; 30 s is a bound for a loaded machine, not a speed asked for
+  defp wait_until(f), do: C.wait_until(f, 30_000)
 
   test "select, match, count_match, dispatch, update_value", %{reg: reg} do
     {:ok, _} = R.register(reg, {:agent, 1}, %{n: 1})

@@ -50,10 +50,19 @@ defmodule Drove.SeveralMembersTest do
 
   defp start_count, do: starts!() |> Map.values() |> Enum.map(&length/1) |> Enum.sum()
 
-  # Nothing starts again over several sync rounds.
-  defp no_more_starts do
+  # Nothing starts again: once the members `alive` ({name, node}) are at rest with equal
+  # replicas (nothing starting, restarting or stopping, every entry owned by one of them and
+  # run by it: SupPeer.at_rest?/2), no start, takeover or eviction can follow; and none
+  # came meanwhile.
+  defp no_more_starts(alive) do
     total = start_count()
-    C.consistently(fn -> start_count() == total end, 6 * @sync)
+
+    C.wait_until(fn ->
+      Enum.all?(alive, fn {sup, n} -> C.rpc(n, SupPeer, :at_rest?, [sup, alive]) end) and
+        length(Enum.uniq(for {sup, n} <- alive, do: C.rpc(n, SupPeer, :digest, [sup]))) == 1
+    end)
+
+    assert start_count() == total
   end
 
   # Every tag's newest start is alive and every earlier one is dead: each child runs once.
@@ -107,7 +116,7 @@ defmodule Drove.SeveralMembersTest do
       assert Enum.all?(starts, fn {_, pids} -> length(pids) == 1 end)
       assert each_once?(starts, tags)
       # no restart storm
-      no_more_starts()
+      no_more_starts(for s <- sups, do: {s, node()})
 
       assert Enum.map(sups, &length(DS.which_children(&1))) == [30, 30, 30]
       assert Enum.map(sups, &DS.count_children/1) |> Enum.uniq() |> length() == 1
@@ -131,7 +140,7 @@ defmodule Drove.SeveralMembersTest do
           restarted(before, starts!()) == ran_under(before, local_c)
       end)
 
-      no_more_starts()
+      no_more_starts([{a, node()}])
       assert active(a) == 30
     end
 
@@ -165,7 +174,12 @@ defmodule Drove.SeveralMembersTest do
 
       :ok = Registrant.run(pid, fn -> Reg.unregister(a, :k) end)
       C.wait_until(fn -> Enum.all?(regs, &(Reg.lookup(&1, :k) == [])) end)
-      C.consistently(fn -> Enum.all?(regs, &(Reg.lookup(&1, :k) == [])) end, 6 * @sync)
+
+      C.consistently_through_rounds(
+        fn -> Enum.all?(regs, &(Reg.lookup(&1, :k) == [])) end,
+        regs,
+        &Reg.info/1
+      )
 
       # and it can be registered again, through another member
       pid2 = Registrant.start(c, :k, :w)
@@ -188,7 +202,12 @@ defmodule Drove.SeveralMembersTest do
       C.wait_until(fn -> Reg.lookup(a, :kb) == [] and Reg.lookup(c, :kb) == [] end)
 
       assert Process.alive?(via_a)
-      C.consistently(fn -> Reg.lookup(c, :ka) == [{via_a, 1}] end, 6 * @sync)
+
+      C.consistently_through_rounds(
+        fn -> Reg.lookup(c, :ka) == [{via_a, 1}] end,
+        [a, c],
+        &Reg.info/1
+      )
 
       # killed rather than stopped: the same, by the guard
       ref = Process.monitor(via_a)
@@ -298,7 +317,7 @@ defmodule Drove.SeveralMembersTest do
           each_once?(starts!(), tags)
       end)
 
-      no_more_starts()
+      no_more_starts(for name <- names, do: {name, n2})
       assert Enum.all?(starts!(), fn {_, [newest | _]} -> node(newest) == n2 end)
     end
   end

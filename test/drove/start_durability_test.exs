@@ -44,7 +44,17 @@ defmodule Drove.StartDurabilityTest do
     :ok = :sys.suspend({sup, n1})
     :ok = C.rpc(n1, DurablePeer, :start_async, [sup, n2, :dur_held, self()])
     C.wait_until(fn -> C.rpc(n2, Process, :whereis, [:dur_held]) != nil end)
-    refute_receive {:returned, _}, 300
+
+    # the caller waits in its call to n1's suspended instance (queued there), the only way
+    # to its answer: no answer has come, nor can come before the resume
+    instance = C.rpc(n1, Process, :whereis, [sup])
+
+    C.wait_until(fn ->
+      {:messages, msgs} = C.rpc(n1, Process, :info, [instance, :messages])
+      Enum.any?(msgs, &match?({:"$gen_call", _, {:await_entry, _, ^n2}}, &1))
+    end)
+
+    refute_received {:returned, _}
     :ok = :sys.resume({sup, n1})
     assert_receive {:started, {:ok, pid}, true}, 5000
     assert node(pid) == n2

@@ -98,7 +98,13 @@ defmodule Drove.WireTest do
       C.wait_until(fn -> found(c, :on_b, 1..200) == 200 end, 60_000)
       assert C.rpc(c, P, :start_many, [@reg, :on_c, 1..200]) == 200
       C.wait_until(fn -> found(a, :on_c, 1..200) == 200 end, 60_000)
-      C.consistently(fn -> status(a) != :suspended end, 1_000)
+      # through rounds of a, each of which sends to d too
+      C.consistently_through_rounds(
+        fn -> status(a) != :suspended end,
+        [a],
+        &C.rpc(&1, Drove.Registry, :info, [@reg])
+      )
+
       # the stalled connection to d is busy: what a sent there waits in a sender process
       if unquote(fault) == :stalled,
         do: assert(C.rpc(a, Drove.Replicator.Sender, :queued, [d]) > 0)
@@ -232,12 +238,18 @@ defmodule Drove.WireTest do
     end
 
     C.wait_until(fn -> map_size(running.()) == length(tags) end, 60_000)
-    # each child runs exactly once, and keeps doing so
-    C.consistently(
+
+    # each child runs exactly once, and keeps doing so: the survivors at rest with equal
+    # replicas (nothing starting, restarting or stopping, every entry owned by a survivor
+    # and run by it), from where no takeover or eviction can follow
+    C.wait_until(
       fn ->
-        Enum.all?(running.(), fn {_, k} -> k == 1 end) and map_size(running.()) == length(tags)
+        Enum.all?(survivors, &C.rpc(&1, SupPeer, :at_rest?, [@sup, survivors])) and
+          length(Enum.uniq(Enum.map(survivors, &C.rpc(&1, SupPeer, :digest, [@sup])))) == 1
       end,
-      1_000
+      60_000
     )
+
+    assert Enum.all?(running.(), fn {_, k} -> k == 1 end) and map_size(running.()) == length(tags)
   end
 end

@@ -154,11 +154,44 @@ defmodule Drove.Test.ChaosPeer do
     end
   end
 
+  @doc "Replication figures of this node's supervisor instances (for diagnostics)."
+  @spec sup_info() :: map()
+  def sup_info do
+    keys = [:bad_messages, :deltas_in, :deltas_out, :rounds, :rounds_done, :neighbours_up]
+
+    for sup <- sups(), into: %{} do
+      info = GenServer.call(sup, :info)
+
+      {sup,
+       info
+       |> Map.take(keys)
+       |> Map.put(:digest, Base.encode16(Drove.Native.digest(elem(Drove.Handles.lookup(sup), 1))))}
+    end
+  end
+
   @doc "The distinct digests of the registry's and the supervisor's replicas here."
   @spec digests() :: {[binary()], [binary()]}
   def digests do
     digest = fn name -> Drove.Native.digest(elem(Drove.Handles.lookup(name), 1)) end
     {regs() |> Enum.map(digest) |> Enum.uniq(), sups() |> Enum.map(digest) |> Enum.uniq()}
+  end
+
+  @doc """
+  The members that the supervisor instances here do not see :alive, with what they know of
+  each (for diagnostics): `%{sup => [{member, status, info, pid dead?, node up?}]}`.
+  """
+  @spec unsettled() :: map()
+  def unsettled do
+    for sup <- sups(), into: %{} do
+      s = :sys.get_state(sup)
+
+      {sup,
+       for {m, %{status: st}} <- s.members_info, st != :alive do
+         info = Map.get(s.infos, m)
+         pid = info && elem(info, 1)
+         {m, st, info, pid && MapSet.member?(s.dead, pid), Drove.Liveness.node_up?(elem(m, 1))}
+       end}
+    end
   end
 
   @doc "Whether every member of both instances is :alive here."
@@ -172,4 +205,118 @@ defmodule Drove.Test.ChaosPeer do
       length(statuses) == length(expected) and Enum.all?(statuses, &(&1 == :alive))
     end)
   end
+end
+
+defmodule Drove.Test.ChaosTrace do
+  @moduledoc false
+  # Diagnostics for the chaos test (DROVE_CHAOS_TRACE=1): call-traces the supervisor
+  # instance's decisions about children on this node into an ETS table, so that a failure
+  # can show what each node did with one child id. Tracing slows the node: off by default.
+
+  alias Drove.DynamicSupervisor.{Impl, Lifecycle}
+
+  @traced [
+    {Impl, :start_takeover, 3},
+    {Impl, :child_started, 4},
+    {Impl, :child_down, 3},
+    {Impl, :evict, 3},
+    {Impl, :put_child, 5},
+    {Impl, :delete_child, 2},
+    {Impl, :apply_diff, 2},
+    {Lifecycle, :on_entry, 1},
+    {Lifecycle, :on_exit, 1}
+  ]
+
+  @spec start([atom()]) :: :ok
+  def start(sups) do
+    parent = self()
+
+    pid =
+      spawn(fn ->
+        :ets.new(__MODULE__, [:named_table, :public, :ordered_set])
+        send(parent, :ready)
+        loop()
+      end)
+
+    receive do: (:ready -> :ok)
+
+    for sup <- sups, p = Process.whereis(sup), is_pid(p) do
+      :erlang.trace(p, true, [:call, :arity, :timestamp, {:tracer, pid}])
+    end
+
+    for {m, f, a} = mfa <- @traced do
+      Code.ensure_loaded!(m)
+      :erlang.trace_pattern(mfa, match_spec(m, f, a), [:local])
+    end
+
+    :ok
+  end
+
+  # the arguments other than the instance's state, and the return value of the decisions
+  defp match_spec(Lifecycle, _f, 1),
+    do: [{[:"$1"], [], [{:message, :"$1"}, {:return_trace}]}]
+
+  defp match_spec(Impl, :apply_diff, 2),
+    do: [{[:"$1", :_], [], [{:message, :"$1"}]}]
+
+  defp match_spec(Impl, _f, a) do
+    vars = for i <- 1..(a - 1), do: :"$#{i}"
+    [{[:_ | vars], [], [{:message, vars}]}]
+  end
+
+  defp loop do
+    receive do
+      msg ->
+        :ets.insert(__MODULE__, {:erlang.unique_integer([:monotonic]), msg})
+        loop()
+    end
+  end
+
+  @doc """
+  The traced events about child `id` (and the pids it ran as here), in order, each with the
+  decision that followed it.
+  """
+  @spec events(term()) :: list()
+  def events(id) do
+    if :ets.whereis(__MODULE__) == :undefined do
+      []
+    else
+      all = for {_, msg} <- :ets.tab2list(__MODULE__), do: msg
+      pids = for m <- all, pid <- started_pid(m, id), do: pid
+      terms = [id | pids]
+
+      all
+      |> Enum.with_index()
+      |> Enum.reduce({[], false}, fn {m, _}, {acc, after_match} ->
+        cond do
+          Enum.any?(terms, &mentions?(m, &1)) -> {[simplify(m) | acc], true}
+          after_match and lifecycle?(m) -> {[simplify(m) | acc], true}
+          true -> {acc, false}
+        end
+      end)
+      |> elem(0)
+      |> Enum.reverse()
+    end
+  end
+
+  defp started_pid({:trace_ts, _, :call, {Impl, :child_started, 4}, [id, pid, _], _}, id),
+    do: [pid]
+
+  defp started_pid(_, _), do: []
+
+  defp lifecycle?({:trace_ts, _, _, {Lifecycle, _, _}, _, _}), do: true
+  defp lifecycle?(_), do: false
+
+  defp simplify({:trace_ts, _pid, kind, what, extra, ts}), do: {ts, kind, what, extra}
+  defp simplify({:trace_ts, _pid, kind, what, ts}), do: {ts, kind, what}
+  defp simplify(other), do: other
+
+  defp mentions?(t, t), do: true
+  defp mentions?(t, term) when is_tuple(t), do: mentions?(Tuple.to_list(t), term)
+  defp mentions?(l, term) when is_list(l), do: Enum.any?(l, &mentions?(&1, term))
+
+  defp mentions?(m, term) when is_map(m) and not is_struct(m),
+    do: Enum.any?(m, fn {k, v} -> mentions?(k, term) or mentions?(v, term) end)
+
+  defp mentions?(_, _), do: false
 end

@@ -465,17 +465,96 @@ defmodule Drove.TestCluster do
   @doc """
   Polls `fun` every `interval_ms` until it returns a truthy value, and
   returns that value. Flunks the test (raises `ExUnit.AssertionError`) when
-  `timeout_ms` passes first, reporting the last value or exception.
+  `timeout_ms` passes first, reporting the last value or exception. The default, 30 s, is
+  a bound for a loaded machine, not a speed asked for: only a failing wait takes it.
 
   Exceptions and exits raised by `fun` (e.g. a failing `assert`, or an
   `rpc/5` to a node that is still booting) count as "not yet" and are
   retried.
   """
   @spec wait_until((() -> term()), non_neg_integer(), pos_integer()) :: term()
-  def wait_until(fun, timeout_ms \\ 5000, interval_ms \\ 10)
+  def wait_until(fun, timeout_ms \\ 30_000, interval_ms \\ 10)
       when is_function(fun, 0) and is_integer(timeout_ms) and timeout_ms >= 0 and
              is_integer(interval_ms) and interval_ms > 0 do
     await(fun, timeout_ms, "condition #{inspect(fun)}", interval_ms)
+  end
+
+  @doc """
+  A positive barrier for "nothing happens" checks on replicated instances: waits until each
+  node in `nodes` has completed `rounds` more anti-entropy rounds with each neighbour it
+  has up than when called. `info` returns the instance's info map on a node (with the
+  replicator's `:rounds_done` and `:neighbours_up`), e.g.
+  `&C.rpc(&1, Drove.Registry, :info, [reg])`. Every periodic decision of an instance runs
+  on its sync tick, and rounds start on ticks: when this returns, every node has run
+  `rounds` ticks, and exchanged its state with every neighbour, after the call. Check the
+  condition after it (or with `consistently_through_rounds/4`). Returns `:ok`.
+  """
+  @spec await_rounds([node()], (node() -> map()), pos_integer(), non_neg_integer()) :: :ok
+  def await_rounds(nodes, info, rounds \\ 2, timeout_ms \\ 60_000)
+      when is_list(nodes) and is_function(info, 1) and is_integer(rounds) and rounds > 0 do
+    base = Map.new(nodes, &{&1, info.(&1).rounds_done})
+
+    wait_until(
+      fn ->
+        Enum.all?(nodes, fn n ->
+          i = info.(n)
+          i.rounds_done >= base[n] + rounds * max(1, length(i.neighbours_up))
+        end)
+      end,
+      timeout_ms,
+      20
+    )
+
+    :ok
+  end
+
+  @doc """
+  `fun` holds at every check until every node has completed `rounds` anti-entropy rounds
+  after the call (see `await_rounds/4`), and once more after that: the positive form of
+  "nothing happens over a sync round", however slow the machine. Flunks at the first
+  check where `fun` returns a falsy value or raises. Returns `:ok`.
+  """
+  @spec consistently_through_rounds((() -> term()), [node()], (node() -> map()), pos_integer()) ::
+          :ok
+  def consistently_through_rounds(fun, nodes, info, rounds \\ 2) do
+    base = Map.new(nodes, &{&1, info.(&1).rounds_done})
+
+    done? = fn ->
+      Enum.all?(nodes, fn n ->
+        i = info.(n)
+        i.rounds_done >= base[n] + rounds * max(1, length(i.neighbours_up))
+      end)
+    end
+
+    deadline = now() + 60_000
+    through_rounds(fun, done?, deadline)
+  end
+
+  defp through_rounds(fun, done?, deadline) do
+    # the rounds are read before the condition: when they are complete, the condition is
+    # checked once more after them
+    finished = done?.()
+
+    case attempt(fun) do
+      {:value, v} when v not in [nil, false] ->
+        cond do
+          finished ->
+            :ok
+
+          now() > deadline ->
+            ExUnit.Assertions.flunk("consistently_through_rounds: the rounds did not complete")
+
+          true ->
+            Process.sleep(20)
+            through_rounds(fun, done?, deadline)
+        end
+
+      other ->
+        ExUnit.Assertions.flunk(
+          "consistently_through_rounds: condition #{inspect(fun)} stopped holding\n" <>
+            describe(other)
+        )
+    end
   end
 
   @doc """

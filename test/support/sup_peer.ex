@@ -154,6 +154,30 @@ defmodule Drove.Test.SupPeer do
     end
   end
 
+  @doc """
+  Whether instance `sup` is at rest here: no child of its being started, restarted or
+  stopped; every entry owned by one of the members `alive` (or by a member on one of them,
+  for nodes); the children it runs exactly those whose entries name it. With equal replicas on every node (`digest/1`) and
+  every member :alive, nothing more happens to any child until something changes: the
+  positive form of "no late takeover, eviction or restart".
+  """
+  @spec at_rest?(atom(), [node() | {atom(), node()}]) :: boolean()
+  def at_rest?(sup, alive) do
+    s = :sys.get_state(sup)
+    entries = :ets.tab2list(s.children)
+    mine = for {id, owner, _, _} <- entries, owner == s.me, into: MapSet.new(), do: id
+    running = for {id, {p, _}} <- s.local, into: MapSet.new(), do: {id, is_pid(p)}
+
+    s.stopping == %{} and MapSet.new(mine, &{&1, true}) == running and
+      Enum.all?(entries, fn {_, owner, _, _} ->
+        owner != nil and (owner in alive or elem(owner, 1) in alive)
+      end)
+  end
+
+  @doc "The digest of `sup`'s replica here."
+  @spec digest(atom()) :: binary()
+  def digest(sup), do: Drove.Native.digest(elem(Drove.Handles.lookup(sup), 1))
+
   @spec statuses(atom()) :: %{node() => atom()}
   def statuses(name) do
     for {{_, n}, m} <- :sys.get_state(name).members_info, into: %{}, do: {n, m.status}

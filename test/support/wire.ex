@@ -90,11 +90,58 @@ defmodule Drove.Test.Wire do
     set(b, a, opts)
   end
 
-  @doc "Back to plain forwarding in both directions between `a` and `b`."
+  @doc """
+  Back to plain forwarding in both directions between `a` and `b`. A connection that lost
+  bytes to a black hole ends now (see the module doc): this returns once it has closed and
+  both nodes have seen it close, so that a heal after it reconnects them instead of finding
+  them connected a moment before they are not.
+  """
   @spec reset(node(), node()) :: :ok
   def reset(a, b) do
+    lost = for k <- [{:lost, a, b}, {:lost, b, a}], {_, pid} <- :ets.lookup(@conns, k), do: pid
+    before = if lost != [], do: {dist_ctrl(a, b), dist_ctrl(b, a)}
     :ets.insert(@links, [{{a, b}, @pass}, {{b, a}, @pass}])
+
+    if lost != [] do
+      Enum.each(Enum.uniq(lost), &await_exit/1)
+      :ets.delete(@conns, {:lost, a, b})
+      :ets.delete(@conns, {:lost, b, a})
+      await_seen_closed(a, b, before, 200)
+    end
+
     :ok
+  end
+
+  defp await_exit(pid) do
+    ref = Process.monitor(pid)
+
+    receive do
+      {:DOWN, ^ref, :process, ^pid, _} -> :ok
+    after
+      10_000 -> Process.demonitor(ref, [:flush])
+    end
+  end
+
+  # each node's distribution controller for the other is gone or another one (a new
+  # connection), polled every 50 ms up to `tries` times
+  defp await_seen_closed(a, b, {ca, cb} = before, tries) do
+    closed? = fn n, other, old -> old == nil or dist_ctrl(n, other) != old end
+
+    cond do
+      closed?.(a, b, ca) and closed?.(b, a, cb) -> :ok
+      tries == 0 -> :ok
+      true -> Process.sleep(50) && await_seen_closed(a, b, before, tries - 1)
+    end
+  end
+
+  defp dist_ctrl(node, other) do
+    case List.keyfind(:erpc.call(node, :erlang, :system_info, [:dist_ctrl], 5_000), other, 0) do
+      {_, ctrl} -> ctrl
+      nil -> nil
+    end
+  catch
+    # the node is down: nothing of it to wait for
+    _, _ -> nil
   end
 
   @doc "Plain forwarding everywhere."
@@ -223,20 +270,24 @@ defmodule Drove.Test.Wire do
   # The bytes src's node sends to dst's node: a reader that honours stalls and black holes,
   # and a writer that honours latency and rate.
   defp pump(src, dst, from, to) do
+    conn = self()
     writer = spawn_link(fn -> write_loop(dst, {from, to}, 0) end)
-    spawn_link(fn -> read_loop(src, {from, to}, writer) end)
+    spawn_link(fn -> read_loop(src, {from, to}, writer, conn) end)
   end
 
-  defp read_loop(src, key, writer) do
+  defp read_loop(src, key, writer, conn) do
     case :gen_tcp.recv(src, 0) do
       {:ok, data} ->
         case await_flow(key) do
           :blackhole ->
+            # this connection ends with the black hole: reset/2 waits for it
+            {from, to} = key
+            :ets.insert(@conns, {{:lost, from, to}, conn})
             blackhole(src, key)
 
           _ ->
             send(writer, {:data, System.monotonic_time(:millisecond), data})
-            read_loop(src, key, writer)
+            read_loop(src, key, writer, conn)
         end
 
       {:error, reason} ->

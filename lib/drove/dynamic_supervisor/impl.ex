@@ -62,6 +62,7 @@ defmodule Drove.DynamicSupervisor.Impl do
             local: %{id() => {pid() | :starting | :restarting, map()}},
             by_pid: %{pid() => id()},
             stopping: %{id() => Drove.DynamicSupervisor.Lifecycle.stop()},
+            superseded: %{id() => pid()},
             ready: boolean(),
             shutting_down: boolean(),
             quorum_waiters: [GenServer.from()],
@@ -113,6 +114,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       local: %{},
       by_pid: %{},
       stopping: %{},
+      # id => pid of the copy this member evicted for another member's claim, while its own
+      # claim with that pid may still be in the replica (see Lifecycle.on_entry/1)
+      superseded: %{},
       ready: false,
       shutting_down: false,
       quorum_waiters: [],
@@ -980,7 +984,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       Drove.Telemetry.end_handoff(s.name, id)
     end
 
-    s = %{s | handoff_in: handoff_in}
+    # no claim of ours that a newer one superseded is left in the replica
+    s = %{s | handoff_in: handoff_in, superseded: Map.delete(s.superseded, id)}
     put_child(s, id, s.me, spec, pid)
     s
   end
@@ -1095,7 +1100,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp evict(s, id, pid) do
     stop_local(s.procsup, pid, nil)
-    %{s | stopping: Map.put(s.stopping, id, :evict)}
+    %{s | stopping: Map.put(s.stopping, id, :evict), superseded: Map.put(s.superseded, id, pid)}
   end
 
   # DynamicSupervisor.terminate_child blocks for the child's shutdown time: not here.
@@ -1332,7 +1337,8 @@ defmodule Drove.DynamicSupervisor.Impl do
         unmirror(s, id)
     end
 
-    s
+    # no claim of ours is left behind in the replica: the entry went, or we wrote it anew
+    %{s | superseded: Map.delete(s.superseded, id)}
   end
 
   defp apply_diff({:add, {:member, m}, _}, s),
@@ -1377,7 +1383,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       :restate ->
         {running, lspec} = Map.fetch!(s.local, id)
         put_child(s, id, s.me, lspec, running)
-        s
+        %{s | superseded: Map.delete(s.superseded, id)}
 
       :evict ->
         {running, _} = Map.fetch!(s.local, id)
@@ -1386,6 +1392,10 @@ defmodule Drove.DynamicSupervisor.Impl do
       :relinquish ->
         relinquish(s, id, spec)
         s
+
+      :delete ->
+        delete_child(s, id)
+        %{s | superseded: Map.delete(s.superseded, id)}
     end
   end
 
@@ -1404,7 +1414,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       owner: owner,
       pid: pid,
       mine: owner == s.me,
-      ready: s.ready
+      ready: s.ready,
+      superseded: pid != nil and Map.get(s.superseded, id) == pid
     }
   end
 

@@ -67,7 +67,7 @@ defmodule Drove.DynamicSupervisor.Lifecycle do
   def restarts?(:transient, _), do: true
 
   @typedoc "What to do when the replicated entry of a child changes."
-  @type on_entry :: :keep | :restate | :evict | :relinquish
+  @type on_entry :: :keep | :restate | :evict | :relinquish | :delete
 
   @typedoc """
   The facts of an entry change: `change` is `:add` (a new owner, spec and pid joined) or
@@ -75,7 +75,9 @@ defmodule Drove.DynamicSupervisor.Lifecycle do
   here, or nil; `known` whether this member has the child at all (running, or being started
   or restarted here); `stopping` how this member is stopping its copy (see `t:stop/0`); `owner`
   and `pid` those of the entry after the change (`:add` only); `mine` whether `owner` is
-  this member; `ready` whether this member has started (it has claimed its own children).
+  this member; `ready` whether this member has started (it has claimed its own children);
+  `superseded` whether the entry is a claim of this member that lost to another member's
+  claim here (it evicted its copy `pid` for it) and that it has not written again since.
   """
   @type entry_facts :: %{
           change: :add | :remove,
@@ -85,7 +87,8 @@ defmodule Drove.DynamicSupervisor.Lifecycle do
           owner: term(),
           pid: pid() | nil,
           mine: boolean(),
-          ready: boolean()
+          ready: boolean(),
+          superseded: boolean()
         }
 
   @doc """
@@ -97,9 +100,16 @@ defmodule Drove.DynamicSupervisor.Lifecycle do
       it still runs, so it stays listed);
     * `:evict` - the entry's owner is another member: stop the copy here (a duplicate);
     * `:relinquish` - the entry is ours but nothing runs it here (an earlier life of this
-      member wrote it): hand it over.
+      member wrote it): hand it over;
+    * `:delete` - the entry is a claim of ours that lost to another member's claim, shown
+      again: the claims that beat it were deleted by members that had not seen it, which
+      happens only when the child ended for good where it ran (a normal end, terminate_child,
+      a failed start). It has ended: delete ours too. (Handing it over would start a child
+      that ended normally again.)
   """
   @spec on_entry(entry_facts()) :: on_entry()
+  def on_entry(%{change: :add, mine: true, superseded: true}), do: :delete
+
   def on_entry(%{change: :add, running: running} = f) when is_pid(running) do
     cond do
       f.mine and f.pid != running -> :restate

@@ -112,7 +112,8 @@ defmodule Horde.DynamicSupervisorTest do
       Process.exit(temp, :kill)
 
       Drove.TestCluster.wait_until(fn -> HDS.count_children(sup).specs == 2 end)
-      Process.sleep(200)
+      # at rest (nothing starting, restarting or stopping): nothing is restarted later
+      Drove.TestCluster.wait_until(fn -> Drove.Test.SupPeer.at_rest?(sup, [node()]) end)
       assert %{specs: 2, active: 2} = HDS.count_children(sup)
       assert Enum.all?(HDS.which_children(sup), fn {_, pid, _, _} -> node(pid) == node() end)
     end

@@ -38,6 +38,19 @@ defmodule Horde.SagentsTest do
 
   defp get_pid(node, id), do: C.rpc(node, S, :get_pid, [id])
 
+  # A positive barrier for "nothing changes": on every node, the :pg scope, the membership
+  # manager (told of group changes by the scope) and the registry have handled all that
+  # reached them so far. Call it once the change itself is seen.
+  defp drained(nodes) do
+    names = [Sagents.Horde.MembershipScope, Sagents.Horde.MembershipManager, Sagents.Registry]
+
+    for n <- nodes, name <- names do
+      if C.rpc(n, Process, :whereis, [name]), do: C.rpc(n, :sys, :get_state, [name])
+    end
+
+    :ok
+  end
+
   # every agent resolves on `node`, through its agent server too
   defp resolves?(node, agents) do
     Enum.all?(agents, fn {id, pid} ->
@@ -54,10 +67,8 @@ defmodule Horde.SagentsTest do
     await_members([cdg1, cdg2], [cdg1, cdg2])
     assert C.mesh?(nodes)
     # neither the idle node nor the test runner ever becomes a member
-    C.consistently(
-      fn -> all_list?([ord1, ord2], [ord1, ord2]) and all_list?([cdg1, cdg2], [cdg1, cdg2]) end,
-      300
-    )
+    drained(nodes)
+    assert all_list?([ord1, ord2], [ord1, ord2]) and all_list?([cdg1, cdg2], [cdg1, cdg2])
 
     assert C.rpc(idle, Process, :whereis, [Sagents.Registry]) == nil
 
@@ -71,12 +82,14 @@ defmodule Horde.SagentsTest do
     assert node(cdg_agent) in [cdg1, cdg2]
     C.wait_until(fn -> get_pid(cdg1, "ord-only") == {:ok, cdg_agent} end, @deadline)
 
-    C.consistently(
+    # and so it stays through two anti-entropy rounds of every registry
+    C.consistently_through_rounds(
       fn ->
         Enum.all?([ord1, ord2], &(get_pid(&1, "ord-only") == {:ok, ord_agent})) and
           Enum.all?([cdg1, cdg2], &(get_pid(&1, "ord-only") == {:ok, cdg_agent}))
       end,
-      300
+      [ord1, ord2, cdg1, cdg2],
+      &C.rpc(&1, Drove.Registry, :info, [Sagents.Registry])
     )
 
     assert C.rpc(node(ord_agent), Process, :alive?, [ord_agent])
@@ -191,13 +204,21 @@ defmodule Horde.SagentsTest do
         @deadline
       )
 
-      C.consistently(
+      # the supervisors at rest with equal replicas (nothing starting, restarting or
+      # stopping, every entry owned and run by a live member): nothing can start it again
+      sup = Sagents.AgentsDynamicSupervisor
+
+      C.wait_until(
         fn ->
-          Enum.all?(nodes, &(get_pid(&1, id) == {:error, :not_found})) and
-            count_specs(b) == 0
+          Enum.all?(nodes, &C.rpc(&1, Drove.Test.SupPeer, :at_rest?, [sup, nodes])) and
+            length(Enum.uniq(Enum.map(nodes, &C.rpc(&1, Drove.Test.SupPeer, :digest, [sup])))) ==
+              1
         end,
-        1500
+        @deadline
       )
+
+      assert Enum.all?(nodes, &(get_pid(&1, id) == {:error, :not_found}))
+      assert count_specs(b) == 0
     end
 
     # The membership manager leaves :pg before the supervisors stop, as in Sagents: a
