@@ -69,9 +69,9 @@ defmodule Drove.Registry do
       one round trip to the pid's node for a remote answer and never answers a pid of a
       node that has stopped.
 
-  Horde makes that round trip on every remote lookup. Drove's `lookup/2` stays local
-  (bench/RESULTS.md gives both costs); `Horde.Registry.lookup/2` of compat/horde confirms
-  remote answers, as Horde does.
+  Horde makes that round trip on every remote lookup, via calls included. Drove's `lookup/2`
+  and via names stay local (bench/RESULTS.md gives both costs); `Horde.Registry.lookup/2` of
+  compat/horde confirms remote answers, as Horde's does, and its via names do not.
   """
 
   import Kernel, except: [send: 2]

@@ -1,9 +1,10 @@
 defmodule Horde.StoppedNodeTest do
   # Sagents' "agents are redistributed when a node stops" scenario, through Horde's names: a
   # name registered on node1; node1 is stopped (:peer.stop); the moment it returns, the runner
-  # looks the name up on node2 with Horde.Registry.lookup/2 and through the via name. node2
-  # may not have handled node1's nodedown yet, and node1 may not have closed its connection
-  # to node2 yet; like Horde, compat's lookup asks node1 and never answers its pid.
+  # looks the name up on node2 with Horde.Registry.lookup/2. node2 may not have handled
+  # node1's nodedown yet, and node1 may not have closed its connection to node2 yet; like
+  # Horde, compat's lookup asks node1 and never answers its pid. (A via name is not
+  # confirmed: see Horde.Registry.lookup/2.)
   use ExUnit.Case, async: false
 
   alias Drove.TestCluster, as: C
@@ -29,15 +30,12 @@ defmodule Horde.StoppedNodeTest do
           C.wait_until(fn -> match?([{_, _}], C.rpc(n2, Horde.Registry, :lookup, [reg, key])) end)
 
           :ok = :peer.stop(C.Registry.get(n1).peer)
-          looked_up = C.rpc(n2, Horde.Registry, :lookup, [reg, key])
-          whereis = C.rpc(n2, Horde.Registry, :whereis_name, [{reg, key}])
-          stale + stale?(looked_up, n1) + stale?(whereis, n1)
+          stale + stale?(C.rpc(n2, Horde.Registry, :lookup, [reg, key]), n1)
       end
 
     assert stale == 0
   end
 
   defp stale?([{pid, _}], stopped) when node(pid) == stopped, do: 1
-  defp stale?(pid, stopped) when is_pid(pid) and node(pid) == stopped, do: 1
   defp stale?(_none_or_survivor, _stopped), do: 0
 end
