@@ -2,13 +2,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   @moduledoc false
   # The instance process of a Drove.DynamicSupervisor, registered under its name.
   #
-  # Replica keys:
-  #   {:member, m}      => 1                  the member list (add-wins, any node may write)
-  #   {:member_info, m} => {status, pid}      written only by m itself: :alive / :shutting_down
-  #                                           and the pid of its instance process
-  #   {:child, id}      => {owner, spec, pid} owner is {name, node}, or nil once relinquished
-  #                     or {owner, spec, pid, state} while a handoff: true child's state moves
-  #                        with it (from its answer to the claim of the member that took it)
+  # Replica keys: see Drove.DynamicSupervisor.Entry.
   #
   # Liveness is observed, never replicated: a member is :dead for this node when its node is
   # not connected or its instance process (the pid in its info) went down. Everything that
@@ -143,7 +137,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   alias Drove.{Liveness, Native, Replicator}
-  alias Drove.DynamicSupervisor.{Lifecycle, Starter, Tree}
+  alias Drove.DynamicSupervisor.{Entry, Lifecycle, Starter, Tree}
 
   @call_timeout 5_000
   @confirm_timeout 5_000
@@ -420,7 +414,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp has_entry?(sup, id) do
     case Drove.Handles.lookup(sup) do
-      {_pid, handle} -> match?({:ok, _}, Native.get(handle, Native.key({:child, id})))
+      {_pid, handle} -> match?({:ok, _}, Native.get(handle, Entry.child_key(id)))
       nil -> false
     end
   end
@@ -1268,13 +1262,13 @@ defmodule Drove.DynamicSupervisor.Impl do
   # it is handed over; a relinquished entry keeps the state it carried when this member saw
   # it (an earlier life of this member answered, then died).
   defp put_child(s, id, owner, spec, pid) do
-    value =
+    state =
       case carried(s, id, owner) do
-        {:ok, state} -> {owner, spec, pid, state}
-        :error -> {owner, spec, pid}
+        {:ok, _} = carried -> carried
+        :error -> :none
       end
 
-    :ok = Native.put(s.handle, Native.key({:child, id}), Native.value(value))
+    :ok = Native.put(s.handle, Entry.child_key(id), Entry.child_value(owner, spec, pid, state))
     mirror(s, id, owner, spec, pid)
   end
 
@@ -1289,7 +1283,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   defp relinquish(s, id, spec), do: put_child(s, id, nil, spec, nil)
 
   defp delete_child(s, id) do
-    :ok = Native.delete(s.handle, Native.key({:child, id}))
+    :ok = Native.delete(s.handle, Entry.child_key(id))
     unmirror(s, id)
   end
 
@@ -1315,7 +1309,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   end
 
   defp put_info(s, status) do
-    :ok = Native.put(s.handle, Native.key({:member_info, s.me}), Native.value({status, self()}))
+    :ok = Native.put(s.handle, Entry.info_key(s.me), Entry.info_value(status, self()))
   end
 
   # an entry that carries a handed-over state, and one that does not (any more)

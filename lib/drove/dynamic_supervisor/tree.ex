@@ -89,7 +89,7 @@ end
 
 defmodule Drove.DynamicSupervisor.Starter do
   @moduledoc false
-  alias Drove.DynamicSupervisor.Impl
+  alias Drove.DynamicSupervisor.{Entry, Impl}
   alias Drove.Native
 
   # The start function of every child, run by the node's DynamicSupervisor on each start and
@@ -149,9 +149,9 @@ defmodule Drove.DynamicSupervisor.Starter do
     with false <- Map.get(spec, :restart, :permanent) == :transient,
          {instance, handle} <- Drove.Handles.lookup(sup),
          [{_, %{seqs: seqs}}] <- :ets.lookup(Impl.table(sup), :config),
-         key = Native.key({:child, id}),
+         key = Entry.child_key(id),
          :error <- Native.get(handle, key),
-         :ok <- Native.put(handle, key, Native.value({{sup, node()}, spec, pid})) do
+         :ok <- Native.put(handle, key, Entry.child_value({sup, node()}, spec, pid, :none)) do
       seq = if mode == :confirm, do: :atomics.add_get(seqs, 2, 1)
       send(instance, {:drove_child_new, id, pid, spec, seq})
       {:written, seq}
