@@ -42,10 +42,60 @@ defmodule Bench do
       :peer.start_link(%{name: name, host: ~c"127.0.0.1", longnames: true, args: args})
 
     {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:drove])
+    load_remote([node])
     {pid, node}
   end
 
   def stop_peer({pid, _node}), do: :peer.stop(pid)
+
+  # What several benches run on their peers, compiled there by load_remote/1 (the bench
+  # scripts are not on the peers' code path).
+  @remote_src ~S"""
+  defmodule Bench.Remote do
+    # A Drove.DynamicSupervisor under the :drove application's supervisor, so that it
+    # outlives the :erpc call that started it.
+    def start_sup(name, members) do
+      spec =
+        Supervisor.child_spec(
+          {Drove.DynamicSupervisor, name: name, strategy: :one_for_one, members: members},
+          id: name,
+          restart: :temporary
+        )
+
+      {:ok, _} = Supervisor.start_child(Drove.Supervisor, spec)
+      :ok
+    end
+
+    # whether the supervisor sees n members :alive
+    def sup_alive?(name, n) do
+      :sys.get_state(name).members_info |> Map.values() |> Enum.count(&(&1.status == :alive)) ==
+        n
+    end
+
+    # a :pg scope and a Drove.Registry, owned by a process that lives on
+    def start_registry_and_pg(reg, scope, members) do
+      parent = self()
+
+      spawn(fn ->
+        {:ok, _} = :pg.start_link(scope)
+        {:ok, _} = Drove.Registry.start_link(name: reg, keys: :unique, members: members)
+        send(parent, :ready)
+        Process.sleep(:infinity)
+      end)
+
+      receive do: (:ready -> :ok)
+    end
+
+    def connect(nodes), do: Enum.all?(nodes, &Node.connect/1)
+    def neighbours_up(reg), do: length(Drove.Registry.info(reg).neighbours_up)
+  end
+  """
+
+  @doc "Compiles Bench.Remote on each of `nodes`."
+  def load_remote(nodes) do
+    for {:ok, _} <- :erpc.multicall(nodes, Code, :compile_string, [@remote_src]), do: :ok
+    :ok
+  end
 
   def row(label, value, reference, ref_label, target) do
     ratio =

@@ -30,18 +30,7 @@ end
 defmodule HandoffBench.Remote do
   def start_sup(name, members) do
     :persistent_term.put(:handoff_bench_delivered, :atomics.new(1, []))
-
-    spec =
-      Supervisor.child_spec(
-        {Drove.DynamicSupervisor, name: name, strategy: :one_for_one, members: members},
-        id: name, restart: :temporary)
-
-    {:ok, _} = Supervisor.start_child(Drove.Supervisor, spec)
-    :ok
-  end
-
-  def alive?(name, n) do
-    :sys.get_state(name).members_info |> Map.values() |> Enum.count(&(&1.status == :alive)) == n
+    Bench.Remote.start_sup(name, members)
   end
 
   def start_children(name, range, kind) do
@@ -87,7 +76,7 @@ run = fn kind ->
   Enum.each(nodes, &:erpc.call(&1, HandoffBench.Remote, :start_sup, [sup, members]))
 
   Bench.wait_until(fn ->
-    Enum.all?(nodes, &:erpc.call(&1, HandoffBench.Remote, :alive?, [sup, 3]))
+    Enum.all?(nodes, &:erpc.call(&1, Bench.Remote, :sup_alive?, [sup, 3]))
   end)
 
   total = 3 * per_node

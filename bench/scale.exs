@@ -20,23 +20,6 @@ defmodule ScaleBench.Remote do
   @scope :scale_pg
   @reg :scale
 
-  def setup(members) do
-    parent = self()
-
-    spawn(fn ->
-      {:ok, _} = :pg.start_link(@scope)
-      {:ok, _} = Drove.Registry.start_link(name: @reg, keys: :unique, members: members)
-      send(parent, :ready)
-      Process.sleep(:infinity)
-    end)
-
-    receive do: (:ready -> :ok)
-  end
-
-  def connect(nodes), do: Enum.all?(nodes, &Node.connect/1)
-
-  def neighbours_up, do: length(Drove.Registry.info(@reg).neighbours_up)
-
   # the replicator's counters (nil when the registry does not answer in 30 s) and a hash of
   # the replica's context and digests: equal on every node once all hold the same
   def stats do
@@ -144,9 +127,11 @@ defmodule ScaleBench do
     end
   end
 
-  defp multicall(nodes, f, args, timeout \\ 300_000) do
+  defp multicall(nodes, f, args, timeout \\ 300_000), do: remote_all(nodes, @r, f, args, timeout)
+
+  defp remote_all(nodes, m, f, args, timeout \\ 300_000) do
     nodes
-    |> :erpc.multicall(@r, f, args, timeout)
+    |> :erpc.multicall(m, f, args, timeout)
     |> Enum.map(fn {:ok, v} -> v end)
   end
 
@@ -154,10 +139,15 @@ defmodule ScaleBench do
     n = length(nodes)
     Enum.each(nodes, &({:ok, _} = :erpc.call(&1, Application, :ensure_all_started, [:drove])))
     :erpc.multicall(nodes, Code, :compile_string, [remote_src])
-    true = Enum.all?(multicall(nodes, :connect, [nodes]))
+    Bench.load_remote(nodes)
+    true = Enum.all?(remote_all(nodes, Bench.Remote, :connect, [nodes]))
     members = for nd <- nodes, do: {:scale, nd}
-    multicall(nodes, :setup, [members])
-    Bench.wait_until(fn -> Enum.all?(multicall(nodes, :neighbours_up, []), &(&1 == n - 1)) end)
+    remote_all(nodes, Bench.Remote, :start_registry_and_pg, [:scale, :scale_pg, members])
+
+    Bench.wait_until(fn ->
+      Enum.all?(remote_all(nodes, Bench.Remote, :neighbours_up, [:scale]), &(&1 == n - 1))
+    end)
+
     Process.sleep(1_000)
 
     shares =

@@ -19,19 +19,6 @@ defmodule SupBench.Worker do
 end
 
 defmodule SupBench.Remote do
-  def start_sup(name, members) do
-    spec =
-      Supervisor.child_spec(
-        {Drove.DynamicSupervisor, name: name, strategy: :one_for_one, members: members},
-        id: name, restart: :temporary)
-
-    {:ok, _} = Supervisor.start_child(Drove.Supervisor, spec)
-    :ok
-  end
-
-  def alive?(name, n) do
-    :sys.get_state(name).members_info |> Map.values() |> Enum.count(&(&1.status == :alive)) == n
-  end
 
   def start_children(name, range) do
     for i <- range do
@@ -157,10 +144,10 @@ run_cluster = fn fault, size, per_node ->
   survivors = nodes -- [c]
   Enum.each(nodes, &:erpc.call(&1, Code, :compile_string, [remote_src]))
   members = for n <- nodes, do: {sup, n}
-  Enum.each(nodes, &:erpc.call(&1, SupBench.Remote, :start_sup, [sup, members]))
+  Enum.each(nodes, &:erpc.call(&1, Bench.Remote, :start_sup, [sup, members]))
 
   Bench.wait_until(fn ->
-    Enum.all?(nodes, &:erpc.call(&1, SupBench.Remote, :alive?, [sup, size]))
+    Enum.all?(nodes, &:erpc.call(&1, Bench.Remote, :sup_alive?, [sup, size]))
   end)
 
   total = size * per_node

@@ -18,12 +18,7 @@ end
 
 defmodule StartBench.Remote do
   def start_sups(drove, plain, members) do
-    spec =
-      Supervisor.child_spec(
-        {Drove.DynamicSupervisor, name: drove, strategy: :one_for_one, members: members},
-        id: drove, restart: :temporary)
-
-    {:ok, _} = Supervisor.start_child(Drove.Supervisor, spec)
+    :ok = Bench.Remote.start_sup(drove, members)
 
     plain_spec =
       Supervisor.child_spec({DynamicSupervisor, name: plain, strategy: :one_for_one},
@@ -40,10 +35,6 @@ defmodule StartBench.Remote do
       _ = Supervisor.delete_child(Drove.Supervisor, id)
     end
     :ok
-  end
-
-  def alive?(name, n) do
-    :sys.get_state(name).members_info |> Map.values() |> Enum.count(&(&1.status == :alive)) == n
   end
 
   defp spec(i), do: %{id: i, start: {StartBench.Worker, :start_link, [i]}}
@@ -104,7 +95,10 @@ rounds =
     plain = :"splain_#{round}"
     members = for node <- nodes, do: {drove, node}
     Enum.each(nodes, &(:ok = :erpc.call(&1, r, :start_sups, [drove, plain, members])))
-    Bench.wait_until(fn -> Enum.all?(nodes, &:erpc.call(&1, r, :alive?, [drove, 3])) end)
+
+    Bench.wait_until(fn ->
+      Enum.all?(nodes, &:erpc.call(&1, Bench.Remote, :sup_alive?, [drove, 3]))
+    end)
 
     floor = :erpc.call(a, r, :seq, [:floor, plain, nodes, n], :infinity)
     seq = :erpc.call(a, r, :seq, [:drove, drove, nodes, n], :infinity)

@@ -14,22 +14,6 @@ defmodule WanBench.Remote do
   @scope :wan_pg
   @reg :wan
 
-  def setup(members) do
-    parent = self()
-
-    spawn(fn ->
-      {:ok, _} = :pg.start_link(@scope)
-      {:ok, _} = Drove.Registry.start_link(name: @reg, keys: :unique, members: members)
-      send(parent, :ready)
-      Process.sleep(:infinity)
-    end)
-
-    receive do: (:ready -> :ok)
-  end
-
-  def connect(nodes), do: Enum.all?(nodes, &Node.connect/1)
-  def neighbours_up, do: length(Drove.Registry.info(@reg).neighbours_up)
-
   # registers key from a new process that stays; the time the registration returned, us
   def register_one(kind, key) do
     parent = self()
@@ -101,12 +85,21 @@ try do
   for x <- [a, b], y <- [c, d], do: Wire.set_both(x, y, latency: latency)
   Enum.each(nodes, &({:ok, _} = :erpc.call(&1, Application, :ensure_all_started, [:drove])))
   :erpc.multicall(nodes, Code, :compile_string, [remote_src])
+  Bench.load_remote(nodes)
   r = WanBench.Remote
-  true = Enum.all?(nodes, &:erpc.call(&1, r, :connect, [nodes]))
+  true = Enum.all?(nodes, &:erpc.call(&1, Bench.Remote, :connect, [nodes]))
   true = Enum.all?(for x <- nodes, y <- nodes, x < y, do: Wire.connections(x, y) == 1)
   members = for nd <- nodes, do: {:wan, nd}
-  Enum.each(nodes, &:erpc.call(&1, r, :setup, [members]))
-  Bench.wait_until(fn -> Enum.all?(nodes, &(:erpc.call(&1, r, :neighbours_up, []) == 3)) end)
+
+  Enum.each(
+    nodes,
+    &:erpc.call(&1, Bench.Remote, :start_registry_and_pg, [:wan, :wan_pg, members])
+  )
+
+  Bench.wait_until(fn ->
+    Enum.all?(nodes, &(:erpc.call(&1, Bench.Remote, :neighbours_up, [:wan]) == 3))
+  end)
+
   Process.sleep(1_000)
 
   samples =
