@@ -97,6 +97,33 @@ int dv_outbox_put(dv_outbox *o, const uint8_t *k, uint32_t klen, dv_dot dot, uin
     return DV_OK;
 }
 
+int dv_outbox_append(dv_outbox *dst, const dv_outbox *src) {
+    size_t nops = dst->nops, nobs = dst->nobs, nelems = dst->elems.n;
+    for (size_t i = 0; i < src->nops; i++) {
+        const dv_op *s = &src->ops[i];
+        dv_op *op;
+        if (push_op(dst, src->obs + s->obs_off, s->nobs, &op))
+            goto oom;
+        op->dot = s->dot;
+        if (s->elem_off != SIZE_MAX) {
+            op->elem_off = dst->elems.n;
+            op->elem_len = s->elem_len;
+            dv_buf_put(&dst->elems, src->elems.p + s->elem_off, s->elem_len);
+            if (dst->elems.oom)
+                goto oom;
+        }
+        dst->nops++;
+        dst->nobs += s->nobs;
+    }
+    return DV_OK;
+oom: /* dst as it was */
+    dst->elems.oom = false;
+    dst->elems.n = nelems;
+    dst->nops = nops;
+    dst->nobs = nobs;
+    return DV_ENOMEM;
+}
+
 int dv_outbox_remove(dv_outbox *o, const dv_dot *observed, size_t nobs) {
     if (!nobs)
         return DV_OK;

@@ -46,6 +46,8 @@ size_t dv_outbox_ops(const dv_outbox *o);
 int dv_outbox_put(dv_outbox *o, const uint8_t *k, uint32_t klen, dv_dot dot, uint64_t ts,
                   const uint8_t *v, uint32_t vlen, const dv_dot *observed, size_t nobs);
 int dv_outbox_remove(dv_outbox *o, const dv_dot *observed, size_t nobs);
+/* Appends every operation of src to dst, in order (dst is unchanged on DV_ENOMEM). */
+int dv_outbox_append(dv_outbox *dst, const dv_outbox *src);
 
 /* DELTA messages of about max_bytes each, in log order, to emit (see awmap.h, dv_emit_fn). */
 int dv_outbox_encode(const dv_outbox *o, uint64_t sender, size_t max_bytes,

@@ -130,6 +130,7 @@ static ErlNifFunc funcs[] = {
     {"delete", 2, dv_delete_nif, 0},
     {"get", 2, dv_get_nif, 0},
     {"put_new", 3, dv_put_new_nif, 0},
+    {"put_new_delta", 3, dv_put_new_delta_nif, 0},
     {"holds", 3, dv_holds_nif, 0},
     {"remove_value", 3, dv_remove_value_nif, 0},
     /* normal, trylock else rescheduled dirty (no yield): encode (at most TERM_MAX bytes) +

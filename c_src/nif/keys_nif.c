@@ -227,6 +227,67 @@ ERL_NIF_TERM dv_put_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
     return res;
 }
 
+static int emit_one(void *ud, const uint8_t *p, size_t n) {
+    dv_buf *out = ud;
+    if (out->n) /* one operation is one message: a second would be a bug */
+        return DV_EINVAL;
+    dv_buf_put(out, p, n);
+    return out->oom ? DV_ENOMEM : DV_OK;
+}
+
+/* put_new_delta(replica, key_bin, value_bin) -> {:ok, delta} | {:exists, current_value}
+ * put_new, answering also the write as a DELTA message of its own (what take_outbox would
+ * ship for it alone), which any peer may join: the supervisor hands a new child's entry to
+ * its caller's node in the start's answer. The write goes to the write log as any other. */
+ERL_NIF_TERM dv_put_new_delta_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "put_new_delta", dv_put_new_delta_nif, 3, argc, argv);
+    ERL_NIF_TERM busy;
+    replica *r;
+    ErlNifBinary k, v;
+    if (!replica_key_value(env, argv, &r, &k, &v))
+        return enif_make_badarg(env);
+    if (!call.dirty && v.size > DIRTY_VALUE_BYTES)
+        return run_dirty(&call);
+    if (!lock_call(&call, r, &busy))
+        return busy;
+    dv_read rd;
+    if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd)) {
+        if (!call.dirty && rd.vlen > DIRTY_VALUE_BYTES) {
+            enif_mutex_unlock(r->lock);
+            return run_dirty(&call);
+        }
+        ERL_NIF_TERM res =
+            enif_make_tuple2(env, A_EXISTS, decode_term(env, &r->atoms, rd.val, rd.vlen));
+        enif_mutex_unlock(r->lock);
+        return res;
+    }
+    /* the write goes to a log of its own first, encoded alone, then to the write log */
+    dv_outbox one;
+    dv_outbox_init(&one);
+    dv_buf out;
+    dv_buf_init(&out);
+    bool changed = false;
+    int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
+                            &one, &changed);
+    /* the map holds the write from here: a failure below loses only its eager push and
+     * its answer (anti-entropy repairs the push; the caller is told) */
+    if (rc == DV_OK && cur_log(r))
+        rc = dv_outbox_append(cur_log(r), &one);
+    if (rc == DV_OK && changed)
+        note_change(r, k.data, k.size);
+    if (rc == DV_OK)
+        maybe_notify(env, r);
+    uint64_t rid = dv_map_rid(r->map);
+    enif_mutex_unlock(r->lock);
+    if (rc == DV_OK)
+        rc = dv_outbox_encode(&one, rid, SIZE_MAX, emit_one, &out);
+    ERL_NIF_TERM res = rc == DV_OK ? enif_make_tuple2(env, A_OK, bin_term(env, out.p, out.n))
+                                   : error_tuple(env, rc);
+    dv_buf_free(&out);
+    dv_outbox_free(&one);
+    return res;
+}
+
 /* remove_value(replica, key_bin, value_bin) -> :ok
  * Removes only the elements of the key whose value bytes equal value_bin. */
 ERL_NIF_TERM dv_remove_value_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {

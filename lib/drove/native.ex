@@ -74,6 +74,10 @@ defmodule Drove.Native do
   @spec put_new(replica(), binary(), binary()) :: :ok | {:exists, term()} | error()
   def put_new(_r, _k, _v), do: nif()
   @doc false
+  @spec put_new_delta(replica(), binary(), binary()) ::
+          {:ok, binary()} | {:exists, term()} | error()
+  def put_new_delta(_r, _k, _v), do: nif()
+  @doc false
   @spec holds(replica(), binary(), binary()) :: boolean()
   def holds(_r, _k, _v), do: nif()
   @doc false

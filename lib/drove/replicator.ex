@@ -62,6 +62,9 @@ defmodule Drove.Replicator do
             fanout: nil,
             cursor: 0,
             dropped: nil,
+            pause_us: nil,
+            last_push: nil,
+            armed: false,
             stats: %{
               bad_messages: 0,
               deltas_in: 0,
@@ -83,7 +86,9 @@ defmodule Drove.Replicator do
       max_bytes: Keyword.fetch!(opts, :max_bytes),
       want_diffs: Keyword.get(opts, :want_diffs, false),
       fanout: Keyword.get(opts, :fanout),
-      dropped: :counters.new(1, [:write_concurrency])
+      dropped: :counters.new(1, [:write_concurrency]),
+      pause_us: Keyword.get(opts, :pause_us),
+      last_push: System.monotonic_time(:microsecond)
     }
 
     Process.put(@dropped, r.dropped)
@@ -166,9 +171,30 @@ defmodule Drove.Replicator do
     end
   end
 
-  defp do_handle_info(:drove_flush, r) do
+  # With :pause_us, the pushes of local writes are at least that far apart: a lone write is
+  # pushed at once, the writes that follow it within the pause go together at its end (a
+  # burst costs the peers one wake-up per pause, not one per write). The owner's own calls
+  # of flush/1 are not held back.
+  defp do_handle_info(:drove_flush, %{pause_us: nil} = r) do
     {r, diffs} = flush(r)
     {:ok, r, diffs}
+  end
+
+  defp do_handle_info(:drove_flush, r) do
+    wait = r.last_push + r.pause_us - System.monotonic_time(:microsecond)
+
+    cond do
+      wait <= 0 ->
+        {r, diffs} = flush(%{r | armed: false})
+        {:ok, r, diffs}
+
+      r.armed ->
+        {:ok, r, []}
+
+      true ->
+        Process.send_after(self(), :drove_flush, div(wait + 999, 1000))
+        {:ok, %{r | armed: true}, []}
+    end
   end
 
   # The NIFs refuse (badarg) binaries longer than any peer may send: counted here instead.
@@ -346,6 +372,7 @@ defmodule Drove.Replicator do
         # diffs and no chunk)
         for c <- chunks, t <- targets, do: send_to(t, {:drove_delta, self(), c})
         Drove.Telemetry.push(r.label, chunks, length(targets), t0)
+        r = if chunks == [], do: r, else: %{r | last_push: System.monotonic_time(:microsecond)}
         taken = length(chunks) + length(diffs)
         {bump(r, :deltas_out, length(chunks) * length(targets)), diffs, taken}
     end

@@ -109,6 +109,41 @@ defmodule Drove.CRDTTest do
     assert Enum.sort(diffs2) == Enum.sort([{:remove, :k1}, {:add, "k3", :v4}])
   end
 
+  # The supervisor's child node answers a start with the entry's write as a delta of its own
+  # (put_new_delta), which the caller's node joins before the node's regular push arrives.
+  test "put_new_delta: the write alone as a delta a peer joins, and in the write log too" do
+    alias Drove.Native
+    a = Native.replica_new(1, self(), false)
+    b = Native.replica_new(2, self(), false)
+    c = Native.replica_new(3, self(), false)
+    :ok = Native.put(a, Native.key(:before), Native.value(1))
+    assert {:ok, delta} = Native.put_new_delta(a, Native.key(:child), Native.value({:v, 2}))
+    assert Native.get(a, Native.key(:child)) == {:ok, {:v, 2}}
+
+    # alone: b gets the entry and nothing else of a's
+    assert {:ok, [{:add, :child, {:v, 2}}], 1} = Native.join(b, delta, true)
+    assert Native.to_list(b) == [{:child, {:v, 2}}]
+
+    # the write log still has both writes: the regular push brings c to a's state, and to b
+    # it brings only what b had not seen
+    {[chunk], _} = Native.take_outbox(a, 1_048_576)
+    assert {:ok, _, _} = Native.join(c, chunk, true)
+    assert Enum.sort(Native.to_list(c)) == [{:before, 1}, {:child, {:v, 2}}]
+    assert {:ok, [{:add, :before, 1}], _} = Native.join(b, chunk, true)
+
+    # a key that has an element is not written, and no delta is made
+    assert Native.put_new_delta(a, Native.key(:child), Native.value(:other)) == {:exists, {:v, 2}}
+    assert Native.get(a, Native.key(:child)) == {:ok, {:v, 2}}
+    assert {[], []} = Native.take_outbox(a, 1_048_576)
+
+    # a later remove on a wins over a late join of the old delta on a peer (its dot is seen)
+    :ok = Native.delete(a, Native.key(:child))
+    {[rm], _} = Native.take_outbox(a, 1_048_576)
+    assert {:ok, [{:remove, :child}], _} = Native.join(c, rm, true)
+    assert {:ok, [], _} = Native.join(c, delta, true)
+    assert Native.get(c, Native.key(:child)) == :error
+  end
+
   test "a summary tells equal replicas from different ones" do
     alias Drove.Native
     owner = spawn_link(fn -> Process.sleep(:infinity) end)

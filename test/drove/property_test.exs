@@ -553,6 +553,7 @@ defmodule Drove.PropertyTest do
         {:put, [h, Native.key(:k), Native.value(:v)]},
         {:delete, [h, Native.key(:k)]},
         {:put_new, [h, Native.key(:k2), Native.value(:v)]},
+        {:put_new_delta, [h, Native.key(:k3), Native.value(:v)]},
         {:remove_value, [h, Native.key(:k), Native.value(:v)]},
         {:remove_values, [h, [{Native.key(:k), Native.value(:v)}]]},
         {:set_owner, [h, self()]},

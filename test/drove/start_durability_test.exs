@@ -38,25 +38,25 @@ defmodule Drove.StartDurabilityTest do
       assert node(pid) == n1
     end
 
-    # the caller's node cannot take the entry in (its instance is suspended): start_child
-    # does not answer, though the child runs on n2; once it can, it answers, and the entry
-    # is there
+    # A child placed on n2 comes with its entry in the answer, which goes to n1's instance
+    # as n2's push would: start_child does not wait for that instance (suspended here), and
+    # the child outlives n2 all the same, as the entry is in the instance's queue. n2's
+    # instance is suspended too: its push never leaves, only the answer carries the entry.
+    :ok = :sys.suspend({sup, n2})
     :ok = :sys.suspend({sup, n1})
-    :ok = C.rpc(n1, DurablePeer, :start_async, [sup, n2, :dur_held, self()])
-    C.wait_until(fn -> C.rpc(n2, Process, :whereis, [:dur_held]) != nil end)
-
-    # the caller waits in its call to n1's suspended instance (queued there), the only way
-    # to its answer: no answer has come, nor can come before the resume
-    instance = C.rpc(n1, Process, :whereis, [sup])
-
-    C.wait_until(fn ->
-      {:messages, msgs} = C.rpc(n1, Process, :info, [instance, :messages])
-      Enum.any?(msgs, &match?({:"$gen_call", _, {:await_entry, _, ^n2}}, &1))
-    end)
-
-    refute_received {:returned, _}
-    :ok = :sys.resume({sup, n1})
-    assert_receive {:started, {:ok, pid}, true}, 5000
+    :ok = C.rpc(n1, DurablePeer, :start_async, [sup, {:pin_or_any, n2}, :dur_held, self()])
+    assert_receive {:returned, {:ok, pid}}
     assert node(pid) == n2
+    instance = C.rpc(n1, Process, :whereis, [sup])
+    {:messages, msgs} = C.rpc(n1, Process, :info, [instance, :messages])
+    assert Enum.any?(msgs, &match?({:drove_delta, _, _}, &1))
+
+    # n2 goes before n1's instance has seen the entry
+    C.kill(n2)
+    :ok = :sys.resume({sup, n1})
+
+    # n1, the only member left, runs the child again (its id lets it go anywhere then)
+    C.wait_until(fn -> C.rpc(n1, Process, :whereis, [:dur_held]) != nil end)
+    assert_receive {:started, {:ok, _}, true}
   end
 end

@@ -198,6 +198,14 @@ defmodule Drove.Test.PinStrategy do
     end
   end
 
+  # `{:pin_or_any, node}`: on that node while it is alive, else anywhere
+  def choose_node(%{id: {:pin_or_any, node}} = spec, members) do
+    case choose_node(%{spec | id: {:pin, node}}, members) do
+      {:ok, _} = ok -> ok
+      {:error, _} -> Drove.Distribution.Uniform.choose_node(spec, members)
+    end
+  end
+
   def choose_node(spec, members), do: Drove.Distribution.Uniform.choose_node(spec, members)
 
   @impl true
@@ -227,10 +235,11 @@ defmodule Drove.Test.DurablePeer do
   `{:returned, result}` as soon as start_child has answered, then
   `{:started, result, entry_here?}`.
   """
-  @spec start_async(atom(), node(), atom(), pid()) :: :ok
+  @spec start_async(atom(), node() | {:pin_or_any, node()}, atom(), pid()) :: :ok
   def start_async(sup, target, tag, report_to) do
     spawn(fn ->
-      spec = %{id: {:pin, target}, start: {Drove.Test.Worker, :start_link, [tag]}}
+      id = if is_tuple(target), do: target, else: {:pin, target}
+      spec = %{id: id, start: {Drove.Test.Worker, :start_link, [tag]}}
       result = Drove.DynamicSupervisor.start_child(sup, spec)
       send(report_to, {:returned, result})
       {:ok, pid} = result

@@ -142,6 +142,8 @@ defmodule Drove.DynamicSupervisor.Impl do
   @call_timeout 5_000
   @confirm_timeout 5_000
   @start_confirm_timeout 1_000
+  # the least time between two pushes of local writes (see Drove.Replicator :pause_us)
+  @push_pause_us 1_000
   # a failed takeover is tried again after 50, 100, ... 3200 ms (6.3 s in all)
   @takeover_retries 7
   @start_attempts 4
@@ -289,7 +291,10 @@ defmodule Drove.DynamicSupervisor.Impl do
   @doc false
   # The table callers read: config, own status and the member list.
   @spec table(atom()) :: atom()
-  def table(sup), do: :"drove_sup_#{sup}"
+  def table(sup) do
+    # cached by the instance (building the atom costs more than the lookup itself)
+    :persistent_term.get({__MODULE__, :table, sup}, nil) || :"drove_sup_#{sup}"
+  end
 
   defp lookup!(sup, key) do
     case :ets.lookup(table(sup), key) do
@@ -328,8 +333,9 @@ defmodule Drove.DynamicSupervisor.Impl do
       {:ok, %{name: {member, node} = chosen}} ->
         # the chosen member may be another instance than `sup` (several members on a node)
         # a child started on this node is confirmed by a peer's acknowledgement, one shared
-        # by the starts made meanwhile (see confirm/1); one started elsewhere by its push
-        mode = if node == node(), do: :confirm, else: :new
+        # by the starts made meanwhile (see confirm/1); one started elsewhere answers with
+        # its entry (durable/4)
+        mode = if node == node(), do: :confirm, else: :entry
 
         ds_spec = %{
           id: id,
@@ -370,12 +376,26 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   # The child's node answered: {:ok, pid} goes back to the caller once another member holds
   # the child's entry, so that it outlives that node. The node's DynamicSupervisor is not held
-  # meanwhile (Starter reports the start with a message): this node's own instance waits for
-  # the entry to arrive by the eager push, in parallel with the answer, or, for a child placed
-  # here, for a peer to acknowledge it. A node that goes down before its entry arrived lost
-  # the child: placed again (the caller's catch), under the same id.
+  # meanwhile (Starter reports the start with a message).
+  #   - A child placed here: a peer has acknowledged its entry (see confirm/1).
+  #   - A new child placed on another node: its entry came with the answer, as the delta of
+  #     its write there, and goes to this node's instance as that node's push would. The
+  #     instance is not waited for: the delta is in its queue ahead of anything the caller
+  #     sends it next, and it is joined even if the child's node is gone by then (place/2
+  #     then finds the child orphaned). A crash of this node's instance before the join
+  #     would lose it, as the same crash after the join would (the replica goes with it).
+  #   - Otherwise (a start the child's node could not write itself): this node's instance
+  #     waits for the entry's push.
+  # A node that goes down before answering lost the child: placed again (the caller's catch),
+  # under the same id.
   defp durable({:ok, pid, {:drove_seq, seq, info}}, _sup, {name, _node}, _id) do
     if acked(name) < seq, do: :ok = GenServer.call(name, {:confirm, seq}, :infinity)
+    if info == :none, do: {:ok, pid}, else: {:ok, pid, elem(info, 1)}
+  end
+
+  defp durable({:ok, pid, {:drove_entry, from, delta, info}}, sup, _member, _id)
+       when is_pid(from) and is_binary(delta) do
+    send({sup, node()}, {:drove_delta, from, delta})
     if info == :none, do: {:ok, pid}, else: {:ok, pid, elem(info, 1)}
   end
 
@@ -499,6 +519,7 @@ defmodule Drove.DynamicSupervisor.Impl do
   @impl true
   def init({name, flags}) do
     me = {name, node()}
+    :persistent_term.put({__MODULE__, :table, name}, :"drove_sup_#{name}")
     table = :ets.new(table(name), [:named_table, :protected, :set, read_concurrency: true])
 
     # children: {id, owner, spec, pid}; owners: {{owner, id}} to find a member's children
@@ -510,7 +531,10 @@ defmodule Drove.DynamicSupervisor.Impl do
         label: name,
         interval: flags.sync_interval,
         max_bytes: flags.max_message_bytes,
-        want_diffs: true
+        want_diffs: true,
+        # a start's caller does not wait for the push (see durable/4, confirm/1): the pushes
+        # of a burst of starts go together
+        pause_us: @push_pause_us
       )
 
     Drove.Handles.register(name, self(), handle)

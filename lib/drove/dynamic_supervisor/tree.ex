@@ -102,10 +102,19 @@ defmodule Drove.DynamicSupervisor.Starter do
   # (Impl.start_child), outside the node's DynamicSupervisor, which goes on with the next
   # start.
 
-  # `mode`: :new, :confirm (a new child whose caller runs on this node: the instance numbers
-  # its start, and the answer carries the number the caller waits for as
-  # `{:ok, pid, {:drove_seq, seq, :none | {:info, info}}}`), or :takeover.
-  @spec start(atom(), term(), map(), list(), :new | :confirm | :takeover) ::
+  # `mode`:
+  #   :entry    a new child whose caller runs on another node: the answer carries the
+  #             entry's write as a delta that the caller's node joins, as
+  #             `{:ok, pid, {:drove_entry, instance, delta, :none | {:info, info}}}`;
+  #   :confirm  a new child whose caller runs on this node: the instance numbers its start,
+  #             and the answer carries the number the caller waits for, as
+  #             `{:ok, pid, {:drove_seq, seq, :none | {:info, info}}}`;
+  #   :new      as :entry, answered plainly (the caller waits for the entry's push: what
+  #             callers of earlier versions ask for);
+  #   :takeover a child taken over from a member that went away.
+  # An unknown mode (from a caller of a later version) is handled as :takeover is: the
+  # instance writes the entry, and the answer is plain.
+  @spec start(atom(), term(), map(), list(), atom()) ::
           DynamicSupervisor.on_start_child()
   def start(sup, id, spec, extra, mode \\ :new) do
     {m, f, a} = spec.start
@@ -125,7 +134,8 @@ defmodule Drove.DynamicSupervisor.Starter do
   defp started(sup, id, pid, spec, mode, ok, info) do
     case write(sup, id, pid, spec, mode) do
       {:written, nil} -> ok
-      {:written, seq} -> {:ok, pid, {:drove_seq, seq, info}}
+      {:written, seq} when is_integer(seq) -> {:ok, pid, {:drove_seq, seq, info}}
+      {:written, {:entry, instance, delta}} -> {:ok, pid, {:drove_entry, instance, delta, info}}
       :call -> call(sup, id, pid, spec, mode, ok, info)
     end
   end
@@ -145,16 +155,15 @@ defmodule Drove.DynamicSupervisor.Starter do
   # transient child: one that ends before it is monitored is seen with reason :noproc, and
   # the instance must know whether a transient child's exit was normal. A start for a
   # caller on this node is numbered after its entry is written (see Impl.confirm/1).
-  defp write(sup, id, pid, spec, mode) when mode in [:new, :confirm] do
+  defp write(sup, id, pid, spec, mode) when mode in [:new, :confirm, :entry] do
     with false <- Map.get(spec, :restart, :permanent) == :transient,
          {instance, handle} <- Drove.Handles.lookup(sup),
          [{_, %{seqs: seqs}}] <- :ets.lookup(Impl.table(sup), :config),
-         key = Entry.child_key(id),
-         :error <- Native.get(handle, key),
-         :ok <- Native.put(handle, key, Entry.child_value({sup, node()}, spec, pid, :none)) do
+         value = Entry.child_value({sup, node()}, spec, pid, :none),
+         {:ok, delta} <- Native.put_new_delta(handle, Entry.child_key(id), value) do
       seq = if mode == :confirm, do: :atomics.add_get(seqs, 2, 1)
       send(instance, {:drove_child_new, id, pid, spec, seq})
-      {:written, seq}
+      if mode == :entry, do: {:written, {:entry, instance, delta}}, else: {:written, seq}
     else
       _ -> :call
     end
