@@ -88,7 +88,8 @@ defmodule Drove.Replicator do
       fanout: Keyword.get(opts, :fanout),
       dropped: :counters.new(1, [:write_concurrency]),
       pause_us: Keyword.get(opts, :pause_us),
-      last_push: System.monotonic_time(:microsecond)
+      # as if the last push were a pause ago: the first write goes at once
+      last_push: System.monotonic_time(:microsecond) - Keyword.get(opts, :pause_us, 0)
     }
 
     Process.put(@dropped, r.dropped)
