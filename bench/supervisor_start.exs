@@ -4,7 +4,8 @@
 #      each node with the child started on the node :erlang.phash2 picks (one remote call,
 #      nothing replicated);
 #   2. 16 callers at once: children per second, against a local OTP DynamicSupervisor with 16
-#      callers.
+#      callers (the issue's target), and against the floor of 1. with the same 16 callers (what
+#      the remote calls alone allow, nothing replicated).
 # Medians of 3 rounds, each with fresh supervisors. Run: make bench BENCH=bench/supervisor_start.exs
 Code.require_file("bench_helper.exs", __DIR__)
 
@@ -77,6 +78,11 @@ defmodule StartBench.Remote do
 
   defp start(:drove, name, spec), do: {:ok, _} = Drove.DynamicSupervisor.start_child(name, spec)
   defp start(:local, name, spec), do: {:ok, _} = DynamicSupervisor.start_child(name, spec)
+
+  defp start({:floor, nodes}, name, spec) do
+    node = Enum.at(nodes, :erlang.phash2(spec.id, length(nodes)))
+    {:ok, _} = DynamicSupervisor.start_child({name, node}, spec)
+  end
 end
 """
 
@@ -88,6 +94,35 @@ nodes = [a | _] = Enum.map(peers, &elem(&1, 1))
 Enum.each(nodes, &:erpc.call(&1, Code, :compile_string, [remote_src]))
 r = StartBench.Remote
 n = String.to_integer(System.get_env("N", "6000"))
+
+# CPU time (user + system) of each peer's OS process, in us, from /proc: where a start's work
+# goes, node by node (nil where /proc is not there)
+os_pids = Enum.map(nodes, &:erpc.call(&1, :os, :getpid, []))
+
+cpu_us = fn ->
+  Enum.map(os_pids, fn pid ->
+    case File.read("/proc/#{pid}/stat") do
+      {:ok, stat} ->
+        # fields after the command name; utime and stime are the 14th and 15th of the line
+        [_, rest] = String.split(stat, ") ", parts: 2)
+        fields = String.split(rest)
+        ticks = String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+        # clock ticks of 10 ms (USER_HZ 100, as on Linux on x86 and arm)
+        ticks * 10_000
+
+      {:error, _} ->
+        nil
+    end
+  end)
+end
+
+# runs `fun` (c callers, n children); returns its rate and the CPU us per child on each peer
+with_cpu = fn fun ->
+  before = cpu_us.()
+  rate = fun.()
+  per = Enum.zip_with(before, cpu_us.(), fn b, a -> b && (a - b) / n end)
+  {rate, per}
+end
 
 rounds =
   for round <- 1..3 do
@@ -102,16 +137,31 @@ rounds =
 
     floor = :erpc.call(a, r, :seq, [:floor, plain, nodes, n], :infinity)
     seq = :erpc.call(a, r, :seq, [:drove, drove, nodes, n], :infinity)
-    par = :erpc.call(a, r, :par, [:drove, drove, 16, n], :infinity)
+
+    {par, par_cpu} =
+      with_cpu.(fn -> :erpc.call(a, r, :par, [:drove, drove, 16, n], :infinity) end)
+
     local = :erpc.call(a, r, :par, [:local, plain, 16, n], :infinity)
+
+    {pfloor, pfloor_cpu} =
+      with_cpu.(fn -> :erpc.call(a, r, :par, [{:floor, nodes}, plain, 16, n], :infinity) end)
+
     Enum.each(nodes, &(:ok = :erpc.call(&1, r, :stop_sups, [drove, plain], :infinity)))
 
     IO.puts(
       "round #{round}: floor #{Float.round(floor, 1)} us, Drove #{Float.round(seq, 1)} us per child; " <>
-        "16 callers: Drove #{round(par)}/s, local #{round(local)}/s"
+        "16 callers: Drove #{round(par)}/s, local #{round(local)}/s, floor #{round(pfloor)}/s"
     )
 
-    %{floor: floor, seq: seq, par: par, local: local}
+    %{
+      floor: floor,
+      seq: seq,
+      par: par,
+      local: local,
+      pfloor: pfloor,
+      par_cpu: par_cpu,
+      pfloor_cpu: pfloor_cpu
+    }
   end
 
 med = fn k -> Bench.median(Enum.map(rounds, & &1[k])) end
@@ -130,6 +180,27 @@ Bench.row(
   med.(:local),
   "local DynamicSupervisor",
   ">= 0.3x"
+)
+
+Bench.row(
+  "16 callers: children/s",
+  med.(:par),
+  med.(:pfloor),
+  "floor, 16 callers",
+  "(context: the bare remote calls)"
+)
+
+# CPU per child on each peer (the callers run on the first), medians over the rounds
+cpu_row = fn key ->
+  rounds
+  |> Enum.map(& &1[key])
+  |> Enum.zip_with(& &1)
+  |> Enum.map(fn per -> if Enum.all?(per), do: Float.round(Bench.median(per), 1) end)
+end
+
+IO.puts(
+  "16 callers, CPU us per child on the peers (callers' node first): Drove " <>
+    "#{inspect(cpu_row.(:par_cpu))}, floor #{inspect(cpu_row.(:pfloor_cpu))}"
 )
 
 Enum.each(peers, &Bench.stop_peer/1)
