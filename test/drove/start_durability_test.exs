@@ -24,6 +24,27 @@ defmodule Drove.StartDurabilityTest do
 
     C.wait_until(fn -> Enum.all?([n1, n2], &C.rpc(&1, SupPeer, :all_alive?, [sup, 2])) end)
 
+    # a start's own answer comes back as it is, wherever the child runs: {:ok, pid, info}
+    # (durable as {:ok, pid} is), :ignore, {:error, reason}
+    for {target, witness} <- [{n2, n2}, {n1, n2}], how <- [:info, :ignore, :error] do
+      tag = :"answer_#{how}_#{target == n1}"
+
+      {result, here, there} =
+        C.rpc(n1, DurablePeer, :start_answering, [sup, target, witness, how, tag])
+
+      case how do
+        :info ->
+          assert {{:ok, pid, {:info, ^tag}}, true, true} = {result, here, there}
+          assert node(pid) == target
+
+        :ignore ->
+          assert result == :ignore
+
+        :error ->
+          assert result == {:error, tag}
+      end
+    end
+
     for i <- 1..20 do
       # placed on n2, called from n1: n1's replica has it when the answer comes
       assert {{:ok, pid}, true, _} =

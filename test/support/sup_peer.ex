@@ -17,6 +17,17 @@ defmodule Drove.Test.Worker do
   @spec start_link(atom()) :: GenServer.on_start()
   def start_link(tag), do: GenServer.start_link(__MODULE__, tag, name: tag)
 
+  @doc "A start that answers `{:ok, pid, {:info, tag}}`, `:ignore` or `{:error, tag}`."
+  @spec start_answering(:info | :ignore | :error, atom()) ::
+          {:ok, pid(), {:info, atom()}} | :ignore | {:error, atom()}
+  def start_answering(:info, tag) do
+    {:ok, pid} = start_link(tag)
+    {:ok, pid, {:info, tag}}
+  end
+
+  def start_answering(:ignore, _tag), do: :ignore
+  def start_answering(:error, tag), do: {:error, tag}
+
   @spec start_link(term(), atom()) :: GenServer.on_start()
   def start_link(extra, tag), do: GenServer.start_link(__MODULE__, {extra, tag}, name: tag)
 
@@ -228,6 +239,26 @@ defmodule Drove.Test.DurablePeer do
     here = has_pid?(GenServer.call(sup, :children), pid)
     there = has_pid?(GenServer.call({sup, witness}, :children), pid)
     {result, here, there}
+  end
+
+  @doc """
+  Starts a child pinned to `target` whose start answers `how` (see
+  `Drove.Test.Worker.start_answering/2`); returns start_child's answer and, for a child
+  that runs, whether its entry is on this node and on `witness` at that moment.
+  """
+  @spec start_answering(atom(), node(), node(), atom(), atom()) :: {term(), boolean(), boolean()}
+  def start_answering(sup, target, witness, how, tag) do
+    spec = %{id: {:pin, target}, start: {Drove.Test.Worker, :start_answering, [how, tag]}}
+
+    case Drove.DynamicSupervisor.start_child(sup, spec) do
+      {:ok, pid, _info} = result ->
+        here = has_pid?(GenServer.call(sup, :children), pid)
+        there = has_pid?(GenServer.call({sup, witness}, :children), pid)
+        {result, here, there}
+
+      other ->
+        {other, false, false}
+    end
   end
 
   @doc """
