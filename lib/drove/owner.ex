@@ -42,8 +42,9 @@ defmodule Drove.Owner do
   Opens an owner's replica, from its `init/1`: traps exits, makes the replica (`native_diffs`:
   whether the NIF keeps local diffs for the owner, the CRDT's `on_diffs`), starts its
   replicator with `repl_opts` (`Drove.Replicator.new/2`: `:label`, `:interval`, `:max_bytes`,
-  `:want_diffs`, `:flusher`, `:pause_us`) and schedules the first sync tick. Returns `{handle, repl}`; the
-  owner registers the handle in `Drove.Handles` when its own tables are ready.
+  `:want_diffs`, `:flusher`, `:pause_us`) and schedules the first sync tick. Returns
+  `{handle, repl}`; the owner registers the handle in `Drove.Handles` when its own tables are
+  ready.
   """
   @spec open(keyword(), boolean()) :: {reference(), Replicator.t()}
   def open(repl_opts, native_diffs \\ false) do

@@ -159,8 +159,7 @@ defmodule Drove.DynamicSupervisor.Starter do
     with false <- Map.get(spec, :restart, :permanent) == :transient,
          {instance, handle} <- Drove.Handles.lookup(sup),
          [{_, %{seqs: seqs}}] <- :ets.lookup(Impl.table(sup), :config),
-         value = Entry.child_value({sup, node()}, spec, pid, :none),
-         {:ok, delta} <- Native.put_new_delta(handle, Entry.child_key(id), value) do
+         {:ok, delta} <- put_entry(handle, id, {sup, node()}, spec, pid, mode) do
       seq = if mode == :confirm, do: :atomics.add_get(seqs, 2, 1)
       send(instance, {:drove_child_new, id, pid, spec, seq})
       if mode == :entry, do: {:written, {:entry, instance, delta}}, else: {:written, seq}
@@ -173,4 +172,16 @@ defmodule Drove.DynamicSupervisor.Starter do
   end
 
   defp write(_sup, _id, _pid, _spec, _mode), do: :call
+
+  # the entry, written only if the id has none; for :entry, also its write alone as a delta
+  defp put_entry(handle, id, owner, spec, pid, mode) do
+    key = Entry.child_key(id)
+    value = Entry.child_value(owner, spec, pid, :none)
+
+    if mode == :entry do
+      Native.put_new_delta(handle, key, value)
+    else
+      with :ok <- Native.put_new(handle, key, value), do: {:ok, nil}
+    end
+  end
 end
