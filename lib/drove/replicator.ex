@@ -40,6 +40,8 @@ defmodule Drove.Replicator do
   ]
   # process dictionary key of the counter of sends dropped on a busy distribution port
   @dropped {__MODULE__, :sends_dropped}
+  # process dictionary key: a :drove_flush_now is on its way (push_soon/0)
+  @push_soon {__MODULE__, :push_soon}
   # DV_MAX_MESSAGE in c_src/codec.h: the largest binary the decoders accept
   @max_message 268_435_456
 
@@ -64,7 +66,7 @@ defmodule Drove.Replicator do
             dropped: nil,
             pause_us: nil,
             last_push: nil,
-            armed: false,
+            armed: nil,
             stats: %{
               bad_messages: 0,
               deltas_in: 0,
@@ -89,7 +91,7 @@ defmodule Drove.Replicator do
       dropped: :counters.new(1, [:write_concurrency]),
       pause_us: Keyword.get(opts, :pause_us),
       # as if the last push were a pause ago: the first write goes at once
-      last_push: System.monotonic_time(:microsecond) - Keyword.get(opts, :pause_us, 0)
+      last_push: System.monotonic_time(:microsecond) - (Keyword.get(opts, :pause_us) || 0)
     }
 
     Process.put(@dropped, r.dropped)
@@ -175,7 +177,8 @@ defmodule Drove.Replicator do
   # With :pause_us, the pushes of local writes are at least that far apart: a lone write is
   # pushed at once, the writes that follow it within the pause go together at its end (a
   # burst costs the peers one wake-up per pause, not one per write). The owner's own calls
-  # of flush/1 are not held back.
+  # of flush/1 are not held back. `armed`: the timer of the pending :drove_flush_due; when it
+  # fires it flushes, or, when a flush of the owner's came since, waits again.
   defp do_handle_info(:drove_flush, %{pause_us: nil} = r) do
     {r, diffs} = flush(r)
     {:ok, r, diffs}
@@ -186,16 +189,24 @@ defmodule Drove.Replicator do
 
     cond do
       wait <= 0 ->
-        {r, diffs} = flush(%{r | armed: false})
+        {r, diffs} = flush(r)
         {:ok, r, diffs}
 
-      r.armed ->
+      r.armed != nil ->
         {:ok, r, []}
 
       true ->
-        Process.send_after(self(), :drove_flush, div(wait + 999, 1000))
-        {:ok, %{r | armed: true}, []}
+        timer = Process.send_after(self(), :drove_flush_due, div(wait + 999, 1000))
+        {:ok, %{r | armed: timer}, []}
     end
+  end
+
+  defp do_handle_info(:drove_flush_due, r), do: do_handle_info(:drove_flush, %{r | armed: nil})
+
+  defp do_handle_info(:drove_flush_now, r) do
+    Process.delete(@push_soon)
+    {r, diffs} = flush(r)
+    {:ok, r, diffs}
   end
 
   # The NIFs refuse (badarg) binaries longer than any peer may send: counted here instead.
@@ -339,6 +350,22 @@ defmodule Drove.Replicator do
   end
 
   defp do_handle_info(_msg, _r), do: :unknown
+
+  @doc """
+  For an owner with `:pause_us`, from its own process: its local writes are pushed as soon as
+  it has handled its current message, whatever the pause (one push for all the writes of
+  that message). What the owner writes itself (a removal, a change of owner) goes at once;
+  the pause is for the bursts of writes other processes make through the handle.
+  """
+  @spec push_soon() :: :ok
+  def push_soon do
+    unless Process.get(@push_soon) do
+      Process.put(@push_soon, true)
+      Kernel.send(self(), :drove_flush_now)
+    end
+
+    :ok
+  end
 
   @doc "Ships the write log to every neighbour; returns the local read changes."
   @spec flush(t()) :: {t(), [diff()]}

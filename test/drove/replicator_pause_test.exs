@@ -43,7 +43,7 @@ defmodule Drove.ReplicatorPauseTest do
     :ok = Native.put(handle, Native.key(:second), Native.value(2))
     r = notified(r)
     assert pushed() == []
-    assert r.armed
+    assert is_integer(Process.read_timer(r.armed))
     :ok = Native.put(handle, Native.key(:third), Native.value(3))
     send(self(), :drove_flush)
     r = notified(r)
@@ -53,6 +53,55 @@ defmodule Drove.ReplicatorPauseTest do
     {r, _} = Replicator.flush(r)
     assert keys_in(pushed()) == [:second, :third]
     assert r.stats.deltas_out == 2
+
+    # a write after that flush, and the timer set before it fires (sent here as the timer
+    # would send it): the pause counts from that flush, so the write waits for a new timer
+    :ok = Native.put(handle, Native.key(:fourth), Native.value(4))
+    old_timer = r.armed
+    Process.cancel_timer(old_timer)
+    r = notified(r)
+    send(self(), :drove_flush_due)
+    assert_receive :drove_flush_due
+    {:ok, r, []} = Replicator.handle_info(:drove_flush_due, r)
+    assert pushed() == []
+    assert r.armed != old_timer and is_integer(Process.read_timer(r.armed))
+
+    # ... which, when due, pushes it
+    Process.cancel_timer(r.armed)
+    r = %{r | last_push: r.last_push - @hour_us}
+    {:ok, r, []} = Replicator.handle_info(:drove_flush_due, r)
+    assert keys_in(pushed()) == [:fourth]
+    assert r.armed == nil
+  end
+
+  test "push_soon: the owner's own writes go at once, with what the pause held" do
+    Process.register(self(), :soon_peer)
+    handle = Native.replica_new(3, self(), false)
+    r = Replicator.new(handle, interval: 500, max_bytes: 1_048_576, pause_us: @hour_us)
+    r = Replicator.set_neighbours(r, [:soon_peer], nil)
+
+    :ok = Native.put(handle, Native.key(:first), Native.value(1))
+    r = notified(r)
+    assert keys_in(pushed()) == [:first]
+
+    # a write of another process's, held by the pause
+    :ok = Native.put(handle, Native.key(:held), Native.value(2))
+    r = notified(r)
+    assert pushed() == []
+
+    # the owner writes and asks once per message, however many writes it made
+    :ok = Native.put(handle, Native.key(:own), Native.value(3))
+    :ok = Replicator.push_soon()
+    :ok = Replicator.push_soon()
+    assert_receive :drove_flush_now
+    refute_received :drove_flush_now
+    {:ok, r, []} = Replicator.handle_info(:drove_flush_now, r)
+    assert keys_in(pushed()) == [:held, :own]
+
+    # and may ask again for its next message
+    :ok = Replicator.push_soon()
+    assert_receive :drove_flush_now
+    {:ok, _r, []} = Replicator.handle_info(:drove_flush_now, r)
   end
 
   test "without :pause_us every notification pushes" do

@@ -533,7 +533,8 @@ defmodule Drove.DynamicSupervisor.Impl do
         max_bytes: flags.max_message_bytes,
         want_diffs: true,
         # a start's caller does not wait for the push (see durable/4, confirm/1): the pushes
-        # of a burst of starts go together
+        # of a burst of starts, written by Starter, go together; the instance's own writes
+        # (removals, claims, its status) go at once (put_child/5, delete_child/2)
         pause_us: @push_pause_us
       )
 
@@ -1293,6 +1294,7 @@ defmodule Drove.DynamicSupervisor.Impl do
       end
 
     :ok = Native.put(s.handle, Entry.child_key(id), Entry.child_value(owner, spec, pid, state))
+    Replicator.push_soon()
     mirror(s, id, owner, spec, pid)
   end
 
@@ -1308,6 +1310,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp delete_child(s, id) do
     :ok = Native.delete(s.handle, Entry.child_key(id))
+    Replicator.push_soon()
     unmirror(s, id)
   end
 
@@ -1334,6 +1337,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   defp put_info(s, status) do
     :ok = Native.put(s.handle, Entry.info_key(s.me), Entry.info_value(status, self()))
+    Replicator.push_soon()
   end
 
   # an entry that carries a handed-over state, and one that does not (any more)
