@@ -191,42 +191,6 @@ ERL_NIF_TERM dv_holds_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     return same ? A_TRUE : A_FALSE;
 }
 
-/* put_new(replica, key_bin, value_bin) -> :ok | {:exists, current_value}
- * Check-and-put under one lock hold: the put happens only if the key has no element. */
-ERL_NIF_TERM dv_put_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    nif_call call = call_of(env, "put_new", dv_put_new_nif, 3, argc, argv);
-    ERL_NIF_TERM busy;
-    replica *r;
-    ErlNifBinary k, v;
-    if (!replica_key_value(env, argv, &r, &k, &v))
-        return enif_make_badarg(env);
-    if (!call.dirty && v.size > DIRTY_VALUE_BYTES)
-        return run_dirty(&call);
-    if (!lock_call(&call, r, &busy))
-        return busy;
-    dv_read rd;
-    ERL_NIF_TERM res;
-    bool found = dv_map_get(r->map, k.data, (uint32_t)k.size, &rd);
-    if (found && !call.dirty && rd.vlen > DIRTY_VALUE_BYTES) {
-        enif_mutex_unlock(r->lock);
-        return run_dirty(&call);
-    }
-    if (found) {
-        res = enif_make_tuple2(env, A_EXISTS, decode_term(env, &r->atoms, rd.val, rd.vlen));
-    } else {
-        bool changed = false;
-        int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size,
-                                wall_ms(), cur_log(r), &changed);
-        if (rc == DV_OK && changed)
-            note_change(r, k.data, k.size);
-        if (rc == DV_OK)
-            maybe_notify(env, r);
-        res = rc == DV_OK ? A_OK : error_tuple(env, rc);
-    }
-    enif_mutex_unlock(r->lock);
-    return res;
-}
-
 static int emit_one(void *ud, const uint8_t *p, size_t n) {
     dv_buf *out = ud;
     if (out->n) /* one operation is one message: a second would be a bug */
@@ -235,43 +199,39 @@ static int emit_one(void *ud, const uint8_t *p, size_t n) {
     return out->oom ? DV_ENOMEM : DV_OK;
 }
 
-/* put_new_delta(replica, key_bin, value_bin) -> {:ok, delta} | {:exists, current_value}
- * put_new, answering also the write as a DELTA message of its own (what take_outbox would
- * ship for it alone), which any peer may join: the supervisor hands a new child's entry to
- * its caller's node in the start's answer. The write goes to the write log as any other. */
-ERL_NIF_TERM dv_put_new_delta_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    nif_call call = call_of(env, "put_new_delta", dv_put_new_delta_nif, 3, argc, argv);
+/* The body of put_new and put_new_delta: check-and-put under one lock hold, the put only if
+ * the key has no element. With `delta`, the write goes to a log of its own first, encoded
+ * alone (outside the lock) for the answer, then to the write log as any other. */
+static ERL_NIF_TERM put_new_body(const nif_call *call, bool delta) {
+    ErlNifEnv *env = call->env;
     ERL_NIF_TERM busy;
     replica *r;
     ErlNifBinary k, v;
-    if (!replica_key_value(env, argv, &r, &k, &v))
+    if (!replica_key_value(env, call->argv, &r, &k, &v))
         return enif_make_badarg(env);
-    if (!call.dirty && v.size > DIRTY_VALUE_BYTES)
-        return run_dirty(&call);
-    if (!lock_call(&call, r, &busy))
+    if (!call->dirty && v.size > DIRTY_VALUE_BYTES)
+        return run_dirty(call);
+    if (!lock_call(call, r, &busy))
         return busy;
     dv_read rd;
     if (dv_map_get(r->map, k.data, (uint32_t)k.size, &rd)) {
-        if (!call.dirty && rd.vlen > DIRTY_VALUE_BYTES) {
+        if (!call->dirty && rd.vlen > DIRTY_VALUE_BYTES) {
             enif_mutex_unlock(r->lock);
-            return run_dirty(&call);
+            return run_dirty(call);
         }
         ERL_NIF_TERM res =
             enif_make_tuple2(env, A_EXISTS, decode_term(env, &r->atoms, rd.val, rd.vlen));
         enif_mutex_unlock(r->lock);
         return res;
     }
-    /* the write goes to a log of its own first, encoded alone, then to the write log */
     dv_outbox one;
     dv_outbox_init(&one);
-    dv_buf out;
-    dv_buf_init(&out);
     bool changed = false;
     int rc = dv_map_put_log(r->map, k.data, (uint32_t)k.size, v.data, (uint32_t)v.size, wall_ms(),
-                            &one, &changed);
+                            delta ? &one : cur_log(r), &changed);
     /* the map holds the write from here: a failure below loses only its eager push and
      * its answer (anti-entropy repairs the push; the caller is told) */
-    if (rc == DV_OK && cur_log(r))
+    if (rc == DV_OK && delta && cur_log(r))
         rc = dv_outbox_append(cur_log(r), &one);
     if (rc == DV_OK && changed)
         note_change(r, k.data, k.size);
@@ -279,13 +239,32 @@ ERL_NIF_TERM dv_put_new_delta_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         maybe_notify(env, r);
     uint64_t rid = dv_map_rid(r->map);
     enif_mutex_unlock(r->lock);
-    if (rc == DV_OK)
+    ERL_NIF_TERM res = rc == DV_OK ? A_OK : error_tuple(env, rc);
+    if (rc == DV_OK && delta) {
+        dv_buf out;
+        dv_buf_init(&out);
         rc = dv_outbox_encode(&one, rid, SIZE_MAX, emit_one, &out);
-    ERL_NIF_TERM res = rc == DV_OK ? enif_make_tuple2(env, A_OK, bin_term(env, out.p, out.n))
-                                   : error_tuple(env, rc);
-    dv_buf_free(&out);
+        res = rc == DV_OK ? enif_make_tuple2(env, A_OK, bin_term(env, out.p, out.n))
+                          : error_tuple(env, rc);
+        dv_buf_free(&out);
+    }
     dv_outbox_free(&one);
     return res;
+}
+
+/* put_new(replica, key_bin, value_bin) -> :ok | {:exists, current_value} */
+ERL_NIF_TERM dv_put_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "put_new", dv_put_new_nif, 3, argc, argv);
+    return put_new_body(&call, false);
+}
+
+/* put_new_delta(replica, key_bin, value_bin) -> {:ok, delta} | {:exists, current_value}
+ * put_new, answering also the write as a DELTA message of its own (what take_outbox would
+ * ship for it alone), which any peer may join: the supervisor hands a new child's entry to
+ * its caller's node in the start's answer. */
+ERL_NIF_TERM dv_put_new_delta_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    nif_call call = call_of(env, "put_new_delta", dv_put_new_delta_nif, 3, argc, argv);
+    return put_new_body(&call, true);
 }
 
 /* remove_value(replica, key_bin, value_bin) -> :ok
