@@ -91,7 +91,8 @@ defmodule Drove.DynamicSupervisor.Impl do
       :repl,
       # the table callers read (config, own status, the member list)
       :table,
-      # children: {id, owner, spec, pid}; owners: {{owner, id}} to find a member's children
+      # children: {id, owner, spec, pid}; owners: {owner, count} of the children rows naming
+      # each owner (no zero rows), to find the owners that are gone without a walk
       :children,
       :owners,
       :auto,
@@ -522,9 +523,8 @@ defmodule Drove.DynamicSupervisor.Impl do
     :persistent_term.put({__MODULE__, :table, name}, :"drove_sup_#{name}")
     table = :ets.new(table(name), [:named_table, :protected, :set, read_concurrency: true])
 
-    # children: {id, owner, spec, pid}; owners: {{owner, id}} to find a member's children
     children = :ets.new(:children, [:set, :protected])
-    owners = :ets.new(:owners, [:ordered_set, :protected])
+    owners = :ets.new(:owners, [:set, :protected])
 
     {handle, repl} =
       Drove.Owner.open(
@@ -917,7 +917,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   @impl Drove.Owner
   # a safety net for decisions that depended on messages that raced: cheap when nothing is
-  # orphaned (one ordered-set walk over the owners that are gone)
+  # orphaned (one look at each owner's liveness, one scan per owner that is gone)
   def handle_tick(s), do: rebalance(s)
 
   @impl Drove.Owner
@@ -1314,25 +1314,46 @@ defmodule Drove.DynamicSupervisor.Impl do
     unmirror(s, id)
   end
 
+  # The owners table counts the rows of each owner: one counter update per new entry, none
+  # when an entry changes only its pid or spec (the common case of a restart).
   defp mirror(s, id, owner, spec, pid) do
     case :ets.lookup(s.children, id) do
-      [{_, old, _, _}] -> :ets.delete(s.owners, {old, id})
-      [] -> :ok
+      [{_, ^owner, _, _}] ->
+        :ok
+
+      [{_, old, _, _}] ->
+        uncount(s, old)
+        count(s, owner)
+
+      [] ->
+        count(s, owner)
     end
 
     :ets.insert(s.children, {id, owner, spec, pid})
-    :ets.insert(s.owners, {{owner, id}})
   end
 
   defp unmirror(s, id) do
     case :ets.lookup(s.children, id) do
       [{_, old, _, _}] ->
-        :ets.delete(s.owners, {old, id})
+        uncount(s, old)
         :ets.delete(s.children, id)
 
       [] ->
         :ok
     end
+  end
+
+  defp count(s, owner), do: :ets.update_counter(s.owners, owner, 1, {owner, 0})
+
+  defp uncount(s, owner) do
+    if :ets.update_counter(s.owners, owner, -1) == 0, do: :ets.delete(s.owners, owner)
+  end
+
+  # the ids of the children an owner holds: a scan, done only when an owner is gone
+  defp ids_of(s, owner) do
+    :ets.select(s.children, [
+      {{:"$1", :"$2", :_, :_}, [{:"=:=", :"$2", {:const, owner}}], [:"$1"]}
+    ])
   end
 
   defp put_info(s, status) do
@@ -1601,18 +1622,12 @@ defmodule Drove.DynamicSupervisor.Impl do
     {gone, Map.put(seen, owner, gone)}
   end
 
-  defp owners_gone(s), do: owners_gone(s, :ets.first(s.owners), [])
-
-  defp owners_gone(_s, :"$end_of_table", acc), do: acc
-
-  defp owners_gone(s, {owner, _}, acc) do
-    acc = if gone?(s, owner), do: [owner | acc], else: acc
-    # skip the rest of this owner's rows: the next key after {owner, <any id>}
-    owners_gone(s, :ets.next(s.owners, {owner, :__max__}), acc)
+  defp owners_gone(s) do
+    for {owner, _} <- :ets.tab2list(s.owners), gone?(s, owner), do: owner
   end
 
   defp take_over(s, owner, members) do
-    ids = :ets.select(s.owners, [{{{owner, :"$1"}}, [], [:"$1"]}])
+    ids = ids_of(s, owner)
 
     Enum.reduce(ids, s, fn id, s ->
       with false <- Map.has_key?(s.local, id),
@@ -1659,7 +1674,7 @@ defmodule Drove.DynamicSupervisor.Impl do
 
   # Entries this node owns but does not run: an earlier life of this instance wrote them.
   defp orphans_of_mine(s) do
-    ids = :ets.select(s.owners, [{{{s.me, :"$1"}}, [], [:"$1"]}])
+    ids = ids_of(s, s.me)
 
     for id <- ids,
         not Map.has_key?(s.local, id),
