@@ -2,7 +2,8 @@
 # run (issue 16):
 #   1. one caller in sequence: per child, against the floor of a plain OTP DynamicSupervisor on
 #      each node with the child started on the node :erlang.phash2 picks (one remote call,
-#      nothing replicated);
+#      nothing replicated); also the median start, apart for the children placed on the
+#      caller's node (Drove waits for a peer's acknowledgement) and elsewhere;
 #   2. 16 callers at once: children per second, against a local OTP DynamicSupervisor with 16
 #      callers (the issue's target), and against the floor of 1. with the same 16 callers (what
 #      the remote calls alone allow, nothing replicated).
@@ -40,24 +41,30 @@ defmodule StartBench.Remote do
 
   defp spec(i), do: %{id: i, start: {StartBench.Worker, :start_link, [i]}}
 
-  # one caller, n children in sequence: us per child
+  # one caller, n children in sequence: us per child, and the median of a start whose child
+  # was placed on the caller's node and of one placed elsewhere
   def seq(:drove, name, _nodes, n) do
-    {us, _} = :timer.tc(fn ->
-      for i <- 1..n, do: {:ok, _} = Drove.DynamicSupervisor.start_child(name, spec(i))
-    end)
-    us / n
+    timed(n, fn i -> Drove.DynamicSupervisor.start_child(name, spec(i)) end)
   end
 
   def seq(:floor, name, nodes, n) do
     k = length(nodes)
-    {us, _} = :timer.tc(fn ->
+    timed(n, fn i -> DynamicSupervisor.start_child({name, Enum.at(nodes, :erlang.phash2(i, k))}, spec(i)) end)
+  end
+
+  defp timed(n, start) do
+    {us, each} = :timer.tc(fn ->
       for i <- 1..n do
-        node = Enum.at(nodes, :erlang.phash2(i, k))
-        {:ok, _} = DynamicSupervisor.start_child({name, node}, spec(i))
+        {t, {:ok, pid}} = :timer.tc(fn -> start.(i) end)
+        {node(pid) == node(), t}
       end
     end)
-    us / n
+    here = for {true, t} <- each, do: t
+    elsewhere = for {false, t} <- each, do: t
+    {us / n, median(here), median(elsewhere)}
   end
+
+  defp median(ts), do: Enum.at(Enum.sort(ts), div(length(ts), 2))
 
   # c callers at once, n children in all: children per second
   def par(kind, name, c, n) do
@@ -135,8 +142,10 @@ rounds =
       Enum.all?(nodes, &:erpc.call(&1, Bench.Remote, :sup_alive?, [drove, 3]))
     end)
 
-    floor = :erpc.call(a, r, :seq, [:floor, plain, nodes, n], :infinity)
-    seq = :erpc.call(a, r, :seq, [:drove, drove, nodes, n], :infinity)
+    {floor, floor_here, floor_there} =
+      :erpc.call(a, r, :seq, [:floor, plain, nodes, n], :infinity)
+
+    {seq, here, there} = :erpc.call(a, r, :seq, [:drove, drove, nodes, n], :infinity)
 
     {par, par_cpu} =
       with_cpu.(fn -> :erpc.call(a, r, :par, [:drove, drove, 16, n], :infinity) end)
@@ -156,6 +165,10 @@ rounds =
     %{
       floor: floor,
       seq: seq,
+      floor_here: floor_here,
+      floor_there: floor_there,
+      here: here,
+      there: there,
       par: par,
       local: local,
       pfloor: pfloor,
@@ -172,6 +185,22 @@ Bench.row(
   med.(:floor),
   "floor (phash2 + plain DS)",
   "<= 2x (>= 0.5x speed)"
+)
+
+Bench.row(
+  "one caller, placed on its node: median us",
+  med.(:here),
+  med.(:floor_here),
+  "floor, same placement",
+  "(context: needs a peer's ack)"
+)
+
+Bench.row(
+  "one caller, placed elsewhere: median us",
+  med.(:there),
+  med.(:floor_there),
+  "floor, same placement",
+  "(context: one remote call)"
 )
 
 Bench.row(
