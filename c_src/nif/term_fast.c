@@ -23,7 +23,19 @@ enum {
     TAG_MAP = 116,
     TAG_ATOM_UTF8 = 118,
     TAG_SMALL_ATOM_UTF8 = 119,
+    /* identifiers qualified by a node name: decoded one by one by enif_binary_to_term */
+    TAG_NEW_PID = 88,
+    TAG_NEW_PORT = 89,
+    TAG_NEWER_REFERENCE = 90,
+    TAG_PORT = 102,
+    TAG_PID = 103,
+    TAG_NEW_REFERENCE = 114,
+    TAG_V4_PORT = 120,
 };
+
+/* The longest identifier decoded here: tag, reference length, node atom (at most 255 bytes)
+ * with its header, creation and id words; longer ones are left to the whole-term fallback. */
+#define ID_MAX_BYTES 320
 
 #define STACK_TERMS 16
 
@@ -94,6 +106,61 @@ static bool make_atom(dec *d, const uint8_t *name, uint32_t len, ERL_NIF_TERM *o
 }
 
 static bool term(dec *d, unsigned depth, ERL_NIF_TERM *out);
+
+/* A pid, port or reference: the NIF API cannot make one from its parts, so this one term (not
+ * the whole input) goes through enif_binary_to_term, which looks up only its node's atom.
+ * `start` is its tag byte. false if it is malformed: the whole-term fallback then refuses or
+ * decodes it exactly as binary_to_term/1 does. */
+static bool node_id(dec *d, uint32_t tag, const uint8_t *start, ERL_NIF_TERM *out) {
+    uint32_t words = 0, atag, alen;
+    const uint8_t *a;
+    if ((tag == TAG_NEW_REFERENCE || tag == TAG_NEWER_REFERENCE) && (!u16(d, &words) || words > 5))
+        return false;
+    if (!u8(d, &atag))
+        return false;
+    if (atag == TAG_SMALL_ATOM_UTF8 || atag == TAG_SMALL_ATOM) {
+        if (!u8(d, &alen))
+            return false;
+    } else if (atag == TAG_ATOM_UTF8 || atag == TAG_ATOM) {
+        if (!u16(d, &alen) || alen > 255)
+            return false;
+    } else {
+        return false;
+    }
+    size_t rest;
+    switch (tag) {
+    case TAG_PID:
+        rest = 4 + 4 + 1;
+        break;
+    case TAG_NEW_PID:
+        rest = 4 + 4 + 4;
+        break;
+    case TAG_PORT:
+        rest = 4 + 1;
+        break;
+    case TAG_NEW_PORT:
+        rest = 4 + 4;
+        break;
+    case TAG_V4_PORT:
+        rest = 8 + 4;
+        break;
+    case TAG_NEW_REFERENCE:
+        rest = 1 + 4 * (size_t)words;
+        break;
+    default:
+        rest = 4 + 4 * (size_t)words;
+        break; /* TAG_NEWER_REFERENCE */
+    }
+    if (!take(d, alen, &a) || !take(d, rest, &a))
+        return false;
+    size_t n = (size_t)(d->p - start);
+    uint8_t buf[ID_MAX_BYTES];
+    if (n + 1 > sizeof(buf))
+        return false;
+    buf[0] = TAG_VERSION;
+    memcpy(buf + 1, start, n);
+    return enif_binary_to_term(d->env, buf, n + 1, out, 0) == n + 1;
+}
 
 /* n sub-terms into v (stack or heap); the caller frees with release_terms. */
 static ERL_NIF_TERM *terms_buf(ERL_NIF_TERM *stack, size_t n) {
@@ -242,6 +309,14 @@ static bool term(dec *d, unsigned depth, ERL_NIF_TERM *out) {
     }
     case TAG_MAP:
         return map(d, depth, out);
+    case TAG_PID:
+    case TAG_NEW_PID:
+    case TAG_PORT:
+    case TAG_NEW_PORT:
+    case TAG_V4_PORT:
+    case TAG_NEW_REFERENCE:
+    case TAG_NEWER_REFERENCE:
+        return node_id(d, tag, d->p - 1, out);
     default:
         return false;
     }

@@ -6,10 +6,13 @@
  * of the cost of a read. This decoder handles the common tags itself and remembers the atoms
  * it has made in a small cache (atoms are immediate terms that live as long as the VM, so a
  * cached atom is valid in any environment). It handles integers, floats, ASCII atoms, tuples,
- * lists, strings, binaries and maps; for anything else (pids, references, funs, bit strings,
- * big integers beyond 64 bits, non-ASCII atoms, nesting deeper than TF_MAX_DEPTH) it answers
- * "not handled" and the caller uses enif_binary_to_term, so every input decodes exactly as
- * binary_to_term/1 would decode it, or is refused the same way.
+ * lists, strings, binaries and maps. Pids, ports and references (which the NIF API cannot
+ * build from their parts) it hands one by one to enif_binary_to_term, which then looks up one
+ * atom, their node's, instead of every atom of the whole term: the supervisor's entries and
+ * the registry's values each hold a pid. For anything else (funs, bit strings, big integers
+ * beyond 64 bits, non-ASCII atoms, nesting deeper than TF_MAX_DEPTH) it answers "not
+ * handled" and the caller uses enif_binary_to_term on the whole term, so every input decodes
+ * exactly as binary_to_term/1 would decode it, or is refused the same way.
  *
  * The encoder lets a write or a read pass the key and value terms themselves to the NIF,
  * which encodes them on the stack: no term_to_binary option parsing and no garbage binaries

@@ -33,13 +33,15 @@ defmodule Drove.TermCodecTest do
     end)
   end
 
-  # What the fast decoder must leave to binary_to_term: opaque terms, integers beyond 64 bits,
-  # atoms beyond ASCII.
+  # What the fast decoder must leave to binary_to_term: funs, bit strings, integers beyond 64
+  # bits, atoms beyond ASCII. (Pids, ports and references it decodes one by one.)
   defp dec_unhandled?(t) do
     any_leaf?(t, fn
       x when is_integer(x) -> x >= 1 <<< 64 or x < -(1 <<< 63)
       x when is_atom(x) -> x |> Atom.to_string() |> String.to_charlist() |> Enum.any?(&(&1 > 127))
-      x -> opaque?(x)
+      x when is_function(x) -> true
+      x when is_bitstring(x) -> not is_binary(x)
+      _ -> false
     end)
   end
 
@@ -96,6 +98,71 @@ defmodule Drove.TermCodecTest do
     # each of these must be left to term_to_binary
     for t <- [%{}, self(), make_ref(), <<1::3>>, 1 <<< 64, -(1 <<< 63) - 1, :"😀", {self()}, [%{}]] do
       assert Native.encode(t) == :fallback
+    end
+  end
+
+  # Every external form of a pid, port and reference that binary_to_term reads, old and new,
+  # of this node and of others (short, UTF-8 and 255-byte node names): the decoder reads each
+  # as binary_to_term does, in a value, and refuses each one cut short.
+  test "pids, ports and references in every encoding" do
+    name = Atom.to_string(node())
+
+    nodes =
+      for n <- [name, "ghost@127.0.0.1", "nœud@hôte", String.duplicate("n", 200) <> "@h"],
+          do: {n, byte_size(n)}
+
+    atom_forms = fn {n, len} ->
+      forms = [<<119, len, n::binary>>, <<118, len::16, n::binary>>]
+
+      if n =~ ~r/^[\x00-\x7f]*$/,
+        do: [<<115, len, n::binary>>, <<100, len::16, n::binary>> | forms],
+        else: forms
+    end
+
+    ids =
+      for node <- nodes, a <- atom_forms.(node) do
+        [
+          <<88, a::binary, 7::32, 0::32, 3::32>>,
+          <<103, a::binary, 7::32, 0::32, 1>>,
+          <<89, a::binary, 5::32, 3::32>>,
+          <<120, a::binary, 5::64, 3::32>>,
+          <<102, a::binary, 5::32, 1>>,
+          <<90, 3::16, a::binary, 3::32, 1::32, 2::32, 3::32>>,
+          <<114, 3::16, a::binary, 1, 1::32, 2::32, 3::32>>
+        ]
+      end
+      |> List.flatten()
+
+    # ours, as term_to_binary writes them
+    ours =
+      [self(), make_ref(), hd(Port.list())]
+      |> Enum.map(&(canonical(&1) |> binary_part(1, byte_size(canonical(&1)) - 1)))
+
+    for id <- ours ++ ids do
+      expected =
+        try do
+          {:ok, :erlang.binary_to_term(<<131, id::binary>>)}
+        rescue
+          ArgumentError -> :error
+        end
+
+      # alone, and inside a value as the supervisor's entries hold them
+      for bytes <- [<<131, id::binary>>, <<131, 104, 3, 100, 0, 1, ?a, id::binary, 97, 1>>] do
+        case {expected, Native.decode(bytes)} do
+          {{:ok, _}, {:ok, back}} ->
+            assert back === :erlang.binary_to_term(bytes)
+
+          {:error, {:ok, back}} ->
+            flunk("decoded #{inspect(bytes)}, which binary_to_term refuses: #{inspect(back)}")
+
+          {_, :fallback} ->
+            assert expected == :error, "left #{inspect(bytes)} to the fallback"
+        end
+
+        for cut <- 1..(byte_size(bytes) - 1) do
+          assert Native.decode(binary_part(bytes, 0, cut)) == :fallback
+        end
+      end
     end
   end
 
