@@ -1,4 +1,5 @@
-# Where the time of a local Drove.CRDT put and get goes (prebuilt binaries vs the API).
+# Where the time of a local Drove.CRDT put and get goes (prebuilt binaries vs the API), and
+# what decoding and joining a supervisor entry (a value holding a pid) costs.
 # Run: make bench BENCH=bench/put_parts.exs
 defmodule PP do
   def t(label, n, f) do
@@ -28,7 +29,47 @@ defmodule PP do
       t("ets lookup", n, fn n -> Enum.each(1..n, &:ets.lookup(tab, &1)) end)
     end
 
+    # A supervisor entry's value ({owner, spec, pid}): decoded on every join, read and diff.
+    # A read of one (the replica's lookup and decoder) against binary_to_term of the value's
+    # bytes alone, and the join of one-entry deltas (a push of one start) into a replica that
+    # has none of them.
+    spec = %{id: 1, start: {PP.Worker, :start_link, [1]}, restart: :permanent, type: :worker}
+    value = Drove.Native.value({{:pp_sup, node()}, spec, self()})
+    m = div(n, 4)
+    src = Drove.Native.replica_new(1, self(), false)
+
+    deltas =
+      for i <- 1..m do
+        {:ok, d} = Drove.Native.put_new_delta(src, Drove.Native.key({:child, i}), value)
+        d
+      end
+
+    keys_m = for i <- 1..m, do: Drove.Native.key({:child, i})
+
+    for _ <- 1..2 do
+      t("entry: Native.get (lookup + decode)", m, fn _ ->
+        Enum.each(keys_m, &Drove.Native.get(src, &1))
+      end)
+
+      t("entry value: binary_to_term", m, fn m ->
+        repeat(m, fn -> :erlang.binary_to_term(value) end)
+      end)
+
+      dst = Drove.Native.replica_new(2, self(), false)
+
+      t("join of a one-entry delta", m, fn _ ->
+        Enum.each(deltas, &Drove.Native.join(dst, &1, true))
+      end)
+    end
+
     _ = c
+  end
+
+  defp repeat(0, _f), do: :ok
+
+  defp repeat(n, f) do
+    f.()
+    repeat(n - 1, f)
   end
 end
 
