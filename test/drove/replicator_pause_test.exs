@@ -29,15 +29,22 @@ defmodule Drove.ReplicatorPauseTest do
     r
   end
 
-  test "a lone write goes at once; the writes within the pause wait for its end" do
-    Process.register(self(), :pause_peer)
-    handle = Native.replica_new(1, self(), false)
+  # A replicator with an hour-long pause whose one peer is this process (registered as
+  # `name`), after its first write: a lone write, pushed at once.
+  defp paused_after_first_write(name, rid) do
+    Process.register(self(), name)
+    handle = Native.replica_new(rid, self(), false)
     r = Replicator.new(handle, interval: 500, max_bytes: 1_048_576, pause_us: @hour_us)
-    r = Replicator.set_neighbours(r, [:pause_peer], nil)
+    r = Replicator.set_neighbours(r, [name], nil)
 
     :ok = Native.put(handle, Native.key(:first), Native.value(1))
     r = notified(r)
     assert keys_in(pushed()) == [:first]
+    {handle, r}
+  end
+
+  test "a lone write goes at once; the writes within the pause wait for its end" do
+    {handle, r} = paused_after_first_write(:pause_peer, 1)
 
     # within the pause: held, the timer armed once for all of them
     :ok = Native.put(handle, Native.key(:second), Native.value(2))
@@ -75,14 +82,7 @@ defmodule Drove.ReplicatorPauseTest do
   end
 
   test "push_soon: the owner's own writes go at once, with what the pause held" do
-    Process.register(self(), :soon_peer)
-    handle = Native.replica_new(3, self(), false)
-    r = Replicator.new(handle, interval: 500, max_bytes: 1_048_576, pause_us: @hour_us)
-    r = Replicator.set_neighbours(r, [:soon_peer], nil)
-
-    :ok = Native.put(handle, Native.key(:first), Native.value(1))
-    r = notified(r)
-    assert keys_in(pushed()) == [:first]
+    {handle, r} = paused_after_first_write(:soon_peer, 3)
 
     # a write of another process's, held by the pause
     :ok = Native.put(handle, Native.key(:held), Native.value(2))
